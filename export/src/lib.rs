@@ -1,0 +1,1 @@
+//! Standalone ONNX export of DIM encoders.

@@ -1,0 +1,3 @@
+//! Image embedding with ONNX Runtime and similarity search.
+
+pub mod runtime;

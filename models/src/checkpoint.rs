@@ -1,0 +1,131 @@
+//! The checkpoint contract (train → export): a directory holding `weights.safetensors`
+//! (tensors named by [`crate::parameters`]), `optimizer.safetensors` (for resuming) and
+//! `config.json` ([`CheckpointConfig`]).
+
+use crate::preprocess::ResizePolicy;
+use crate::preset::EncoderConfig;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// Weights of the encoder, critics and discriminator.
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
+/// Optimiser state (Adam moments and step counts), needed only to resume.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The [`CheckpointConfig`] as JSON.
+pub const CONFIG_FILE: &str = "config.json";
+/// Version of this layout; bumped on incompatible changes.
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
+
+/// Everything about a checkpoint except its tensors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointConfig {
+    /// Layout version, [`CHECKPOINT_FORMAT_VERSION`] when written by this toolkit.
+    pub format_version: u32,
+    /// Version of the toolkit that wrote it.
+    pub toolkit_version: String,
+    /// The encoder architecture.
+    pub encoder: EncoderConfig,
+    /// How images of another size were fitted to the input during training.
+    pub resize: ResizePolicy,
+    /// Number of completed epochs.
+    pub epoch: usize,
+    /// Number of completed optimiser steps.
+    pub step: u64,
+    /// Digest identifying the training data (source, sizes, content sample).
+    pub data_fingerprint: String,
+    /// The trainer's full settings (objective, estimator, optimiser, seed, ...).
+    pub training: serde_json::Value,
+}
+
+/// Errors reading a checkpoint directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `config.json` is not valid.
+    #[error("{path} is not a valid checkpoint config: {source}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// Written by an incompatible layout version.
+    #[error(
+        "checkpoint format version {found} is not supported (this toolkit reads {CHECKPOINT_FORMAT_VERSION})"
+    )]
+    Version {
+        /// The version found.
+        found: u32,
+    },
+    /// The encoder configuration is invalid.
+    #[error("invalid encoder in checkpoint config: {0}")]
+    Encoder(#[from] crate::preset::PresetError),
+}
+
+impl CheckpointConfig {
+    /// Reads and validates `dir/config.json`.
+    pub fn read(dir: &Path) -> Result<Self, CheckpointError> {
+        let path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
+        let config: CheckpointConfig =
+            serde_json::from_str(&text).map_err(|source| CheckpointError::Config { path, source })?;
+        if config.format_version != CHECKPOINT_FORMAT_VERSION {
+            return Err(CheckpointError::Version { found: config.format_version });
+        }
+        config.encoder.validate()?;
+        Ok(config)
+    }
+
+    /// Short sha256 digest of the training settings, to tell models apart.
+    pub fn training_digest(&self) -> String {
+        let canonical = serde_json::to_vec(&self.training).expect("JSON values serialise");
+        sha256_hex(&canonical)
+    }
+}
+
+/// Lower-case hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Preset;
+
+    #[test]
+    fn config_round_trips_and_rejects_other_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CheckpointConfig {
+            format_version: CHECKPOINT_FORMAT_VERSION,
+            toolkit_version: crate::TOOLKIT_VERSION.into(),
+            encoder: EncoderConfig::new(Preset::Basic32x32, 1).unwrap(),
+            resize: ResizePolicy::Pad,
+            epoch: 3,
+            step: 42,
+            data_fingerprint: "abc".into(),
+            training: serde_json::json!({"estimator": "jsd"}),
+        };
+        let json = serde_json::to_vec_pretty(&config).unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), &json).unwrap();
+        assert_eq!(CheckpointConfig::read(dir.path()).unwrap(), config);
+
+        let mut old = config.clone();
+        old.format_version = 0;
+        std::fs::write(dir.path().join(CONFIG_FILE), serde_json::to_vec(&old).unwrap()).unwrap();
+        assert!(matches!(CheckpointConfig::read(dir.path()), Err(CheckpointError::Version { found: 0 })));
+
+        std::fs::write(dir.path().join(CONFIG_FILE), &json[..json.len() / 2]).unwrap();
+        assert!(matches!(CheckpointConfig::read(dir.path()), Err(CheckpointError::Config { .. })));
+    }
+}

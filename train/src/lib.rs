@@ -1,0 +1,3 @@
+//! Deep InfoMax training on libtorch.
+
+pub mod device;

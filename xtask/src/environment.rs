@@ -1,0 +1,201 @@
+//! The pinned Python environment that carries libtorch (for `tch`) and ONNX Runtime (for `ort`).
+//!
+//! Environments live in a per-user cache keyed by the lock file's digest, so every clone on a
+//! machine (CI's fresh clones included) shares one 4.8 GB install, and changing a pin creates a new
+//! environment instead of mutating an old one. A completion marker is written last: an interrupted
+//! or failed install is never mistaken for a good one and is rebuilt from scratch on the next run.
+
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const COMPLETE_MARKER: &str = ".dim-toolkit-complete";
+const ORT_LIBRARY: &str = "onnxruntime/capi/libonnxruntime.so.1.31.1";
+const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+/// Creates the environment if needed and (re)links `.dim-env/` in the workspace to it.
+pub fn setup(root: &Path, gpu: bool) -> Result<(), String> {
+    let lock_name = if gpu { "requirements-gpu.lock" } else { "requirements.lock" };
+    let lock_path = root.join(lock_name);
+    let lock =
+        fs::read_to_string(&lock_path).map_err(|e| format!("cannot read {}: {e}", lock_path.display()))?;
+    let python = base_python()?;
+    let digest = hex_prefix(&Sha256::digest(format!("{lock}\n{}", python.version)));
+    let variant = if gpu { "gpu" } else { "cpu" };
+    let env_dir = cache_dir()?.join(format!("env-{variant}-{digest}"));
+
+    if !env_dir.join(COMPLETE_MARKER).is_file() {
+        install(&python, &env_dir, &lock_path)?;
+    }
+    let site_packages = PathBuf::from(
+        fs::read_to_string(env_dir.join(COMPLETE_MARKER))
+            .map_err(|e| format!("cannot read the environment marker: {e}"))?
+            .trim(),
+    );
+    link_workspace(root, &env_dir, &site_packages)?;
+    eprintln!("==> environment ready: {} ({variant})", env_dir.display());
+    Ok(())
+}
+
+struct BasePython {
+    program: String,
+    version: String,
+}
+
+fn base_python() -> Result<BasePython, String> {
+    let program = std::env::var("DIM_PYTHON3").unwrap_or_else(|_| "python3".into());
+    let output = Command::new(&program)
+        .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
+        .output()
+        .map_err(|e| {
+            format!(
+                "`{program}` not found ({e}). Install Python 3.10 or newer with pip and venv \
+                 (Debian/Ubuntu: `apt-get install python3 python3-venv python3-pip`), \
+                 or point DIM_PYTHON3 at an interpreter."
+            )
+        })?;
+    if !output.status.success() {
+        return Err(format!("`{program}` does not run: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    let version = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    Ok(BasePython { program, version })
+}
+
+fn cache_dir() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("DIM_TOOLKIT_CACHE") {
+        return Ok(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Ok(PathBuf::from(dir).join("dim-toolkit"));
+    }
+    std::env::var_os("HOME")
+        .map(|home| PathBuf::from(home).join(".cache").join("dim-toolkit"))
+        .ok_or_else(|| "neither DIM_TOOLKIT_CACHE, XDG_CACHE_HOME nor HOME is set".to_string())
+}
+
+fn hex_prefix(bytes: &[u8]) -> String {
+    bytes[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn install(python: &BasePython, env_dir: &Path, lock_path: &Path) -> Result<(), String> {
+    eprintln!(
+        "==> creating the Python environment {} from {} (one-time, a few minutes, ~5 GB)",
+        env_dir.display(),
+        lock_path.display()
+    );
+    if env_dir.exists() {
+        eprintln!("    removing an incomplete earlier attempt");
+        fs::remove_dir_all(env_dir).map_err(|e| format!("cannot remove {}: {e}", env_dir.display()))?;
+    }
+    fs::create_dir_all(env_dir.parent().expect("cache dir has a parent"))
+        .map_err(|e| format!("cannot create the cache directory: {e}"))?;
+    let result = create_and_fill(python, env_dir, lock_path);
+    if result.is_err() {
+        let _ = fs::remove_dir_all(env_dir);
+    }
+    result
+}
+
+fn create_and_fill(python: &BasePython, env_dir: &Path, lock_path: &Path) -> Result<(), String> {
+    run_checked(
+        Command::new(&python.program).arg("-m").arg("venv").arg(env_dir),
+        "python3 -m venv failed: install the venv module (Debian/Ubuntu: `apt-get install python3-venv`)",
+    )?;
+    let env_python = env_dir.join("bin").join("python");
+    run_checked(
+        Command::new(&env_python)
+            .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-r"])
+            .arg(lock_path),
+        "pip could not install the pinned wheels. Check that PyPI is reachable (or that \
+         PIP_INDEX_URL points at a mirror) and that there is ~6 GB of free disk, then rerun \
+         `cargo xtask setup`",
+    )?;
+    let probe = Command::new(&env_python)
+        .args([
+            "-c",
+            "import sysconfig, torch, onnxruntime, onnx, numpy; print(sysconfig.get_paths()['purelib'])",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run the new environment's python: {e}"))?;
+    if !probe.status.success() {
+        return Err(format!(
+            "the new environment does not import its packages:\n{}",
+            String::from_utf8_lossy(&probe.stderr)
+        ));
+    }
+    let site_packages = String::from_utf8_lossy(&probe.stdout).trim().to_string();
+    for required in ["torch/lib/libtorch_cpu.so", "torch/include", ORT_LIBRARY] {
+        let path = Path::new(&site_packages).join(required);
+        if !path.exists() {
+            return Err(format!("the environment lacks {}", path.display()));
+        }
+    }
+    fs::write(env_dir.join(COMPLETE_MARKER), format!("{site_packages}\n"))
+        .map_err(|e| format!("cannot write the completion marker: {e}"))
+}
+
+fn run_checked(command: &mut Command, hint: &str) -> Result<(), String> {
+    match command.status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("{hint} ({status})")),
+        Err(e) => Err(format!("{hint} ({e})")),
+    }
+}
+
+/// Points `.dim-env/{venv,python,torch,libonnxruntime.so}` at the environment. Each link is
+/// replaced by rename, so a concurrent cargo build never sees a missing path.
+fn link_workspace(root: &Path, env_dir: &Path, site_packages: &Path) -> Result<(), String> {
+    let links = root.join(".dim-env");
+    fs::create_dir_all(&links).map_err(|e| format!("cannot create {}: {e}", links.display()))?;
+    let targets = [
+        ("venv", env_dir.to_path_buf()),
+        ("python", env_dir.join("bin").join("python")),
+        ("torch", site_packages.join("torch")),
+        ("libonnxruntime.so", site_packages.join(ORT_LIBRARY)),
+    ];
+    for (name, target) in targets {
+        let link = links.join(name);
+        if fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {
+            continue;
+        }
+        let staging = links.join(format!(".{name}.tmp"));
+        let _ = fs::remove_file(&staging);
+        std::os::unix::fs::symlink(&target, &staging)
+            .and_then(|()| fs::rename(&staging, &link))
+            .map_err(|e| format!("cannot link {} -> {}: {e}", link.display(), target.display()))?;
+    }
+    Ok(())
+}
+
+/// Returns the Fashion-MNIST IDX directory, installing Debian's package when it is missing and
+/// this user may do so; otherwise says exactly how to get it.
+pub fn ensure_fashion_mnist() -> Result<PathBuf, String> {
+    let dir = std::env::var_os("DIM_FASHION_MNIST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(FASHION_MNIST_DIR));
+    let present = |dir: &Path| dir.join("t10k-images-idx3-ubyte.gz").is_file();
+    if present(&dir) {
+        return Ok(dir);
+    }
+    eprintln!(
+        "==> Fashion-MNIST not found at {}; trying `apt-get install dataset-fashion-mnist`",
+        dir.display()
+    );
+    let is_root =
+        Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if is_root {
+        let _ = Command::new("apt-get").arg("update").arg("-qq").status();
+        let _ = Command::new("apt-get").args(["install", "-y", "-qq", "dataset-fashion-mnist"]).status();
+    }
+    if present(&dir) {
+        return Ok(dir);
+    }
+    Err(format!(
+        "Fashion-MNIST is missing at {}. Get it with `sudo apt-get update && sudo apt-get install \
+         dataset-fashion-mnist` (Debian/Ubuntu), or download the four *-ubyte.gz files from \
+         https://github.com/zalandoresearch/fashion-mnist into a folder and set \
+         DIM_FASHION_MNIST=<that folder>.",
+        dir.display()
+    ))
+}

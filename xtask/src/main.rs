@@ -1,0 +1,95 @@
+//! `cargo xtask`: the project's chores (set-up, tests, demo, benchmarks) as one entry point.
+
+mod bench;
+mod environment;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "\
+cargo xtask <command> [options]
+
+Commands:
+  setup [--gpu]     Create (once) the pinned Python environment holding libtorch and
+                    ONNX Runtime, and link it at .dim-env/ so plain cargo commands work.
+                    --gpu installs onnxruntime-gpu (CUDA execution provider) instead.
+  test              setup, then cargo fmt --check, clippy -D warnings and every test.
+  demo              setup, then the main job: embed the Fashion-MNIST test images with the
+                    shipped model, index them, query them, and write demo-output/index.html.
+  bench [NAME...]   setup, then re-run the benchmarks (train, export, embed, index) and
+                    refresh bench/results/.
+
+Environment:
+  DIM_TOOLKIT_CACHE  where Python environments are kept (default ~/.cache/dim-toolkit)
+  DIM_PYTHON3        the Python interpreter used to create them (default python3)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => environment::setup(&workspace_root(), args[1..].iter().any(|a| a == "--gpu")),
+        Some("test") => run_tests(),
+        Some("demo") => run_demo(&args[1..]),
+        Some("bench") => bench::run(&workspace_root(), &args[1..]),
+        Some("-h" | "--help" | "help") | None => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some(other) => Err(format!("unknown command `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The repository root (xtask lives one level below it).
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits inside the workspace").to_path_buf()
+}
+
+/// Runs `cargo <args>` in the workspace root, failing with the step's name.
+fn cargo(args: &[&str]) -> Result<(), String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("==> cargo {}", args.join(" "));
+    let status = Command::new(cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("could not start cargo: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("`cargo {}` failed ({status})", args.join(" "))) }
+}
+
+fn run_tests() -> Result<(), String> {
+    let started = std::time::Instant::now();
+    environment::setup(&workspace_root(), false)?;
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cargo(&["test", "--workspace"])?;
+    eprintln!("==> all checks passed in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn run_demo(extra: &[String]) -> Result<(), String> {
+    let root = workspace_root();
+    environment::setup(&root, false)?;
+    let fashion_dir = environment::ensure_fashion_mnist()?;
+    let mut args = vec![
+        "run".to_string(),
+        "--release".into(),
+        "--quiet".into(),
+        "-p".into(),
+        "dim-infer".into(),
+        "--bin".into(),
+        "dim-demo".into(),
+        "--".into(),
+        "--fashion-mnist".into(),
+        fashion_dir.display().to_string(),
+    ];
+    args.extend(extra.iter().cloned());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    cargo(&refs)
+}
