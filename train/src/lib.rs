@@ -1,3 +1,6 @@
-//! Deep InfoMax training on libtorch.
+//! Deep InfoMax training on libtorch: encoders, critics, estimators, prior matching, data
+//! loading, checkpoints and frozen-encoder probes.
 
+pub mod data;
 pub mod device;
+pub mod encoder;

@@ -1,0 +1,186 @@
+//! DIM encoders built as tch modules from the framework-neutral presets in `dim_models`, with the
+//! local map M and the conv, fc and Y taps exposed. Variables live under the names of the
+//! parameter-name contract (`encoder.conv1.conv.weight`, ...), which the exporter reads.
+
+use dim_models::parameters::{BATCH_NORM_EPSILON, ENCODER_PREFIX};
+use dim_models::{EncoderConfig, LayerKind};
+use tch::{Tensor, nn, nn::ModuleT};
+
+/// One layer of the convolutional trunk.
+#[derive(Debug)]
+enum TrunkLayer {
+    Conv { conv: nn::Conv2D, batch_norm: nn::BatchNorm },
+    MaxPool { kernel: i64, stride: i64, padding: i64 },
+}
+
+/// One layer of the fully connected head.
+#[derive(Debug)]
+struct HeadLayer {
+    linear: nn::Linear,
+    batch_norm: Option<nn::BatchNorm>,
+}
+
+/// The encoder's outputs for a batch.
+#[derive(Debug)]
+pub struct Taps {
+    /// Local feature map M, `[N, C, h, w]`.
+    pub local: Tensor,
+    /// Last conv map, `[N, C, h, w]` (the "conv" tap is it flattened).
+    pub conv: Tensor,
+    /// Hidden FC features before Y, `[N, fc]` (after BatchNorm and ReLU).
+    pub fc: Tensor,
+    /// Global vector Y, `[N, 64]`.
+    pub y: Tensor,
+}
+
+/// A DIM encoder.
+#[derive(Debug)]
+pub struct Encoder {
+    config: EncoderConfig,
+    trunk: Vec<TrunkLayer>,
+    head: Vec<HeadLayer>,
+}
+
+fn batch_norm_config() -> nn::BatchNormConfig {
+    nn::BatchNormConfig { eps: BATCH_NORM_EPSILON, ..Default::default() }
+}
+
+impl Encoder {
+    /// Creates the encoder's variables under `root / "encoder"`.
+    pub fn new(root: &nn::Path, config: EncoderConfig) -> Self {
+        let path = root / ENCODER_PREFIX;
+        let trunk = config
+            .conv_layers()
+            .into_iter()
+            .map(|layer| match layer.kind {
+                LayerKind::Conv { in_channels, out_channels, kernel, stride, padding } => {
+                    let block = &path / layer.name.as_str();
+                    let conv_config = nn::ConvConfig {
+                        stride: stride as i64,
+                        padding: padding as i64,
+                        bias: false,
+                        ..Default::default()
+                    };
+                    TrunkLayer::Conv {
+                        conv: nn::conv2d(
+                            &block / "conv",
+                            in_channels as i64,
+                            out_channels as i64,
+                            kernel as i64,
+                            conv_config,
+                        ),
+                        batch_norm: nn::batch_norm2d(&block / "bn", out_channels as i64, batch_norm_config()),
+                    }
+                }
+                LayerKind::MaxPool { kernel, stride, padding } => TrunkLayer::MaxPool {
+                    kernel: kernel as i64,
+                    stride: stride as i64,
+                    padding: padding as i64,
+                },
+                LayerKind::Linear { .. } => unreachable!("the trunk holds only convs and pools"),
+            })
+            .collect();
+        let head = config
+            .fc_layers()
+            .into_iter()
+            .map(|layer| match layer.kind {
+                LayerKind::Linear { in_features, out_features, batch_norm_relu } => {
+                    let block = &path / layer.name.as_str();
+                    HeadLayer {
+                        linear: nn::linear(
+                            &block / "linear",
+                            in_features as i64,
+                            out_features as i64,
+                            Default::default(),
+                        ),
+                        batch_norm: batch_norm_relu.then(|| {
+                            nn::batch_norm1d(&block / "bn", out_features as i64, batch_norm_config())
+                        }),
+                    }
+                }
+                _ => unreachable!("the head holds only linear layers"),
+            })
+            .collect();
+        Encoder { config, trunk, head }
+    }
+
+    /// The architecture this encoder was built from.
+    pub fn config(&self) -> &EncoderConfig {
+        &self.config
+    }
+
+    /// Runs the encoder on images `[N, C, H, W]` with values in [0, 1] (scaled to [−1, 1] here,
+    /// exactly as the exported ONNX graph does). `train` selects BatchNorm's batch statistics.
+    pub fn forward_taps(&self, images: &Tensor, train: bool) -> Taps {
+        let mut x = images * 2.0 - 1.0;
+        let mut local = None;
+        for (index, layer) in self.trunk.iter().enumerate() {
+            x = match layer {
+                TrunkLayer::Conv { conv, batch_norm } => {
+                    conv.forward_t(&x, train).apply_t(batch_norm, train).relu()
+                }
+                TrunkLayer::MaxPool { kernel, stride, padding } => {
+                    x.max_pool2d([*kernel, *kernel], [*stride, *stride], [*padding, *padding], [1, 1], false)
+                }
+            };
+            if index == self.config.local_layer_index() {
+                local = Some(x.shallow_clone());
+            }
+        }
+        let conv = x;
+        let mut h = conv.flatten(1, -1);
+        let mut fc = None;
+        let last = self.head.len() - 1;
+        for (index, layer) in self.head.iter().enumerate() {
+            h = h.apply(&layer.linear);
+            if let Some(batch_norm) = &layer.batch_norm {
+                h = h.apply_t(batch_norm, train).relu();
+            }
+            if index + 1 == last {
+                fc = Some(h.shallow_clone());
+            }
+        }
+        Taps {
+            local: local.expect("the local layer index lies inside the trunk"),
+            conv,
+            fc: fc.expect("every preset has a hidden FC layer"),
+            y: h,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dim_models::Preset;
+    use dim_models::parameters::encoder_parameters;
+    use std::collections::BTreeMap;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn variables_follow_the_parameter_name_contract_and_taps_have_preset_sizes() {
+        for preset in Preset::ALL {
+            let config = EncoderConfig::new(preset, 3).unwrap();
+            let store = nn::VarStore::new(Device::Cpu);
+            let encoder = Encoder::new(&store.root(), config);
+            let created: BTreeMap<String, Vec<usize>> = store
+                .variables()
+                .into_iter()
+                .map(|(name, t)| (name, t.size().into_iter().map(|d| d as usize).collect()))
+                .collect();
+            let contract: BTreeMap<String, Vec<usize>> =
+                encoder_parameters(&config).into_iter().map(|s| (s.name, s.shape)).collect();
+            assert_eq!(created, contract, "{preset}");
+
+            let size = config.input_size() as i64;
+            let images = Tensor::rand([2, 3, size, size], (Kind::Float, Device::Cpu));
+            let taps = encoder.forward_taps(&images, false);
+            let dims = config.tap_dims();
+            let as_i64 = |d: [usize; 3]| d.map(|v| v as i64).to_vec();
+            assert_eq!(taps.local.size()[1..], as_i64(dims.local)[..]);
+            assert_eq!(taps.conv.size()[1..], as_i64(dims.conv)[..]);
+            assert_eq!(taps.fc.size(), [2, dims.fc as i64]);
+            assert_eq!(taps.y.size(), [2, dims.y as i64]);
+        }
+    }
+}
