@@ -4,3 +4,4 @@
 pub mod data;
 pub mod device;
 pub mod encoder;
+pub mod probes;
