@@ -4,4 +4,5 @@
 pub mod data;
 pub mod device;
 pub mod encoder;
+pub mod features;
 pub mod probes;
