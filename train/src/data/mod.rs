@@ -2,7 +2,20 @@
 //! folders, all yielding CHW f32 images in [0, 1] fitted to the encoder's input, plus a batch
 //! loader that shuffles by seed, decodes in parallel and prefetches.
 
+mod cifar;
+mod fingerprint;
+mod folder;
+mod idx;
+mod loader;
+
+pub use cifar::{CifarDataset, CifarKind};
+pub use folder::FolderDataset;
+pub use idx::IdxDataset;
+pub use loader::{Augment, Batch, EpochBatches, LoaderOptions, batches_per_epoch, epoch_batches};
+
 use dim_models::preprocess::InputSpec;
+use std::path::Path;
+use std::sync::Arc;
 
 /// One decoded, preprocessed example.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,4 +74,83 @@ pub trait Dataset: Send + Sync {
     fn fingerprint(&self) -> String;
     /// One line for logs, e.g. "Fashion-MNIST IDX (60000 images, 10 classes)".
     fn describe(&self) -> String;
+}
+
+/// Which reader [`open_dataset`] uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DataFormat {
+    /// Decide from the directory's file names or the file's magic bytes.
+    #[default]
+    Auto,
+    /// MNIST/Fashion-MNIST IDX files, gzipped or not.
+    Idx,
+    /// CIFAR-10 binary batches.
+    Cifar10,
+    /// CIFAR-100 binary files (fine labels).
+    Cifar100,
+    /// A folder of image files, labelled by first-level subfolder when every image has one.
+    Folder,
+}
+
+/// Which part of a dataset with a fixed train/test split to read. Image folders have no split
+/// and ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Split {
+    /// The training examples.
+    #[default]
+    Train,
+    /// The held-out test examples.
+    Test,
+}
+
+/// Opens the dataset at `path`, preprocessing every example to `spec`.
+///
+/// `path` may be a directory laid out as the format ships (e.g. `train-images-idx3-ubyte.gz`
+/// beside `t10k-images-idx3-ubyte.gz`, or `data_batch_1.bin` … `test_batch.bin`), a single
+/// IDX images file or CIFAR `.bin` file, or a folder of images.
+pub fn open_dataset(
+    path: &Path,
+    format: DataFormat,
+    split: Split,
+    spec: InputSpec,
+) -> Result<Arc<dyn Dataset>, DataError> {
+    let format = match format {
+        DataFormat::Auto => detect_format(path)?,
+        chosen => chosen,
+    };
+    Ok(match format {
+        DataFormat::Idx => Arc::new(IdxDataset::open(path, split, spec)?),
+        DataFormat::Cifar10 => Arc::new(CifarDataset::open(path, CifarKind::Cifar10, split, spec)?),
+        DataFormat::Cifar100 => Arc::new(CifarDataset::open(path, CifarKind::Cifar100, split, spec)?),
+        DataFormat::Folder => Arc::new(FolderDataset::open(path, spec)?),
+        DataFormat::Auto => unreachable!("detect_format picks a concrete format"),
+    })
+}
+
+/// Guesses the format from a directory's file names or a file's first bytes.
+fn detect_format(path: &Path) -> Result<DataFormat, DataError> {
+    let metadata = std::fs::metadata(path).map_err(|source| DataError::Io { path: path.into(), source })?;
+    if metadata.is_dir() {
+        if idx::find_images_file(path, Split::Train).is_some()
+            || idx::find_images_file(path, Split::Test).is_some()
+        {
+            return Ok(DataFormat::Idx);
+        }
+        if CifarKind::Cifar10.has_split_files(path) {
+            return Ok(DataFormat::Cifar10);
+        }
+        if CifarKind::Cifar100.has_split_files(path) {
+            return Ok(DataFormat::Cifar100);
+        }
+        return Ok(DataFormat::Folder);
+    }
+    if idx::has_idx_magic(path)? {
+        return Ok(DataFormat::Idx);
+    }
+    Err(DataError::Format {
+        path: path.into(),
+        reason: "cannot tell the dataset format: not a directory and not an IDX file; \
+                 pass --format (idx, cifar10, cifar100 or folder)"
+            .into(),
+    })
 }
