@@ -1,0 +1,247 @@
+//! The "encode and dot" critics of the official DIM code: the local critic scores the global
+//! vector Y against every location of the local map M, the global critic scores Y against the
+//! whole of M. Scores come out as `[N, N, L]` for the estimators.
+
+use dim_models::parameters::BATCH_NORM_EPSILON;
+use dim_models::{EncoderConfig, LayerKind};
+use tch::{Kind, Tensor, nn, nn::Module, nn::ModuleT};
+
+/// Variable prefix of the local critic.
+pub const LOCAL_CRITIC_PREFIX: &str = "local_critic";
+/// Variable prefix of the global critic.
+pub const GLOBAL_CRITIC_PREFIX: &str = "global_critic";
+
+fn batch_norm_config() -> nn::BatchNormConfig {
+    nn::BatchNormConfig { eps: BATCH_NORM_EPSILON, ..Default::default() }
+}
+
+/// A 1×1 "conv" block over feature vectors `[P, in] → [P, U]`:
+/// `LayerNorm(W₂·ReLU(BN(W₁·x)) + S·x)`, with the shortcut `S` initialised near identity.
+///
+/// A 1×1 convolution is a linear map applied at every location, so the block runs on
+/// `[positions, channels]` rows; BatchNorm over those rows uses the same statistics as
+/// BatchNorm2d over `(N, h, w)`.
+#[derive(Debug)]
+struct EncodeBlock {
+    hidden: nn::Linear,
+    batch_norm: nn::BatchNorm,
+    output: nn::Linear,
+    shortcut: nn::Linear,
+    layer_norm: nn::LayerNorm,
+}
+
+impl EncodeBlock {
+    fn new(path: &nn::Path, in_features: i64, width: i64) -> Self {
+        let no_bias = nn::LinearConfig { bias: false, ..Default::default() };
+        let shortcut = nn::linear(path / "shortcut", in_features, width, no_bias);
+        // Start the shortcut as (almost) the identity on the first min(in, U) channels, as the
+        // official code does, so the block initially passes the features through and the
+        // residual branch learns a correction.
+        tch::no_grad(|| {
+            let near_identity = Tensor::eye_m(width, in_features, (Kind::Float, path.device()))
+                + Tensor::empty([width, in_features], (Kind::Float, path.device())).uniform_(-0.01, 0.01);
+            let diagonal = Tensor::eye_m(width, in_features, (Kind::Bool, path.device()));
+            let mut weight = shortcut.ws.shallow_clone();
+            weight.copy_(&near_identity.masked_fill(&diagonal, 1.0));
+        });
+        EncodeBlock {
+            hidden: nn::linear(path / "hidden", in_features, width, no_bias),
+            batch_norm: nn::batch_norm1d(path / "bn", width, batch_norm_config()),
+            output: nn::linear(path / "output", width, width, Default::default()),
+            shortcut,
+            layer_norm: nn::layer_norm(path / "layer_norm", vec![width], Default::default()),
+        }
+    }
+
+    fn forward(&self, rows: &Tensor, train: bool) -> Tensor {
+        let residual = rows.apply(&self.hidden).apply_t(&self.batch_norm, train).relu().apply(&self.output);
+        (residual + rows.apply(&self.shortcut)).apply(&self.layer_norm)
+    }
+}
+
+/// Local critic: `u(i, j, l) = ⟨φ(Y_i), ψ(M_j at l)⟩`.
+#[derive(Debug)]
+pub struct LocalCritic {
+    local_block: EncodeBlock,
+    global_block: EncodeBlock,
+}
+
+impl LocalCritic {
+    /// Creates the critic under `root / "local_critic"` for M with `local_channels` channels,
+    /// Y of width `y_dim`, and embedding width `width` (U).
+    pub fn new(root: &nn::Path, local_channels: usize, y_dim: usize, width: usize) -> Self {
+        let path = root / LOCAL_CRITIC_PREFIX;
+        LocalCritic {
+            local_block: EncodeBlock::new(&(&path / "local"), local_channels as i64, width as i64),
+            global_block: EncodeBlock::new(&(&path / "global"), y_dim as i64, width as i64),
+        }
+    }
+
+    /// Scores `[N, N, L]` for local maps `[N, C, h, w]` and global vectors `[N, Y]`.
+    pub fn scores(&self, local: &Tensor, y: &Tensor, train: bool) -> Tensor {
+        let [n, c, h, w] = local.size()[..] else { panic!("local map must be [N, C, h, w]") };
+        let rows = local.permute([0, 2, 3, 1]).reshape([n * h * w, c]);
+        let local_embedded = self.local_block.forward(&rows, train); // [N·L, U]
+        let global_embedded = self.global_block.forward(y, train); // [N, U]
+        global_embedded.matmul(&local_embedded.transpose(0, 1)).reshape([n, n, h * w])
+    }
+}
+
+/// One layer of the global critic's copy of the encoder's remaining layers.
+#[derive(Debug)]
+enum RemainingLayer {
+    Conv { conv: nn::Conv2D, batch_norm: nn::BatchNorm },
+    MaxPool { kernel: i64, stride: i64, padding: i64 },
+    Linear { linear: nn::Linear, batch_norm: nn::BatchNorm },
+}
+
+/// Global critic: a copy of the encoder's layers after M (convs and hidden FC layers) then a
+/// linear map to U encodes M; `Y → Linear(Y → U)`; the score is their dot product.
+#[derive(Debug)]
+pub struct GlobalCritic {
+    remaining: Vec<RemainingLayer>,
+    local_output: nn::Linear,
+    global_output: nn::Linear,
+}
+
+impl GlobalCritic {
+    /// Creates the critic under `root / "global_critic"`.
+    pub fn new(root: &nn::Path, config: &EncoderConfig, width: usize) -> Self {
+        let path = root / GLOBAL_CRITIC_PREFIX;
+        let local_path = &path / "local";
+        let mut remaining = Vec::new();
+        for layer in config.conv_layers().into_iter().skip(config.local_layer_index() + 1) {
+            let block = &local_path / layer.name.as_str();
+            remaining.push(match layer.kind {
+                LayerKind::Conv { in_channels, out_channels, kernel, stride, padding } => {
+                    let conv_config = nn::ConvConfig {
+                        stride: stride as i64,
+                        padding: padding as i64,
+                        bias: false,
+                        ..Default::default()
+                    };
+                    RemainingLayer::Conv {
+                        conv: nn::conv2d(
+                            &block / "conv",
+                            in_channels as i64,
+                            out_channels as i64,
+                            kernel as i64,
+                            conv_config,
+                        ),
+                        batch_norm: nn::batch_norm2d(&block / "bn", out_channels as i64, batch_norm_config()),
+                    }
+                }
+                LayerKind::MaxPool { kernel, stride, padding } => RemainingLayer::MaxPool {
+                    kernel: kernel as i64,
+                    stride: stride as i64,
+                    padding: padding as i64,
+                },
+                LayerKind::Linear { .. } => unreachable!("conv_layers holds only convs and pools"),
+            });
+        }
+        let fc_layers = config.fc_layers();
+        let hidden_layers = &fc_layers[..fc_layers.len() - 1];
+        let mut features = config.tap_dims().conv_len() as i64;
+        for layer in hidden_layers {
+            let LayerKind::Linear { in_features, out_features, .. } = layer.kind else {
+                unreachable!("fc_layers holds only linear layers")
+            };
+            let block = &local_path / layer.name.as_str();
+            remaining.push(RemainingLayer::Linear {
+                linear: nn::linear(
+                    &block / "linear",
+                    in_features as i64,
+                    out_features as i64,
+                    Default::default(),
+                ),
+                batch_norm: nn::batch_norm1d(&block / "bn", out_features as i64, batch_norm_config()),
+            });
+            features = out_features as i64;
+        }
+        let width = width as i64;
+        GlobalCritic {
+            remaining,
+            local_output: nn::linear(&local_path / "output", features, width, Default::default()),
+            global_output: nn::linear(
+                &path / "global" / "output",
+                config.tap_dims().y as i64,
+                width,
+                Default::default(),
+            ),
+        }
+    }
+
+    /// Scores `[N, N, 1]` for local maps `[N, C, h, w]` and global vectors `[N, Y]`.
+    pub fn scores(&self, local: &Tensor, y: &Tensor, train: bool) -> Tensor {
+        let mut x = local.shallow_clone();
+        for layer in &self.remaining {
+            x = match layer {
+                RemainingLayer::Conv { conv, batch_norm } => {
+                    conv.forward_t(&x, train).apply_t(batch_norm, train).relu()
+                }
+                RemainingLayer::MaxPool { kernel, stride, padding } => {
+                    x.max_pool2d([*kernel, *kernel], [*stride, *stride], [*padding, *padding], [1, 1], false)
+                }
+                RemainingLayer::Linear { linear, batch_norm } => {
+                    x.flatten(1, -1).apply(linear).apply_t(batch_norm, train).relu()
+                }
+            };
+        }
+        let local_embedded = x.flatten(1, -1).apply(&self.local_output); // [N, U]
+        let global_embedded = self.global_output.forward(y); // [N, U]
+        global_embedded.matmul(&local_embedded.transpose(0, 1)).unsqueeze(-1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dim_models::Preset;
+    use tch::Device;
+
+    #[test]
+    fn critics_score_every_pair_and_live_under_their_own_prefixes() {
+        let config = EncoderConfig::new(Preset::Basic32x32, 1).unwrap();
+        let store = nn::VarStore::new(Device::Cpu);
+        let local_critic = LocalCritic::new(&store.root(), 128, 64, 32);
+        let global_critic = GlobalCritic::new(&store.root(), &config, 32);
+        let local = Tensor::rand([3, 128, 8, 8], (Kind::Float, Device::Cpu));
+        let y = Tensor::randn([3, 64], (Kind::Float, Device::Cpu));
+        assert_eq!(local_critic.scores(&local, &y, true).size(), [3, 3, 64]);
+        assert_eq!(global_critic.scores(&local, &y, true).size(), [3, 3, 1]);
+        for name in store.variables().keys() {
+            assert!(
+                name.starts_with("local_critic.") || name.starts_with("global_critic."),
+                "{name} is outside the critic prefixes"
+            );
+        }
+        assert!(store.variables().contains_key("global_critic.local.conv3.conv.weight"));
+        assert!(store.variables().contains_key("global_critic.local.fc1.linear.weight"));
+    }
+
+    #[test]
+    fn local_scores_are_dot_products_of_the_embedded_vectors() {
+        let store = nn::VarStore::new(Device::Cpu);
+        let critic = LocalCritic::new(&store.root(), 4, 3, 8);
+        let local = Tensor::randn([2, 4, 2, 1], (Kind::Float, Device::Cpu));
+        let y = Tensor::randn([2, 3], (Kind::Float, Device::Cpu));
+        let scores = critic.scores(&local, &y, false);
+        // Location l = 1 of image j = 0, against Y of image i = 1, computed directly.
+        let column = local.select(0, 0).select(1, 1).select(1, 0).unsqueeze(0); // [1, 4]
+        let psi = critic.local_block.forward(&column, false);
+        let phi = critic.global_block.forward(&y.select(0, 1).unsqueeze(0), false);
+        let direct = (psi * phi).sum(Kind::Float).double_value(&[]);
+        assert!((scores.double_value(&[1, 0, 1]) - direct).abs() < 1e-4);
+    }
+
+    #[test]
+    fn the_shortcut_starts_near_identity() {
+        let store = nn::VarStore::new(Device::Cpu);
+        let _critic = LocalCritic::new(&store.root(), 4, 3, 8);
+        let weight = &store.variables()["local_critic.local.shortcut.weight"];
+        assert_eq!(weight.size(), [8, 4]);
+        let off_identity = weight - Tensor::eye_m(8, 4, (Kind::Float, Device::Cpu));
+        assert!(off_identity.abs().max().double_value(&[]) <= 0.01);
+        assert_eq!(weight.double_value(&[2, 2]), 1.0);
+    }
+}
