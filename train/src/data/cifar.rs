@@ -187,3 +187,104 @@ impl Dataset for CifarDataset {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dim_models::preprocess::ResizePolicy;
+
+    const RGB_32: InputSpec = InputSpec { channels: 3, size: 32, resize: ResizePolicy::Pad };
+
+    /// Records whose red plane is `seed`, green `seed + 1` and blue `seed + 2`, with the given
+    /// label bytes in front.
+    fn records(kind: CifarKind, labels: &[u8], seed: u8) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for &label in labels {
+            if kind == CifarKind::Cifar100 {
+                bytes.push(label / 5); // coarse label, ignored
+            }
+            bytes.push(label);
+            for channel in 0..3u8 {
+                bytes.extend(std::iter::repeat_n(seed + channel, SIDE * SIDE));
+            }
+        }
+        bytes
+    }
+
+    fn format_reason(result: Result<CifarDataset, DataError>) -> (PathBuf, String) {
+        match result {
+            Err(DataError::Format { path, reason }) => (path, reason),
+            other => panic!("expected a format error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cifar10_train_split_reads_all_five_batches_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 1..=5u8 {
+            let path = dir.path().join(format!("data_batch_{i}.bin"));
+            std::fs::write(path, records(CifarKind::Cifar10, &[i, 9 - i], i * 10)).unwrap();
+        }
+        std::fs::write(dir.path().join("test_batch.bin"), records(CifarKind::Cifar10, &[7], 200)).unwrap();
+        assert!(CifarKind::Cifar10.has_split_files(dir.path()));
+        assert!(!CifarKind::Cifar100.has_split_files(dir.path()));
+
+        let train = CifarDataset::open(dir.path(), CifarKind::Cifar10, Split::Train, RGB_32).unwrap();
+        assert_eq!((train.len(), train.num_classes()), (10, Some(10)));
+        let sample = train.get(4).unwrap(); // first record of data_batch_3
+        assert_eq!(sample.label, Some(3));
+        assert_eq!(sample.pixels.len(), 3 * 1024);
+        for (channel, plane) in sample.pixels.chunks(1024).enumerate() {
+            let expected = f32::from(30 + channel as u8) / 255.0;
+            assert!(plane.iter().all(|&v| (v - expected).abs() < 1e-6), "channel {channel}");
+        }
+        let test = CifarDataset::open(dir.path(), CifarKind::Cifar10, Split::Test, RGB_32).unwrap();
+        assert_eq!((test.len(), test.get(0).unwrap().label), (1, Some(7)));
+        assert_ne!(train.fingerprint(), test.fingerprint());
+    }
+
+    #[test]
+    fn cifar100_uses_the_fine_label_and_grey_specs_convert() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("train.bin"), records(CifarKind::Cifar100, &[99, 42], 60)).unwrap();
+        let grey = InputSpec { channels: 1, ..RGB_32 };
+        let data = CifarDataset::open(dir.path(), CifarKind::Cifar100, Split::Train, grey).unwrap();
+        assert_eq!(data.num_classes(), Some(100));
+        let sample = data.get(0).unwrap();
+        assert_eq!(sample.label, Some(99));
+        assert_eq!(sample.pixels.len(), 1024);
+        // Grey lies between the darkest and brightest channel.
+        assert!(sample.pixels.iter().all(|&v| (60.0 / 255.0..=62.0 / 255.0).contains(&v)));
+        assert_eq!(data.get(1).unwrap().label, Some(42));
+    }
+
+    #[test]
+    fn truncated_file_reports_whole_records_and_leftover_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test_batch.bin");
+        let mut bytes = records(CifarKind::Cifar10, &[1, 2, 3], 0);
+        bytes.truncate(bytes.len() - 10);
+        std::fs::write(&path, bytes).unwrap();
+        let (error_path, reason) =
+            format_reason(CifarDataset::open(&path, CifarKind::Cifar10, Split::Test, RGB_32));
+        assert_eq!(error_path, path);
+        assert!(
+            reason.contains("truncated") && reason.contains("2 whole records and 3063 bytes over"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn missing_split_file_and_out_of_range_labels_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("data_batch_1.bin"), records(CifarKind::Cifar10, &[1], 0)).unwrap();
+        let (_, reason) =
+            format_reason(CifarDataset::open(dir.path(), CifarKind::Cifar10, Split::Train, RGB_32));
+        assert!(reason.contains("data_batch_2.bin"), "{reason}");
+
+        let path = dir.path().join("data_batch_1.bin");
+        std::fs::write(&path, records(CifarKind::Cifar10, &[1, 12], 0)).unwrap();
+        let (_, reason) = format_reason(CifarDataset::open(&path, CifarKind::Cifar10, Split::Train, RGB_32));
+        assert!(reason.contains("record 1 has label 12"), "{reason}");
+    }
+}

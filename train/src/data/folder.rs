@@ -151,3 +151,69 @@ fn collect_images(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), DataError>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dim_models::preprocess::ResizePolicy;
+    use image::{Rgb, RgbImage};
+
+    const RGB_8: InputSpec = InputSpec { channels: 3, size: 8, resize: ResizePolicy::Stretch };
+
+    fn write_png(path: &Path, value: u8) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        RgbImage::from_pixel(8, 8, Rgb([value, value, value])).save(path).unwrap();
+    }
+
+    #[test]
+    fn class_subfolders_become_sorted_labels_and_files_sort_deterministically() {
+        let dir = tempfile::tempdir().unwrap();
+        write_png(&dir.path().join("dog/b.png"), 10);
+        write_png(&dir.path().join("dog/nested/a.PNG"), 20);
+        write_png(&dir.path().join("cat/z.png"), 30);
+        std::fs::write(dir.path().join("cat/notes.txt"), "not an image").unwrap();
+
+        let data = FolderDataset::open(dir.path(), RGB_8).unwrap();
+        assert_eq!(data.class_names(), ["cat", "dog"]);
+        assert_eq!(data.len(), 3);
+        let relative: Vec<_> = data.files().iter().map(|f| f.strip_prefix(dir.path()).unwrap()).collect();
+        assert_eq!(relative, [Path::new("cat/z.png"), Path::new("dog/b.png"), Path::new("dog/nested/a.PNG")]);
+        let labels: Vec<_> = (0..3).map(|i| data.get(i).unwrap().label).collect();
+        assert_eq!(labels, [Some(0), Some(1), Some(1)]);
+        assert!((data.get(2).unwrap().pixels[0] - 20.0 / 255.0).abs() < 1e-6);
+        assert_eq!(data.fingerprint(), FolderDataset::open(dir.path(), RGB_8).unwrap().fingerprint());
+    }
+
+    #[test]
+    fn a_loose_file_makes_the_folder_unlabelled() {
+        let dir = tempfile::tempdir().unwrap();
+        write_png(&dir.path().join("dog/b.png"), 10);
+        write_png(&dir.path().join("loose.png"), 20);
+        let data = FolderDataset::open(dir.path(), RGB_8).unwrap();
+        assert_eq!(data.num_classes(), None);
+        assert_eq!(data.get(0).unwrap().label, None);
+    }
+
+    #[test]
+    fn corrupt_image_is_an_image_error_and_empty_folder_a_format_error() {
+        let dir = tempfile::tempdir().unwrap();
+        write_png(&dir.path().join("a/good.png"), 10);
+        std::fs::write(dir.path().join("a/broken.jpg"), b"\xff\xd8\xff not really a jpeg").unwrap();
+        let data = FolderDataset::open(dir.path(), RGB_8).unwrap();
+        assert!(matches!(data.get(0), Err(DataError::Image { path, .. }) if path.ends_with("a/broken.jpg")));
+
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(FolderDataset::open(empty.path(), RGB_8), Err(DataError::Format { .. })));
+    }
+
+    #[test]
+    fn fingerprint_changes_when_a_file_changes_size() {
+        let dir = tempfile::tempdir().unwrap();
+        write_png(&dir.path().join("a/one.png"), 10);
+        let before = FolderDataset::open(dir.path(), RGB_8).unwrap().fingerprint();
+        RgbImage::from_fn(8, 8, |x, y| Rgb([(x * 30) as u8, (y * 30) as u8, 7]))
+            .save(dir.path().join("a/one.png"))
+            .unwrap();
+        assert_ne!(before, FolderDataset::open(dir.path(), RGB_8).unwrap().fingerprint());
+    }
+}

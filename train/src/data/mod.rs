@@ -154,3 +154,85 @@ fn detect_format(path: &Path) -> Result<DataFormat, DataError> {
             .into(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dim_models::preprocess::ResizePolicy;
+    use image::{Luma, Rgb, RgbImage};
+
+    const GREY_32: InputSpec = InputSpec { channels: 1, size: 32, resize: ResizePolicy::Pad };
+
+    fn idx_images(count: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for value in [0x0000_0803u32, count, 28, 28] {
+            bytes.extend_from_slice(&value.to_be_bytes());
+        }
+        bytes.resize(16 + count as usize * 784, 7);
+        bytes
+    }
+
+    #[test]
+    fn auto_detects_each_layout() {
+        let idx_dir = tempfile::tempdir().unwrap();
+        std::fs::write(idx_dir.path().join("t10k-images-idx3-ubyte"), idx_images(2)).unwrap();
+        let data = open_dataset(idx_dir.path(), DataFormat::Auto, Split::Test, GREY_32).unwrap();
+        assert!(data.describe().starts_with("IDX"), "{}", data.describe());
+        let single = idx_dir.path().join("t10k-images-idx3-ubyte");
+        assert_eq!(open_dataset(&single, DataFormat::Auto, Split::Train, GREY_32).unwrap().len(), 2);
+
+        let cifar10 = tempfile::tempdir().unwrap();
+        std::fs::write(cifar10.path().join("test_batch.bin"), vec![3u8; 3073]).unwrap();
+        let data = open_dataset(cifar10.path(), DataFormat::Auto, Split::Test, GREY_32).unwrap();
+        assert!(data.describe().starts_with("CIFAR-10 "), "{}", data.describe());
+
+        let cifar100 = tempfile::tempdir().unwrap();
+        std::fs::write(cifar100.path().join("test.bin"), vec![3u8; 3074]).unwrap();
+        let data = open_dataset(cifar100.path(), DataFormat::Auto, Split::Test, GREY_32).unwrap();
+        assert!(data.describe().starts_with("CIFAR-100 "), "{}", data.describe());
+
+        let folder = tempfile::tempdir().unwrap();
+        image::GrayImage::from_pixel(5, 5, Luma([1])).save(folder.path().join("one.png")).unwrap();
+        let data = open_dataset(folder.path(), DataFormat::Auto, Split::Train, GREY_32).unwrap();
+        assert!(data.describe().starts_with("image folder"), "{}", data.describe());
+
+        let unknown = folder.path().join("one.png");
+        let error = open_dataset(&unknown, DataFormat::Auto, Split::Train, GREY_32).err().unwrap();
+        assert!(error.to_string().contains("--format"), "{error}");
+        let missing = folder.path().join("absent");
+        assert!(matches!(
+            open_dataset(&missing, DataFormat::Auto, Split::Train, GREY_32),
+            Err(DataError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn loader_skips_and_reports_a_corrupt_image_in_a_class_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        for (class, count) in [("apple", 3), ("pear", 4)] {
+            std::fs::create_dir(dir.path().join(class)).unwrap();
+            for i in 0..count {
+                RgbImage::from_pixel(6, 6, Rgb([i * 40, 0, 0]))
+                    .save(dir.path().join(format!("{class}/{i}.png")))
+                    .unwrap();
+            }
+        }
+        std::fs::write(dir.path().join("pear/zz-corrupt.png"), b"\x89PNG\r\n\x1a\n truncated").unwrap();
+        let spec = InputSpec { channels: 3, size: 8, resize: ResizePolicy::Pad };
+        let data = open_dataset(dir.path(), DataFormat::Folder, Split::Train, spec).unwrap();
+        assert_eq!((data.len(), data.num_classes()), (8, Some(2)));
+
+        let options = LoaderOptions { batch_size: 3, seed: 5, ..LoaderOptions::default() };
+        let mut batches = epoch_batches(data, &options, 0);
+        let loaded: Vec<Batch> = batches.by_ref().collect();
+        assert_eq!(loaded.iter().map(|batch| batch.len).sum::<usize>(), 7);
+        assert!(loaded.iter().all(|batch| batch.images.len() == batch.len * spec.len()));
+        let mut labels: Vec<i64> = loaded.iter().flat_map(|batch| batch.labels.clone().unwrap()).collect();
+        labels.sort();
+        assert_eq!(labels, [0, 0, 0, 1, 1, 1, 1]);
+        let skipped = batches.skipped();
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].0, 7, "the corrupt file sorts last");
+        assert!(skipped[0].1.contains("zz-corrupt.png"), "{}", skipped[0].1);
+    }
+}
