@@ -1,1 +1,268 @@
-//! Standalone ONNX export of DIM encoders.
+//! Standalone ONNX export of DIM encoders: reads a dim-train checkpoint (no libtorch), describes
+//! the encoder as a small graph with BatchNorm folded ([`graph`]), and writes it as an ONNX model
+//! with the shared metadata ([`onnx_writer`]).
+//!
+//! ```no_run
+//! use dim_export::{EmbeddingSource, ExportOptions, export};
+//! let options = ExportOptions {
+//!     checkpoint_dir: "runs/fashion/checkpoint".into(),
+//!     out: "model.onnx".into(),
+//!     embedding_source: EmbeddingSource::Conv,
+//! };
+//! let summary = export(&options)?;
+//! println!("{} bytes, checkpoint {}", summary.bytes, summary.metadata.checkpoint_sha256);
+//! # Ok::<(), dim_export::ExportError>(())
+//! ```
+
+pub mod batch_norm_folding;
+pub mod checkpoint;
+pub mod error;
+pub mod graph;
+pub mod onnx_proto;
+pub mod onnx_writer;
+
+pub use checkpoint::EncoderCheckpoint;
+pub use error::ExportError;
+pub use graph::{EmbeddingSource, EncoderGraph};
+
+use dim_models::TOOLKIT_VERSION;
+use dim_models::onnx_metadata::{ModelMetadata, OutputInfo};
+use dim_models::preprocess::InputSpec;
+use std::path::PathBuf;
+
+/// What to export and where.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Checkpoint directory (`config.json` + `weights.safetensors`).
+    pub checkpoint_dir: PathBuf,
+    /// Destination `.onnx` file, written atomically.
+    pub out: PathBuf,
+    /// The tap the `embedding` output normalises.
+    pub embedding_source: EmbeddingSource,
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone)]
+pub struct ExportSummary {
+    /// The metadata stored in the model.
+    pub metadata: ModelMetadata,
+    /// Size of the model file.
+    pub bytes: usize,
+}
+
+/// Reads the checkpoint, builds the graph and writes the model. On any error nothing is
+/// written at `options.out`.
+pub fn export(options: &ExportOptions) -> Result<ExportSummary, ExportError> {
+    let checkpoint = EncoderCheckpoint::read(&options.checkpoint_dir)?;
+    let graph = EncoderGraph::build(&checkpoint, options.embedding_source);
+    let metadata = model_metadata(&checkpoint, &graph, options.embedding_source);
+    let bytes = onnx_writer::encode_model(&graph, &metadata);
+    dim_models::atomic_file::write_bytes_atomically(&options.out, &bytes)
+        .map_err(|source| ExportError::Write { path: options.out.clone(), source })?;
+    Ok(ExportSummary { metadata, bytes: bytes.len() })
+}
+
+/// The `metadata_props` contract for a model exported from `checkpoint`.
+pub fn model_metadata(
+    checkpoint: &EncoderCheckpoint,
+    graph: &EncoderGraph,
+    embedding_source: EmbeddingSource,
+) -> ModelMetadata {
+    let config = &checkpoint.config;
+    ModelMetadata {
+        preset: config.encoder.preset,
+        input: InputSpec {
+            channels: config.encoder.in_channels,
+            size: config.encoder.input_size(),
+            resize: config.resize,
+        },
+        outputs: graph.outputs.iter().map(|o| OutputInfo { name: o.name.clone(), dim: o.width }).collect(),
+        embedding_source: embedding_source.output_name().to_string(),
+        training_digest: config.training_digest(),
+        checkpoint_sha256: checkpoint.weights_sha256.clone(),
+        toolkit_version: TOOLKIT_VERSION.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx_proto::ModelProto;
+    use dim_models::checkpoint::{
+        CHECKPOINT_FORMAT_VERSION, CONFIG_FILE, CheckpointConfig, WEIGHTS_FILE, sha256_hex,
+    };
+    use dim_models::parameters::encoder_parameters;
+    use dim_models::preprocess::ResizePolicy;
+    use dim_models::{EncoderConfig, Preset};
+    use prost::Message;
+    use safetensors::Dtype;
+    use safetensors::tensor::TensorView;
+    use std::path::Path;
+
+    /// A tensor to store: name, dtype, shape and little-endian bytes.
+    type StoredTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
+    fn config() -> CheckpointConfig {
+        CheckpointConfig {
+            format_version: CHECKPOINT_FORMAT_VERSION,
+            toolkit_version: TOOLKIT_VERSION.into(),
+            encoder: EncoderConfig::new(Preset::Basic32x32, 1).unwrap(),
+            resize: ResizePolicy::Pad,
+            epoch: 1,
+            step: 10,
+            data_fingerprint: "test".into(),
+            training: serde_json::json!({"estimator": "jsd"}),
+        }
+    }
+
+    /// Every encoder tensor of the contract, plus a critic tensor that export must ignore.
+    fn contract_tensors() -> Vec<StoredTensor> {
+        let f32_bytes = |len: usize| -> Vec<u8> {
+            (0..len).flat_map(|i| ((i % 13) as f32 * 0.1 + 0.5).to_le_bytes()).collect()
+        };
+        let mut tensors: Vec<StoredTensor> = encoder_parameters(&config().encoder)
+            .into_iter()
+            .map(|spec| {
+                let len = spec.shape.iter().product();
+                (spec.name, Dtype::F32, spec.shape, f32_bytes(len))
+            })
+            .collect();
+        tensors.push(("local_critic.block.weight".into(), Dtype::F32, vec![2, 2], f32_bytes(4)));
+        tensors
+    }
+
+    fn write_checkpoint(dir: &Path, config_json: &serde_json::Value, tensors: &[StoredTensor]) {
+        std::fs::write(dir.join(CONFIG_FILE), serde_json::to_vec_pretty(config_json).unwrap()).unwrap();
+        let views = tensors.iter().map(|(name, dtype, shape, bytes)| {
+            (name.clone(), TensorView::new(*dtype, shape.clone(), bytes).unwrap())
+        });
+        std::fs::write(dir.join(WEIGHTS_FILE), safetensors::serialize(views, None).unwrap()).unwrap();
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Exports `dir` into a fresh output directory and returns the result and that directory's listing.
+    fn export_from(dir: &Path) -> (Result<ExportSummary, ExportError>, Vec<String>) {
+        let out_dir = tempfile::tempdir().unwrap();
+        let options = ExportOptions {
+            checkpoint_dir: dir.to_path_buf(),
+            out: out_dir.path().join("model.onnx"),
+            embedding_source: EmbeddingSource::Y,
+        };
+        (export(&options), listing(out_dir.path()))
+    }
+
+    fn assert_fails_cleanly(dir: &Path, expected_message: &str) {
+        let (result, files) = export_from(dir);
+        let message = result.expect_err("export should fail").to_string();
+        assert!(message.contains(expected_message), "`{message}` lacks `{expected_message}`");
+        assert!(files.is_empty(), "output directory holds {files:?}");
+    }
+
+    #[test]
+    fn a_valid_checkpoint_exports_a_model_with_metadata_and_ignores_critic_tensors() {
+        let dir = tempfile::tempdir().unwrap();
+        write_checkpoint(dir.path(), &serde_json::to_value(config()).unwrap(), &contract_tensors());
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = out_dir.path().join("model.onnx");
+        let options = ExportOptions {
+            checkpoint_dir: dir.path().into(),
+            out: out.clone(),
+            embedding_source: EmbeddingSource::Y,
+        };
+        let summary = export(&options).unwrap();
+        assert_eq!(listing(out_dir.path()), ["model.onnx"]);
+
+        let model = ModelProto::decode(std::fs::read(&out).unwrap().as_slice()).unwrap();
+        assert_eq!(model.producer_name.as_deref(), Some(onnx_writer::PRODUCER_NAME));
+        let props: std::collections::HashMap<String, String> = model
+            .metadata_props
+            .into_iter()
+            .map(|p| (p.key.unwrap_or_default(), p.value.unwrap_or_default()))
+            .collect();
+        let metadata = ModelMetadata::from_props(&props).unwrap();
+        assert_eq!(metadata, summary.metadata);
+        assert_eq!(metadata.embedding_source, "y");
+        assert_eq!(metadata.output_dim("embedding"), Some(64));
+        assert_eq!(metadata.output_dim("conv"), Some(4096));
+        let weights = std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap();
+        assert_eq!(metadata.checkpoint_sha256, sha256_hex(&weights));
+        assert_eq!(metadata.training_digest, config().training_digest());
+    }
+
+    #[test]
+    fn a_missing_tensor_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tensors = contract_tensors();
+        tensors.retain(|t| t.0 != "encoder.conv2.bn.running_var");
+        write_checkpoint(dir.path(), &serde_json::to_value(config()).unwrap(), &tensors);
+        assert_fails_cleanly(dir.path(), "lacks the encoder tensor `encoder.conv2.bn.running_var`");
+    }
+
+    #[test]
+    fn an_extra_encoder_tensor_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tensors = contract_tensors();
+        tensors.push(("encoder.conv4.conv.weight".into(), Dtype::F32, vec![1], vec![0; 4]));
+        write_checkpoint(dir.path(), &serde_json::to_value(config()).unwrap(), &tensors);
+        assert_fails_cleanly(
+            dir.path(),
+            "`encoder.conv4.conv.weight`, which the basic32x32 preset does not have",
+        );
+    }
+
+    #[test]
+    fn a_shape_mismatch_names_the_tensor_and_both_shapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tensors = contract_tensors();
+        let bias = tensors.iter_mut().find(|t| t.0 == "encoder.y.linear.bias").unwrap();
+        (bias.2, bias.3) = (vec![63], vec![0; 63 * 4]);
+        write_checkpoint(dir.path(), &serde_json::to_value(config()).unwrap(), &tensors);
+        assert_fails_cleanly(dir.path(), "`encoder.y.linear.bias` has shape [63], expected [64]");
+    }
+
+    #[test]
+    fn a_non_f32_tensor_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tensors = contract_tensors();
+        let bias = tensors.iter_mut().find(|t| t.0 == "encoder.y.linear.bias").unwrap();
+        (bias.1, bias.3) = (Dtype::F64, vec![0; 64 * 8]);
+        write_checkpoint(dir.path(), &serde_json::to_value(config()).unwrap(), &tensors);
+        assert_fails_cleanly(dir.path(), "`encoder.y.linear.bias` has dtype F64, expected F32");
+    }
+
+    #[test]
+    fn truncated_weights_and_config_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_checkpoint(dir.path(), &serde_json::to_value(config()).unwrap(), &contract_tensors());
+        let weights = std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap();
+        std::fs::write(dir.path().join(WEIGHTS_FILE), &weights[..weights.len() / 2]).unwrap();
+        assert_fails_cleanly(dir.path(), "is not a valid safetensors file");
+        std::fs::remove_file(dir.path().join(WEIGHTS_FILE)).unwrap();
+        assert_fails_cleanly(dir.path(), "cannot read");
+
+        let config_path = dir.path().join(CONFIG_FILE);
+        let text = std::fs::read(&config_path).unwrap();
+        std::fs::write(&config_path, &text[..text.len() / 2]).unwrap();
+        assert_fails_cleanly(dir.path(), "is not a valid checkpoint config");
+    }
+
+    #[test]
+    fn an_unknown_preset_is_named_with_the_known_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut json = serde_json::to_value(config()).unwrap();
+        json["encoder"]["preset"] = "resnet50".into();
+        write_checkpoint(dir.path(), &json, &contract_tensors());
+        assert_fails_cleanly(
+            dir.path(),
+            "unknown preset `resnet50` (known: basic32x32, basic64x64, alex64x64)",
+        );
+    }
+}

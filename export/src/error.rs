@@ -1,0 +1,87 @@
+//! Why an export failed. Every variant names the file or tensor at fault, so a user can tell a
+//! damaged checkpoint from one written by an incompatible trainer.
+
+use dim_models::checkpoint::CheckpointError;
+use dim_models::preset::PresetError;
+use std::path::PathBuf;
+
+/// Errors from reading a checkpoint or writing a model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// `config.json` is missing, unreadable, corrupt or of another layout version.
+    #[error("cannot use the checkpoint config: {0}")]
+    Config(#[from] CheckpointError),
+    /// `config.json` names an encoder preset this toolkit does not know.
+    #[error("{path} names an unknown encoder: {source}")]
+    UnknownPreset {
+        /// The config file.
+        path: PathBuf,
+        /// The preset error, naming the known presets.
+        source: PresetError,
+    },
+    /// The weights file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    ReadWeights {
+        /// The weights file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The weights file is not valid safetensors (corrupt or truncated).
+    #[error("{path} is not a valid safetensors file (corrupt or truncated?): {source}")]
+    CorruptWeights {
+        /// The weights file.
+        path: PathBuf,
+        /// The parser's complaint.
+        source: safetensors::SafeTensorError,
+    },
+    /// A tensor the encoder needs is absent.
+    #[error("{path} lacks the encoder tensor `{name}`")]
+    MissingTensor {
+        /// The weights file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+    },
+    /// An `encoder.*` tensor that the preset does not have: the checkpoint was written for
+    /// another architecture.
+    #[error(
+        "{path} holds the encoder tensor `{name}`, which the {preset} preset does not have \
+         (checkpoint written for another architecture?)"
+    )]
+    UnexpectedTensor {
+        /// The weights file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+        /// The preset the config names.
+        preset: String,
+    },
+    /// A tensor has the wrong shape for the preset.
+    #[error("encoder tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    Shape {
+        /// The tensor's name.
+        name: String,
+        /// Shape the preset requires.
+        expected: Vec<usize>,
+        /// Shape in the file.
+        found: Vec<usize>,
+    },
+    /// A tensor is not float32.
+    #[error("encoder tensor `{name}` has dtype {found}, expected F32")]
+    DType {
+        /// The tensor's name.
+        name: String,
+        /// Dtype in the file.
+        found: String,
+    },
+    /// The model file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The destination.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,431 @@
+//! The encoder as a small framework-neutral graph: ops with named inputs and outputs, and float
+//! initialisers. It is built from the shared preset (`conv_layers`, `fc_layers`) and a
+//! checkpoint's weights, with every BatchNorm folded into the layer before it; writing it as
+//! ONNX is a separate step ([`crate::onnx_writer`]).
+
+use crate::batch_norm_folding::{BatchNormStats, fold};
+use crate::checkpoint::EncoderCheckpoint;
+use dim_models::LayerKind;
+use dim_models::onnx_metadata::{INPUT_NAME, OUTPUT_CONV, OUTPUT_EMBEDDING, OUTPUT_FC, OUTPUT_Y};
+use dim_models::parameters::{ENCODER_PREFIX, batch_norm_names};
+use std::fmt;
+
+/// Smallest norm the embedding is divided by, so an all-zero feature stays finite (zero).
+pub const NORM_FLOOR: f32 = 1e-12;
+
+/// Which feature tap the `embedding` output L2-normalises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmbeddingSource {
+    /// The flattened last conv map.
+    Conv,
+    /// The hidden FC layer before Y.
+    Fc,
+    /// The global vector Y.
+    Y,
+}
+
+impl EmbeddingSource {
+    /// The graph output holding the source tap; also the name used in metadata and on the CLI.
+    pub fn output_name(self) -> &'static str {
+        match self {
+            EmbeddingSource::Conv => OUTPUT_CONV,
+            EmbeddingSource::Fc => OUTPUT_FC,
+            EmbeddingSource::Y => OUTPUT_Y,
+        }
+    }
+}
+
+impl fmt::Display for EmbeddingSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.output_name())
+    }
+}
+
+impl std::str::FromStr for EmbeddingSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [EmbeddingSource::Conv, EmbeddingSource::Fc, EmbeddingSource::Y]
+            .into_iter()
+            .find(|source| source.output_name() == s)
+            .ok_or_else(|| format!("unknown embedding source `{s}` (known: conv, fc, y)"))
+    }
+}
+
+/// An operation of the graph, with its attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Element-wise product (with broadcasting).
+    Mul,
+    /// Element-wise difference (with broadcasting).
+    Sub,
+    /// 2-D convolution with bias, square kernel, symmetric zero padding.
+    Conv {
+        /// Kernel side.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+        /// Padding on each side.
+        padding: usize,
+    },
+    /// Max-pool with a square window, symmetric padding.
+    MaxPool {
+        /// Window side.
+        kernel: usize,
+        /// Stride.
+        stride: usize,
+        /// Padding on each side.
+        padding: usize,
+    },
+    /// `max(x, 0)`.
+    Relu,
+    /// `[N, ...] → [N, product]`, keeping row-major (channel-major) order.
+    Flatten,
+    /// `x · Wᵀ + b` with `W` stored `[out, in]`.
+    Gemm,
+    /// L2 norm over axis 1, keeping the axis.
+    ReduceL2,
+    /// Element-wise maximum.
+    Max,
+    /// Element-wise quotient.
+    Div,
+}
+
+/// One operation applied to named values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// Unique node name.
+    pub name: String,
+    /// What it computes.
+    pub op: Op,
+    /// Input value names.
+    pub inputs: Vec<String>,
+    /// Output value name.
+    pub output: String,
+}
+
+/// A constant float tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Initializer {
+    /// Value name.
+    pub name: String,
+    /// Shape (empty for a scalar).
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub values: Vec<f32>,
+}
+
+/// A graph output: a `[N, width]` float tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphOutput {
+    /// Value name.
+    pub name: String,
+    /// Feature width.
+    pub width: usize,
+}
+
+/// The encoder graph: input `image` `[N, C, H, W]`, outputs `conv`, `fc`, `y`, `embedding`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncoderGraph {
+    /// Graph name.
+    pub name: String,
+    /// Input `[C, H, W]` (the batch dimension is symbolic).
+    pub input_chw: [usize; 3],
+    /// Nodes in topological order.
+    pub nodes: Vec<Node>,
+    /// Weights and constants.
+    pub initializers: Vec<Initializer>,
+    /// Outputs in graph order.
+    pub outputs: Vec<GraphOutput>,
+}
+
+impl EncoderGraph {
+    /// Builds the graph of `checkpoint`'s encoder with `embedding` normalising the chosen tap.
+    pub fn build(checkpoint: &EncoderCheckpoint, embedding: EmbeddingSource) -> Self {
+        let config = &checkpoint.config.encoder;
+        let size = config.input_size();
+        let mut builder = GraphBuilder { checkpoint, nodes: Vec::new(), initializers: Vec::new() };
+
+        // The encoder was trained on images in [−1, 1]; the graph takes [0, 1] like every image
+        // loader, so the scaling cannot be forgotten by a caller.
+        builder.constant("two", 2.0);
+        builder.constant("one", 1.0);
+        let doubled = builder.node("input_scale/mul", Op::Mul, &[INPUT_NAME, "two"], "image_doubled");
+        let mut x = builder.node("input_scale/sub", Op::Sub, &[&doubled, "one"], "image_signed");
+
+        for layer in config.conv_layers() {
+            x = match layer.kind {
+                LayerKind::Conv { kernel, stride, padding, .. } => {
+                    let prefix = format!("{ENCODER_PREFIX}.{}", layer.name);
+                    builder.folded_weights(&layer.name, &format!("{prefix}.conv.weight"), None, &prefix);
+                    let op = Op::Conv { kernel, stride, padding };
+                    let (weight, bias) = (format!("{}.weight", layer.name), format!("{}.bias", layer.name));
+                    let conv = builder.node(
+                        &format!("{}/conv", layer.name),
+                        op,
+                        &[&x, &weight, &bias],
+                        &format!("{}.conv", layer.name),
+                    );
+                    builder.node(&format!("{}/relu", layer.name), Op::Relu, &[&conv], &layer.name)
+                }
+                LayerKind::MaxPool { kernel, stride, padding } => {
+                    let op = Op::MaxPool { kernel, stride, padding };
+                    builder.node(&layer.name, op, &[&x], &layer.name)
+                }
+                LayerKind::Linear { .. } => unreachable!("conv_layers holds only convs and pools"),
+            };
+        }
+        let mut h = builder.node("flatten", Op::Flatten, &[&x], OUTPUT_CONV);
+
+        let fc_layers = config.fc_layers();
+        let last_hidden = fc_layers.len() - 2;
+        for (index, layer) in fc_layers.iter().enumerate() {
+            let LayerKind::Linear { batch_norm_relu, .. } = layer.kind else {
+                unreachable!("fc_layers holds only linear layers")
+            };
+            let prefix = format!("{ENCODER_PREFIX}.{}", layer.name);
+            let weight_name = format!("{prefix}.linear.weight");
+            let bias_name = format!("{prefix}.linear.bias");
+            let output = match (batch_norm_relu, index == last_hidden) {
+                (false, _) => OUTPUT_Y.to_string(),
+                (true, true) => OUTPUT_FC.to_string(),
+                (true, false) => layer.name.clone(),
+            };
+            let (weight, bias) = (format!("{}.weight", layer.name), format!("{}.bias", layer.name));
+            if batch_norm_relu {
+                builder.folded_weights(&layer.name, &weight_name, Some(&bias_name), &prefix);
+                let gemm = builder.node(
+                    &format!("{}/gemm", layer.name),
+                    Op::Gemm,
+                    &[&h, &weight, &bias],
+                    &format!("{}.linear", layer.name),
+                );
+                h = builder.node(&format!("{}/relu", layer.name), Op::Relu, &[&gemm], &output);
+            } else {
+                builder.copied(&weight, &weight_name);
+                builder.copied(&bias, &bias_name);
+                h = builder.node(&format!("{}/gemm", layer.name), Op::Gemm, &[&h, &weight, &bias], &output);
+            }
+        }
+
+        let source = embedding.output_name();
+        builder.constant("norm_floor", NORM_FLOOR);
+        let norm = builder.node("embedding/norm", Op::ReduceL2, &[source], "embedding.norm");
+        let floored =
+            builder.node("embedding/floor", Op::Max, &[&norm, "norm_floor"], "embedding.norm_floored");
+        builder.node("embedding/divide", Op::Div, &[source, &floored], OUTPUT_EMBEDDING);
+
+        let dims = config.tap_dims();
+        let width_of = |source: EmbeddingSource| match source {
+            EmbeddingSource::Conv => dims.conv_len(),
+            EmbeddingSource::Fc => dims.fc,
+            EmbeddingSource::Y => dims.y,
+        };
+        let output = |name: &str, width| GraphOutput { name: name.to_string(), width };
+        EncoderGraph {
+            name: format!("dim_encoder_{}", config.preset.name()),
+            input_chw: [config.in_channels, size, size],
+            nodes: builder.nodes,
+            initializers: builder.initializers,
+            outputs: vec![
+                output(OUTPUT_CONV, dims.conv_len()),
+                output(OUTPUT_FC, dims.fc),
+                output(OUTPUT_Y, dims.y),
+                output(OUTPUT_EMBEDDING, width_of(embedding)),
+            ],
+        }
+    }
+}
+
+/// Accumulates nodes and initialisers while walking the layers.
+struct GraphBuilder<'a> {
+    checkpoint: &'a EncoderCheckpoint,
+    nodes: Vec<Node>,
+    initializers: Vec<Initializer>,
+}
+
+impl GraphBuilder<'_> {
+    /// Adds a node and returns its output's name.
+    fn node(&mut self, name: &str, op: Op, inputs: &[&str], output: &str) -> String {
+        self.nodes.push(Node {
+            name: name.to_string(),
+            op,
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            output: output.to_string(),
+        });
+        output.to_string()
+    }
+
+    fn constant(&mut self, name: &str, value: f32) {
+        self.initializers.push(Initializer {
+            name: name.to_string(),
+            shape: Vec::new(),
+            values: vec![value],
+        });
+    }
+
+    fn copied(&mut self, name: &str, tensor: &str) {
+        let tensor = self.checkpoint.tensor(tensor);
+        self.initializers.push(Initializer {
+            name: name.to_string(),
+            shape: tensor.shape.clone(),
+            values: tensor.values.clone(),
+        });
+    }
+
+    /// Adds `{layer}.weight` and `{layer}.bias`: the checkpoint's weight (and bias) with the
+    /// BatchNorm under `prefix` folded in.
+    fn folded_weights(&mut self, layer: &str, weight: &str, bias: Option<&str>, prefix: &str) {
+        let [gamma, beta, mean, var] =
+            batch_norm_names(prefix).map(|name| &self.checkpoint.tensor(&name).values);
+        let stats = BatchNormStats { weight: gamma, bias: beta, running_mean: mean, running_var: var };
+        let weight = self.checkpoint.tensor(weight);
+        let folded = fold(&weight.values, bias.map(|b| self.checkpoint.tensor(b).values.as_slice()), stats);
+        let channels = folded.bias.len();
+        self.initializers.push(Initializer {
+            name: format!("{layer}.weight"),
+            shape: weight.shape.clone(),
+            values: folded.weight,
+        });
+        self.initializers.push(Initializer {
+            name: format!("{layer}.bias"),
+            shape: vec![channels],
+            values: folded.bias,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::WeightTensor;
+    use dim_models::checkpoint::{CHECKPOINT_FORMAT_VERSION, CheckpointConfig};
+    use dim_models::parameters::encoder_parameters;
+    use dim_models::preprocess::ResizePolicy;
+    use dim_models::{EncoderConfig, Preset};
+
+    /// An in-memory checkpoint with every contract tensor filled with ones.
+    fn checkpoint_of_ones(preset: Preset, channels: usize) -> EncoderCheckpoint {
+        let encoder = EncoderConfig::new(preset, channels).unwrap();
+        let tensors = encoder_parameters(&encoder)
+            .into_iter()
+            .map(|spec| {
+                let len = spec.shape.iter().product();
+                (spec.name, WeightTensor { shape: spec.shape, values: vec![1.0; len] })
+            })
+            .collect();
+        let config = CheckpointConfig {
+            format_version: CHECKPOINT_FORMAT_VERSION,
+            toolkit_version: dim_models::TOOLKIT_VERSION.into(),
+            encoder,
+            resize: ResizePolicy::Pad,
+            epoch: 0,
+            step: 0,
+            data_fingerprint: String::new(),
+            training: serde_json::Value::Null,
+        };
+        EncoderCheckpoint { config, tensors, weights_sha256: String::new() }
+    }
+
+    fn op_names(graph: &EncoderGraph) -> Vec<&'static str> {
+        graph
+            .nodes
+            .iter()
+            .map(|node| match node.op {
+                Op::Mul => "Mul",
+                Op::Sub => "Sub",
+                Op::Conv { .. } => "Conv",
+                Op::MaxPool { .. } => "MaxPool",
+                Op::Relu => "Relu",
+                Op::Flatten => "Flatten",
+                Op::Gemm => "Gemm",
+                Op::ReduceL2 => "ReduceL2",
+                Op::Max => "Max",
+                Op::Div => "Div",
+            })
+            .collect()
+    }
+
+    const SCALE: [&str; 2] = ["Mul", "Sub"];
+    const CONV_RELU: [&str; 2] = ["Conv", "Relu"];
+    const GEMM_RELU: [&str; 2] = ["Gemm", "Relu"];
+    const NORMALISE: [&str; 3] = ["ReduceL2", "Max", "Div"];
+
+    #[test]
+    fn each_preset_has_its_op_sequence() {
+        let expected = |body: &[&[&'static str]]| -> Vec<&'static str> {
+            let mut ops = SCALE.to_vec();
+            body.iter().for_each(|part| ops.extend_from_slice(part));
+            ops.extend_from_slice(&NORMALISE);
+            ops
+        };
+        let basic32 = EncoderGraph::build(&checkpoint_of_ones(Preset::Basic32x32, 1), EmbeddingSource::Conv);
+        assert_eq!(
+            op_names(&basic32),
+            expected(&[&CONV_RELU, &CONV_RELU, &CONV_RELU, &["Flatten"], &GEMM_RELU, &["Gemm"]])
+        );
+        let basic64 = EncoderGraph::build(&checkpoint_of_ones(Preset::Basic64x64, 3), EmbeddingSource::Conv);
+        assert_eq!(
+            op_names(&basic64),
+            expected(&[&CONV_RELU, &CONV_RELU, &CONV_RELU, &CONV_RELU, &["Flatten"], &GEMM_RELU, &["Gemm"]])
+        );
+        let alex = EncoderGraph::build(&checkpoint_of_ones(Preset::Alex64x64, 3), EmbeddingSource::Y);
+        let pool = ["MaxPool"];
+        assert_eq!(
+            op_names(&alex),
+            expected(&[
+                &CONV_RELU,
+                &pool,
+                &CONV_RELU,
+                &pool,
+                &CONV_RELU,
+                &CONV_RELU,
+                &CONV_RELU,
+                &pool,
+                &["Flatten"],
+                &GEMM_RELU,
+                &GEMM_RELU,
+                &["Gemm"]
+            ])
+        );
+        assert_eq!(alex.outputs.iter().map(|o| o.width).collect::<Vec<_>>(), [192 * 8 * 8, 4096, 64, 64]);
+    }
+
+    #[test]
+    fn values_flow_from_the_input_to_every_output_and_names_are_unique() {
+        for source in [EmbeddingSource::Conv, EmbeddingSource::Fc, EmbeddingSource::Y] {
+            let graph = EncoderGraph::build(&checkpoint_of_ones(Preset::Alex64x64, 1), source);
+            let mut defined: std::collections::HashSet<String> =
+                graph.initializers.iter().map(|i| i.name.clone()).collect();
+            assert!(defined.insert(INPUT_NAME.to_string()));
+            for node in &graph.nodes {
+                for input in &node.inputs {
+                    assert!(defined.contains(input), "{} reads undefined `{input}`", node.name);
+                }
+                assert!(defined.insert(node.output.clone()), "`{}` defined twice", node.output);
+            }
+            for output in &graph.outputs {
+                assert!(defined.contains(&output.name), "output `{}` never computed", output.name);
+            }
+            let embedding = graph.nodes.iter().find(|n| n.output == OUTPUT_EMBEDDING).unwrap();
+            assert_eq!(embedding.inputs[0], source.output_name());
+        }
+    }
+
+    #[test]
+    fn batch_norm_is_folded_and_initialisers_have_the_layer_shapes() {
+        let graph = EncoderGraph::build(&checkpoint_of_ones(Preset::Basic32x32, 3), EmbeddingSource::Fc);
+        let find = |name: &str| graph.initializers.iter().find(|i| i.name == name).unwrap();
+        // All ones: s = 1/√(1+ε), bias = s·(0 − 1) + 1 for the bias-free conv.
+        let s = (1.0 / (1.0 + dim_models::parameters::BATCH_NORM_EPSILON).sqrt()) as f32;
+        let conv1 = find("conv1.weight");
+        assert_eq!(conv1.shape, [64, 3, 4, 4]);
+        assert!(conv1.values.iter().all(|&w| (w - s).abs() < 1e-7));
+        assert!(find("conv1.bias").values.iter().all(|&b| (b - (1.0 - s)).abs() < 1e-7));
+        // fc1 has a bias of one: s·(1 − 1) + 1 = 1.
+        assert_eq!(find("fc1.weight").shape, [1024, 4096]);
+        assert!(find("fc1.bias").values.iter().all(|&b| (b - 1.0).abs() < 1e-7));
+        assert_eq!(find("y.weight").shape, [64, 1024]);
+        assert!("embed".parse::<EmbeddingSource>().is_err());
+        assert_eq!("fc".parse::<EmbeddingSource>(), Ok(EmbeddingSource::Fc));
+    }
+}
