@@ -1,8 +1,12 @@
 //! Deep InfoMax training on libtorch: encoders, critics, estimators, prior matching, data
 //! loading, checkpoints and frozen-encoder probes.
 
+pub mod checkpoint;
+pub mod critics;
 pub mod data;
 pub mod device;
 pub mod encoder;
+pub mod evaluation;
 pub mod features;
 pub mod probes;
+pub mod supervised;

@@ -1,0 +1,291 @@
+//! The supervised baseline: the same encoder trained end to end with labels, under the same
+//! optimiser and budget as a DIM run, saved as an ordinary checkpoint so that the probes compare
+//! it with DIM encoders like for like.
+//!
+//! The classifier is a single linear layer on Y (not on fc): Y is the representation DIM
+//! trains, and a classifier on Y means every tap the probes read (conv, fc and Y) is shaped by
+//! the labels. A classifier on fc would leave Y's weights at their random initialisation.
+
+use crate::checkpoint::{CheckpointIoError, save_checkpoint};
+use crate::data::{Dataset, LoaderOptions, epoch_batches};
+use crate::encoder::Encoder;
+use dim_models::EncoderConfig;
+use dim_models::checkpoint::{CHECKPOINT_FORMAT_VERSION, CheckpointConfig};
+use dim_models::preprocess::ResizePolicy;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor, nn, nn::OptimizerConfig};
+
+/// Prefix of the classifier's tensors in the weights file, beside the encoder's.
+pub const CLASSIFIER_PREFIX: &str = "classifier";
+/// Adam's betas in the official DIM runs, used here too so that only the objective differs.
+pub const ADAM_BETAS: (f64, f64) = (0.5, 0.999);
+
+/// Settings of a supervised run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SupervisedOptions {
+    /// Passes over the training split.
+    pub epochs: usize,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Adam learning rate.
+    pub learning_rate: f64,
+    /// Seeds initialisation, data order and dropout-free training.
+    pub seed: u64,
+}
+
+/// Why a supervised run failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SupervisedError {
+    /// The dataset has no labels.
+    #[error("supervised training needs labels, but {0} has none")]
+    Unlabelled(String),
+    /// The dataset's images do not fit the encoder.
+    #[error("the encoder takes {expected:?} (channels, size) inputs but the dataset yields {found:?}")]
+    InputMismatch {
+        /// (channels, size) the encoder takes.
+        expected: (usize, usize),
+        /// (channels, size) the dataset yields.
+        found: (usize, usize),
+    },
+    /// An option is out of range.
+    #[error("invalid option: {0}")]
+    Option(String),
+    /// Writing the checkpoint failed.
+    #[error("cannot write the checkpoint: {0}")]
+    Checkpoint(#[from] CheckpointIoError),
+    /// libtorch reported an error.
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+/// What one epoch did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochSummary {
+    /// Epoch number, from 1.
+    pub epoch: usize,
+    /// Mean cross-entropy over the epoch's steps.
+    pub mean_loss: f64,
+    /// Accuracy on the epoch's batches, in training mode, as they were seen.
+    pub train_accuracy: f64,
+    /// Examples that failed to load this epoch.
+    pub skipped: usize,
+}
+
+/// An encoder trained with labels, with its linear classifier on Y.
+#[derive(Debug)]
+pub struct SupervisedModel {
+    store: nn::VarStore,
+    encoder: Encoder,
+    classifier: nn::Linear,
+    epochs: usize,
+    steps: u64,
+    history: Vec<EpochSummary>,
+    skipped: Vec<(usize, String)>,
+}
+
+/// Trains `config`'s encoder with a linear classifier on Y by cross-entropy on `dataset`, calling
+/// `on_epoch` after every epoch.
+pub fn train_supervised(
+    dataset: Arc<dyn Dataset>,
+    config: EncoderConfig,
+    options: &SupervisedOptions,
+    device: Device,
+    progress: &indicatif::ProgressBar,
+    mut on_epoch: impl FnMut(&EpochSummary),
+) -> Result<SupervisedModel, SupervisedError> {
+    if options.epochs == 0 || options.batch_size < 2 {
+        return Err(SupervisedError::Option(
+            "epochs must be at least 1 and the batch size at least 2 (BatchNorm needs two examples)".into(),
+        ));
+    }
+    if !(options.learning_rate > 0.0 && options.learning_rate.is_finite()) {
+        return Err(SupervisedError::Option(format!(
+            "learning rate must be positive, got {}",
+            options.learning_rate
+        )));
+    }
+    let classes = dataset.num_classes().ok_or_else(|| SupervisedError::Unlabelled(dataset.describe()))?;
+    let spec = dataset.input_spec();
+    let expected = (config.in_channels, config.input_size());
+    if (spec.channels, spec.size) != expected {
+        return Err(SupervisedError::InputMismatch { expected, found: (spec.channels, spec.size) });
+    }
+    let mut model = SupervisedModel::new(config, classes, options.seed, device);
+    let mut optimizer = nn::Adam { beta1: ADAM_BETAS.0, beta2: ADAM_BETAS.1, ..Default::default() }
+        .build(&model.store, options.learning_rate)?;
+    let loader = LoaderOptions {
+        batch_size: options.batch_size,
+        shuffle: true,
+        seed: options.seed,
+        ..LoaderOptions::default()
+    };
+    let image_shape = [spec.channels as i64, spec.size as i64, spec.size as i64];
+    progress.set_length((options.epochs * dataset.len()) as u64);
+    for epoch in 0..options.epochs {
+        let mut batches = epoch_batches(Arc::clone(&dataset), &loader, epoch);
+        let (mut loss_sum, mut correct, mut seen, mut steps) = (0.0, 0i64, 0usize, 0usize);
+        for batch in batches.by_ref() {
+            progress.inc(batch.len as u64);
+            let labels = batch.labels.ok_or_else(|| SupervisedError::Unlabelled(dataset.describe()))?;
+            // BatchNorm's batch statistics are undefined for a single example.
+            if batch.len < 2 {
+                continue;
+            }
+            let rows = batch.len as i64;
+            let images = Tensor::from_slice(&batch.images).view([
+                rows,
+                image_shape[0],
+                image_shape[1],
+                image_shape[2],
+            ]);
+            let labels = Tensor::from_slice(&labels).to_device(device);
+            let logits = model.logits(&images.to_device(device), true);
+            let loss = logits.cross_entropy_for_logits(&labels);
+            optimizer.backward_step(&loss);
+            loss_sum += loss.double_value(&[]);
+            correct += logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]);
+            seen += batch.len;
+            steps += 1;
+        }
+        model.skipped = batches.skipped();
+        model.epochs = epoch + 1;
+        model.steps += steps as u64;
+        let summary = EpochSummary {
+            epoch: epoch + 1,
+            mean_loss: loss_sum / steps.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            skipped: model.skipped.len(),
+        };
+        on_epoch(&summary);
+        model.history.push(summary);
+    }
+    Ok(model)
+}
+
+impl SupervisedModel {
+    /// A freshly initialised encoder and classifier for `classes` classes (seeded).
+    pub fn new(config: EncoderConfig, classes: usize, seed: u64, device: Device) -> Self {
+        tch::manual_seed(seed as i64);
+        let store = nn::VarStore::new(device);
+        let encoder = Encoder::new(&store.root(), config);
+        let classifier = nn::linear(
+            store.root() / CLASSIFIER_PREFIX / "linear",
+            config.tap_dims().y as i64,
+            classes as i64,
+            Default::default(),
+        );
+        SupervisedModel { store, encoder, classifier, epochs: 0, steps: 0, history: vec![], skipped: vec![] }
+    }
+
+    /// The trained encoder.
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    /// Per-epoch summaries.
+    pub fn history(&self) -> &[EpochSummary] {
+        &self.history
+    }
+
+    /// Examples that failed to load in the last epoch, as (dataset index, reason).
+    pub fn skipped(&self) -> &[(usize, String)] {
+        &self.skipped
+    }
+
+    fn logits(&self, images: &Tensor, train: bool) -> Tensor {
+        self.encoder.forward_taps(images, train).y.apply(&self.classifier)
+    }
+
+    /// Accuracy of encoder and classifier (eval mode) on `images` `[N, C, H, W]` with `labels`.
+    pub fn accuracy(&self, images: &Tensor, labels: &Tensor) -> f64 {
+        let _guard = tch::no_grad_guard();
+        let device = self.store.device();
+        let predicted = self.logits(&images.to_device(device), false).argmax(1, false).to_device(Device::Cpu);
+        predicted.eq_tensor(labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[])
+    }
+
+    /// Writes a checkpoint directory through [`crate::checkpoint::save_checkpoint`]:
+    /// `weights.safetensors` with the `encoder.*` and `classifier.*` tensors, and `config.json`.
+    /// The optimiser state file is written empty: tch's Adam does not expose its moments, and a
+    /// supervised baseline is not resumed.
+    pub fn save_checkpoint(
+        &self,
+        dir: &Path,
+        resize: ResizePolicy,
+        data_fingerprint: String,
+        training: serde_json::Value,
+    ) -> Result<(), SupervisedError> {
+        let config = CheckpointConfig {
+            format_version: CHECKPOINT_FORMAT_VERSION,
+            toolkit_version: dim_models::TOOLKIT_VERSION.into(),
+            encoder: *self.encoder.config(),
+            resize,
+            epoch: self.epochs,
+            step: self.steps,
+            data_fingerprint,
+            training,
+        };
+        Ok(save_checkpoint(dir, &self.store, &[], &config)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::read_labelled_images;
+    use crate::features::tests::GeneratedImages;
+    use dim_models::Preset;
+
+    #[test]
+    fn training_on_two_generated_classes_raises_accuracy_and_writes_a_checkpoint() {
+        let dataset: Arc<dyn Dataset> = Arc::new(GeneratedImages::new(1, 32, 32));
+        let hidden = indicatif::ProgressBar::hidden();
+        let split = read_labelled_images(&*dataset, None, 0, &hidden).unwrap();
+        let config = EncoderConfig::new(Preset::Basic32x32, 1).unwrap();
+        let options = SupervisedOptions { epochs: 2, batch_size: 8, learning_rate: 1e-3, seed: 3 };
+        let before =
+            SupervisedModel::new(config, 2, options.seed, Device::Cpu).accuracy(&split.images, &split.labels);
+        let mut epochs_seen = 0;
+        let model = train_supervised(Arc::clone(&dataset), config, &options, Device::Cpu, &hidden, |_| {
+            epochs_seen += 1
+        })
+        .unwrap();
+        let after = model.accuracy(&split.images, &split.labels);
+        assert_eq!(epochs_seen, 2);
+        assert!(after > 0.9 && after > before + 0.3, "accuracy {before} → {after}, {:?}", model.history());
+        let losses: Vec<f64> = model.history().iter().map(|e| e.mean_loss).collect();
+        assert!(losses[1] < losses[0], "{losses:?}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("supervised");
+        model
+            .save_checkpoint(&out, ResizePolicy::Pad, "generated".into(), serde_json::json!({"x": 1}))
+            .unwrap();
+        let saved = CheckpointConfig::read(&out).unwrap();
+        assert_eq!((saved.encoder, saved.epoch, saved.step), (config, 2, 8));
+        let tensors = Tensor::read_safetensors(out.join(dim_models::checkpoint::WEIGHTS_FILE)).unwrap();
+        let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+        let expected = dim_models::parameters::encoder_parameters(&config);
+        assert!(expected.iter().all(|p| names.contains(&p.name.as_str())), "{names:?}");
+        assert!(names.contains(&"classifier.linear.weight"));
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 3, "no temporary files are left behind");
+        let (_store, loaded, _) = crate::checkpoint::load_encoder(&out, Device::Cpu).unwrap();
+        let _guard = tch::no_grad_guard();
+        let images = split.images.narrow(0, 0, 4);
+        let original = model.encoder().forward_taps(&images, false).y;
+        assert!(loaded.forward_taps(&images, false).y.allclose(&original, 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn an_encoder_that_does_not_fit_the_images_is_refused() {
+        let dataset: Arc<dyn Dataset> = Arc::new(GeneratedImages::new(3, 32, 8));
+        let config = EncoderConfig::new(Preset::Basic32x32, 1).unwrap();
+        let options = SupervisedOptions { epochs: 1, batch_size: 4, learning_rate: 1e-3, seed: 0 };
+        let hidden = indicatif::ProgressBar::hidden();
+        let err = train_supervised(dataset, config, &options, Device::Cpu, &hidden, |_| {}).unwrap_err();
+        assert!(matches!(err, SupervisedError::InputMismatch { .. }), "{err}");
+    }
+}
