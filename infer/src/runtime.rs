@@ -12,8 +12,8 @@ pub fn library_path() -> Option<PathBuf> {
 }
 
 /// Loads ONNX Runtime and creates its environment once per process; the environment is kept
-/// for the life of the process.
-pub fn ensure_initialised() -> Result<(), String> {
+/// for the life of the process, and every session is built in it.
+pub fn ensure_initialised() -> Result<&'static ort::environment::Environment, String> {
     static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
     ENVIRONMENT
         .get_or_init(|| {
@@ -36,7 +36,6 @@ pub fn ensure_initialised() -> Result<(), String> {
                 .map_err(|e| format!("cannot create the ONNX Runtime environment: {e}"))
         })
         .as_ref()
-        .map(|_| ())
         .map_err(Clone::clone)
 }
 

@@ -1,0 +1,105 @@
+//! dim-embed: embeds image files, directories and lists with an exported DIM model into
+//! `embeddings.npy` + `manifest.json` + `skipped.json`, incrementally.
+
+use anyhow::Context;
+use clap::Parser;
+use dim_infer::collection;
+use dim_infer::embed_job::{self, EmbedJob};
+use dim_infer::embedder::{Embedder, EmbedderOptions, Feature};
+use dim_infer::session::ExecutionProvider;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// Embed images with an exported DIM model (ONNX Runtime).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Image files or directories (searched recursively for image extensions).
+    inputs: Vec<PathBuf>,
+    /// A file listing one image path per line (relative paths are relative to the list).
+    #[arg(long)]
+    list: Vec<PathBuf>,
+    /// The exported model (default: the shipped Fashion-MNIST model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Output directory for embeddings.npy, manifest.json and skipped.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Images per model run.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// ONNX Runtime threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Which output to store: embedding, conv, fc or y.
+    #[arg(long, default_value = "embedding")]
+    feature: Feature,
+    /// Execution provider: cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    ep: ExecutionProvider,
+    /// Fail instead of falling back to the CPU when the provider is unavailable.
+    #[arg(long)]
+    strict_ep: bool,
+    /// Re-embed everything, replacing vectors from another model or feature.
+    #[arg(long)]
+    force: bool,
+}
+
+fn main() {
+    if let Err(error) = run(Args::parse()) {
+        eprintln!("dim-embed: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    if args.inputs.is_empty() && args.list.is_empty() {
+        anyhow::bail!("no inputs: name image files or directories, or pass --list FILE");
+    }
+    let collection = collection::gather(&args.inputs, &args.list)?;
+    let mut embedder = Embedder::try_new(EmbedderOptions {
+        model: args.model.unwrap_or_else(dim_models::default_model_path),
+        feature: args.feature,
+        threads: args.threads,
+        execution_provider: args.ep,
+        strict_execution_provider: args.strict_ep,
+    })
+    .context("cannot load the model")?;
+    if let (provider, Some(reason)) = embedder.execution_provider() {
+        eprintln!("dim-embed: {reason}; running on {}", provider.name());
+    }
+    let job = EmbedJob {
+        files: collection.files,
+        skipped_inputs: collection.skipped,
+        out_dir: args.out.clone(),
+        batch_size: args.batch,
+        force: args.force,
+        show_progress: std::io::stderr().is_terminal(),
+    };
+    let summary = embed_job::run(&mut embedder, &job)?;
+    println!(
+        "embedded {} images in {:.1} s ({:.0} images/s), kept {} unchanged, dropped {}; {} rows of {} `{}` \
+         values in {}",
+        summary.embedded,
+        summary.seconds,
+        summary.embedded as f64 / summary.seconds.max(1e-9),
+        summary.reused,
+        summary.dropped,
+        summary.total_rows,
+        embedder.dim(),
+        embedder.feature().output_name(),
+        args.out.display()
+    );
+    if !summary.skipped.is_empty() {
+        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+        for skipped in &summary.skipped {
+            *reasons.entry(skipped.reason.as_str()).or_default() += 1;
+        }
+        println!("skipped {} files (listed in skipped.json):", summary.skipped.len());
+        for (reason, count) in reasons {
+            println!("  {count} × {reason}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! dim-search: builds an HNSW index over an embeddings directory, answers similarity queries,
+//! and measures recall against exact search.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dim_infer::embedder::{Embedder, EmbedderOptions};
+use dim_infer::index::{self, Hit, IndexFiles, IndexParams, Metric};
+use dim_infer::manifest::ModelIdentity;
+use dim_infer::npy;
+use dim_infer::session::ExecutionProvider;
+use std::path::PathBuf;
+
+/// Similarity search over dim-embed outputs.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build an index from an embeddings directory.
+    Build {
+        /// The dim-embed output directory.
+        #[arg(long)]
+        embeddings: PathBuf,
+        /// The index directory to write (replaced if it holds an index).
+        #[arg(long)]
+        out: PathBuf,
+        /// cosine or l2.
+        #[arg(long, default_value = "cosine")]
+        metric: Metric,
+        /// Links per node and layer.
+        #[arg(long, default_value_t = 16)]
+        m: usize,
+        /// Candidate list size while building.
+        #[arg(long, default_value_t = 200)]
+        ef_construction: usize,
+        /// Rows to leave out of the graph as unseen queries for `eval`.
+        #[arg(long, default_value_t = 0)]
+        hold_out: usize,
+    },
+    /// Find the nearest images to query images, rows or vectors.
+    Query {
+        /// The index directory.
+        #[arg(long)]
+        index: PathBuf,
+        /// Query images (embedded with the index's model).
+        #[arg(long, num_args = 1.., conflicts_with_all = ["row", "vector"])]
+        image: Vec<PathBuf>,
+        /// Query with the vector of this manifest row.
+        #[arg(long, conflicts_with = "vector")]
+        row: Option<usize>,
+        /// Query with each row of this float32 .npy file.
+        #[arg(long)]
+        vector: Option<PathBuf>,
+        /// Results per query.
+        #[arg(short, default_value_t = 10)]
+        k: usize,
+        /// Search candidate list size.
+        #[arg(long, default_value_t = 64)]
+        ef: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The model for image queries (default: the shipped model); must be the index's model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Execution provider for image queries: cpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        ep: ExecutionProvider,
+    },
+    /// Measure recall@k against exact search, and queries/s.
+    Eval {
+        /// The index directory.
+        #[arg(long)]
+        index: PathBuf,
+        /// Number of queries (held-out rows if the index has them, else perturbed rows).
+        #[arg(long, default_value_t = 1000)]
+        queries: usize,
+        /// Neighbours per query.
+        #[arg(short, default_value_t = 10)]
+        k: usize,
+        /// Search candidate list size.
+        #[arg(long, default_value_t = 64)]
+        ef: usize,
+        /// Where to save the JSON report (default: INDEX/eval.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() {
+    if let Err(error) = run(Args::parse().command) {
+        eprintln!("dim-search: error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Build { embeddings, out, metric, m, ef_construction, hold_out } => {
+            let params = IndexParams { metric, m, ef_construction, hold_out };
+            let info = index::build(&embeddings, &out, &params).context("cannot build the index")?;
+            println!(
+                "indexed {} vectors ({}-d, {}) in {:.2} s, held out {}; index in {}",
+                info.count,
+                info.model.dim,
+                metric.name(),
+                info.build_seconds,
+                info.held_out.len(),
+                out.display()
+            );
+        }
+        Command::Query { index, image, row, vector, k, ef, json, model, ep } => {
+            let mut files = IndexFiles::open(&index)?;
+            let queries: Vec<(String, Vec<f32>)> = if let Some(row) = row {
+                if row >= files.vectors.rows {
+                    anyhow::bail!(
+                        "--row {row} is out of range: the index has rows 0..{}",
+                        files.vectors.rows
+                    );
+                }
+                vec![(format!("row {row}"), files.vectors.row(row).to_vec())]
+            } else if let Some(path) = vector {
+                let matrix = npy::read_matrix(&path)?;
+                (0..matrix.rows)
+                    .map(|i| (format!("{} row {i}", path.display()), matrix.row(i).to_vec()))
+                    .collect()
+            } else if !image.is_empty() {
+                embed_queries(&files.info.model, &image, model, ep)?
+            } else {
+                anyhow::bail!("give a query: --image FILE..., --row N or --vector FILE.npy");
+            };
+            let loaded = files.load()?;
+            let mut results = Vec::new();
+            for (name, query) in &queries {
+                results.push((name.clone(), loaded.search(query, k, ef)?));
+            }
+            print_results(&results, json)?;
+        }
+        Command::Eval { index, queries, k, ef, out } => {
+            let mut files = IndexFiles::open(&index)?;
+            let loaded = files.load()?;
+            let evaluation = index::evaluate(&loaded, queries, k, ef)?;
+            let report = serde_json::to_string_pretty(&evaluation)?;
+            let path = out.unwrap_or_else(|| index.join("eval.json"));
+            dim_models::atomic_file::write_bytes_atomically(&path, report.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            println!("{report}");
+        }
+    }
+    Ok(())
+}
+
+/// Embeds the query images with the model, refusing a model that is not the index's.
+fn embed_queries(
+    identity: &ModelIdentity,
+    images: &[PathBuf],
+    model: Option<PathBuf>,
+    ep: ExecutionProvider,
+) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
+    let model = model.unwrap_or_else(dim_models::default_model_path);
+    let mut embedder = Embedder::try_new(EmbedderOptions {
+        model: model.clone(),
+        feature: identity.feature,
+        execution_provider: ep,
+        ..EmbedderOptions::default()
+    })
+    .context("cannot load the query model")?;
+    let query_identity = ModelIdentity::of(embedder.metadata(), embedder.feature(), embedder.dim());
+    if let Some(reason) = identity.mismatch(&query_identity) {
+        anyhow::bail!(
+            "model {} is not the model this index was built with ({reason}); pass the index's model with --model",
+            model.display()
+        );
+    }
+    let embeddings = embedder.embed(images, 64)?;
+    if let Some(skipped) = embeddings.skipped.first() {
+        anyhow::bail!("cannot use query image {}: {}", skipped.path.display(), skipped.reason);
+    }
+    Ok(embeddings
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(i, path)| (path.display().to_string(), embeddings.row(i).to_vec()))
+        .collect())
+}
+
+fn print_results(results: &[(String, Vec<Hit>)], json: bool) -> anyhow::Result<()> {
+    if json {
+        let value: Vec<_> = results
+            .iter()
+            .map(|(query, hits)| serde_json::json!({ "query": query, "results": hits }))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    for (query, hits) in results {
+        println!("query: {query}");
+        println!("{:>4}  {:>9}  path", "rank", "score");
+        for hit in hits {
+            println!("{:>4}  {:>9.5}  {}", hit.rank, hit.score, hit.path.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! The dim-embed job: embeds a collection into an embeddings directory with bounded memory
+//! (a producer thread decodes the next chunk in parallel while ONNX Runtime runs the current
+//! one), skips bad files with their reasons, and on a rerun embeds only new or changed files.
+
+use crate::embedder::{EmbedError, Embedder, Skipped};
+use crate::manifest::{
+    self, EMBEDDINGS_FILE, MANIFEST_FILE, MANIFEST_FORMAT_VERSION, Manifest, ManifestError, ManifestRow,
+    ModelIdentity,
+};
+use crate::npy;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::io::{Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+/// Decoded chunks waiting for the model; with the one being decoded and the one running this
+/// bounds memory to a few chunks whatever the collection size.
+const CHUNKS_IN_FLIGHT: usize = 2;
+
+/// What to embed and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbedJob {
+    /// Files to embed (see [`crate::collection::gather`]).
+    pub files: Vec<PathBuf>,
+    /// Inputs already found unusable while gathering; reported with the others.
+    pub skipped_inputs: Vec<Skipped>,
+    /// The embeddings directory.
+    pub out_dir: PathBuf,
+    /// Images per model run.
+    pub batch_size: usize,
+    /// Re-embed everything, even when the directory holds vectors from another model or feature.
+    pub force: bool,
+    /// Draw a progress bar on stderr.
+    pub show_progress: bool,
+}
+
+/// What a job did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedSummary {
+    /// Files embedded in this run.
+    pub embedded: usize,
+    /// Rows kept from the previous run (file unchanged).
+    pub reused: usize,
+    /// Rows of the previous run dropped (file changed, gone, or no longer listed).
+    pub dropped: usize,
+    /// Rows now in `embeddings.npy`.
+    pub total_rows: usize,
+    /// Files that could not be embedded, with reasons.
+    pub skipped: Vec<Skipped>,
+    /// Wall time of the embedding itself.
+    pub seconds: f64,
+}
+
+/// Errors that stop a job (a bad image never does).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EmbedJobError {
+    /// The directory holds vectors from a different model, feature or width.
+    #[error(
+        "{dir} holds embeddings from another model or feature ({reason}); refusing to mix them: \
+         use another --out, or --force to re-embed everything"
+    )]
+    ModelMismatch {
+        /// The embeddings directory.
+        dir: PathBuf,
+        /// What differs.
+        reason: String,
+    },
+    /// The previous manifest or vectors could not be read.
+    #[error("cannot reuse the previous run: {0}")]
+    Previous(#[source] ManifestError),
+    /// Writing the outputs failed.
+    #[error(transparent)]
+    Output(#[from] ManifestError),
+    /// Embedding failed (the model, not an image).
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> EmbedJobError + '_ {
+    move |source| EmbedJobError::Output(ManifestError::Io { path: path.to_path_buf(), source })
+}
+
+/// Runs the job: embeds what is new or changed and rewrites the directory's files atomically.
+pub fn run(embedder: &mut Embedder, job: &EmbedJob) -> Result<EmbedSummary, EmbedJobError> {
+    if job.batch_size == 0 {
+        return Err(EmbedError::ZeroBatchSize.into());
+    }
+    let identity = ModelIdentity::of(embedder.metadata(), embedder.feature(), embedder.dim());
+    let previous = previous_manifest(&job.out_dir, &identity, job.force)?;
+    let previous_rows: HashMap<&Path, (usize, &ManifestRow)> = previous
+        .as_ref()
+        .map(|m| m.rows.iter().enumerate().map(|(i, row)| (row.path.as_path(), (i, row))).collect())
+        .unwrap_or_default();
+
+    let mut skipped = job.skipped_inputs.clone();
+    let mut kept: Vec<(usize, ManifestRow)> = Vec::new();
+    let mut to_embed: Vec<ManifestRow> = Vec::new();
+    for path in &job.files {
+        match ManifestRow::stat(path) {
+            Ok(row) => match previous_rows.get(path.as_path()) {
+                Some((index, old)) if **old == row => kept.push((*index, row)),
+                _ => to_embed.push(row),
+            },
+            Err(error) => {
+                skipped.push(Skipped { path: path.clone(), reason: format!("cannot stat: {error}") })
+            }
+        }
+    }
+    kept.sort_by_key(|(index, _)| *index);
+
+    std::fs::create_dir_all(&job.out_dir).map_err(io_error(&job.out_dir))?;
+    let mut spool = tempfile::Builder::new()
+        .prefix(".embeddings.")
+        .suffix(".spool")
+        .tempfile_in(&job.out_dir)
+        .map_err(io_error(&job.out_dir))?;
+    let started = Instant::now();
+    let new_rows = embed_into(embedder, &to_embed, job, spool.as_file_mut(), &mut skipped)?;
+    let seconds = started.elapsed().as_secs_f64();
+
+    let total_rows = kept.len() + new_rows.len();
+    write_vectors(&job.out_dir, embedder.dim(), &kept, spool.as_file_mut(), total_rows)?;
+    let rows: Vec<ManifestRow> =
+        kept.iter().map(|(_, row)| row.clone()).chain(new_rows.iter().cloned()).collect();
+    let manifest = Manifest {
+        format_version: MANIFEST_FORMAT_VERSION,
+        toolkit_version: dim_models::TOOLKIT_VERSION.to_string(),
+        model: identity,
+        count: rows.len(),
+        rows,
+    };
+    manifest.write(&job.out_dir)?;
+    manifest::write_skipped(&job.out_dir, &skipped)?;
+    Ok(EmbedSummary {
+        embedded: new_rows.len(),
+        reused: kept.len(),
+        dropped: previous.map_or(0, |m| m.count - kept.len()),
+        total_rows,
+        skipped,
+        seconds,
+    })
+}
+
+fn previous_manifest(
+    dir: &Path,
+    identity: &ModelIdentity,
+    force: bool,
+) -> Result<Option<Manifest>, EmbedJobError> {
+    if force || !dir.join(MANIFEST_FILE).exists() {
+        return Ok(None);
+    }
+    let manifest = Manifest::read(dir).map_err(EmbedJobError::Previous)?;
+    if let Some(reason) = manifest.model.mismatch(identity) {
+        return Err(EmbedJobError::ModelMismatch { dir: dir.to_path_buf(), reason });
+    }
+    Ok(Some(manifest))
+}
+
+type DecodedChunk = Vec<(ManifestRow, Result<Vec<f32>, String>)>;
+
+/// Embeds `files`, appending raw little-endian rows to `spool`; returns the rows embedded.
+fn embed_into(
+    embedder: &mut Embedder,
+    files: &[ManifestRow],
+    job: &EmbedJob,
+    spool: &mut std::fs::File,
+    skipped: &mut Vec<Skipped>,
+) -> Result<Vec<ManifestRow>, EmbedJobError> {
+    let progress = progress_bar(files.len() as u64, job.show_progress);
+    let spec = embedder.input_spec();
+    let mut embedded = Vec::with_capacity(files.len());
+    let mut spool_writer = std::io::BufWriter::new(spool);
+    let spool_error = io_error(&job.out_dir);
+    std::thread::scope(|scope| -> Result<(), EmbedJobError> {
+        let (sender, receiver) = mpsc::sync_channel::<DecodedChunk>(CHUNKS_IN_FLIGHT);
+        scope.spawn(move || {
+            for chunk in files.chunks(job.batch_size) {
+                let decoded: DecodedChunk = chunk
+                    .par_iter()
+                    .map(|row| {
+                        (row.clone(), Embedder::prepare_file(&row.path, &spec).map_err(|e| e.to_string()))
+                    })
+                    .collect();
+                if sender.send(decoded).is_err() {
+                    // The consumer stopped on an error; nothing more to do.
+                    return;
+                }
+            }
+        });
+        for chunk in receiver {
+            let chunk_len = chunk.len();
+            let mut batch = Vec::with_capacity(chunk.len() * spec.len());
+            let mut rows = Vec::with_capacity(chunk.len());
+            for (row, result) in chunk {
+                match result {
+                    Ok(input) => {
+                        batch.extend_from_slice(&input);
+                        rows.push(row);
+                    }
+                    Err(reason) => skipped.push(Skipped { path: row.path, reason }),
+                }
+            }
+            let vectors = embedder.run_batch(&batch)?;
+            npy::write_rows(&mut spool_writer, &vectors).map_err(&spool_error)?;
+            progress.inc(chunk_len as u64);
+            embedded.extend(rows);
+        }
+        Ok(())
+    })?;
+    spool_writer.flush().map_err(&spool_error)?;
+    progress.finish_and_clear();
+    Ok(embedded)
+}
+
+fn progress_bar(len: u64, show: bool) -> ProgressBar {
+    let target = if show { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
+    let bar = ProgressBar::with_draw_target(Some(len), target);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}")
+            .expect("the progress template is valid"),
+    );
+    bar
+}
+
+/// Writes `embeddings.npy`: the kept rows of the previous file (in their order), then the new
+/// rows from the spool.
+fn write_vectors(
+    dir: &Path,
+    dim: usize,
+    kept: &[(usize, ManifestRow)],
+    spool: &mut std::fs::File,
+    total_rows: usize,
+) -> Result<(), EmbedJobError> {
+    let path = dir.join(EMBEDDINGS_FILE);
+    let mut previous = if kept.is_empty() {
+        None
+    } else {
+        Some(npy::RowReader::open(&path).map_err(|e| EmbedJobError::Previous(e.into()))?)
+    };
+    spool.rewind().map_err(io_error(dir))?;
+    dim_models::atomic_file::write_atomically(&path, |out| {
+        out.write_all(&npy::header(total_rows, dim))?;
+        if let Some(reader) = previous.as_mut() {
+            let mut row = vec![0.0f32; dim];
+            let mut next = 0;
+            for (index, _) in kept {
+                // Kept rows are in file order, so the old file is read once, front to back.
+                while next <= *index {
+                    reader.read_row(&mut row)?;
+                    next += 1;
+                }
+                npy::write_rows(out, &row)?;
+            }
+        }
+        std::io::copy(&mut std::io::BufReader::new(&mut *spool), out)?;
+        Ok(())
+    })
+    .map_err(io_error(&path))
+}

@@ -1,0 +1,280 @@
+//! The embedding API: [`Embedder::try_new`] loads an exported DIM model once, then
+//! [`Embedder::embed`] turns image files (or [`Embedder::embed_images`] decoded images) into
+//! feature vectors, in chunks of `batch_size`, with the same preprocessing the trainer uses.
+
+use crate::session::{self, ExecutionProvider, ModelSession, SessionError, SessionOptions};
+use dim_models::onnx_metadata::{
+    INPUT_NAME, ModelMetadata, OUTPUT_CONV, OUTPUT_EMBEDDING, OUTPUT_FC, OUTPUT_Y,
+};
+use dim_models::preprocess::{self, ImageError, InputSpec};
+use image::DynamicImage;
+use ort::value::TensorRef;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Which model output is used as the image's vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Feature {
+    /// The L2-normalised search feature.
+    #[default]
+    Embedding,
+    /// The flattened last conv map.
+    Conv,
+    /// The hidden FC layer.
+    Fc,
+    /// The global vector Y.
+    Y,
+}
+
+impl Feature {
+    /// The output tensor's name, also the feature's name on command lines and in manifests.
+    pub fn output_name(self) -> &'static str {
+        match self {
+            Feature::Embedding => OUTPUT_EMBEDDING,
+            Feature::Conv => OUTPUT_CONV,
+            Feature::Fc => OUTPUT_FC,
+            Feature::Y => OUTPUT_Y,
+        }
+    }
+}
+
+impl std::str::FromStr for Feature {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Feature::Embedding, Feature::Conv, Feature::Fc, Feature::Y]
+            .into_iter()
+            .find(|f| f.output_name() == s)
+            .ok_or_else(|| format!("unknown feature `{s}` (known: embedding, conv, fc, y)"))
+    }
+}
+
+/// What to load and how to run it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbedderOptions {
+    /// The exported model (`.onnx` with DIM metadata).
+    pub model: PathBuf,
+    /// The output to use.
+    pub feature: Feature,
+    /// ONNX Runtime intra-op threads; 0 lets it choose.
+    pub threads: usize,
+    /// The requested execution provider.
+    pub execution_provider: ExecutionProvider,
+    /// Fail instead of falling back to the CPU.
+    pub strict_execution_provider: bool,
+}
+
+impl Default for EmbedderOptions {
+    fn default() -> Self {
+        EmbedderOptions {
+            model: dim_models::default_model_path(),
+            feature: Feature::Embedding,
+            threads: 0,
+            execution_provider: ExecutionProvider::Cpu,
+            strict_execution_provider: false,
+        }
+    }
+}
+
+/// Errors embedding images. A single unreadable image is not an error: it is reported in
+/// [`Embeddings::skipped`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EmbedError {
+    /// The model could not be loaded.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The model has no output for the requested feature.
+    #[error("model {model} has no `{feature}` output (it has: {available})")]
+    NoSuchFeature {
+        /// The model file.
+        model: PathBuf,
+        /// The requested feature.
+        feature: &'static str,
+        /// The outputs the model has.
+        available: String,
+    },
+    /// A batch size of zero was asked for.
+    #[error("batch size must be at least 1")]
+    ZeroBatchSize,
+    /// ONNX Runtime failed while running the model.
+    #[error("running the model failed: {0}")]
+    Run(String),
+}
+
+/// An image that could not be embedded, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    /// The file.
+    pub path: PathBuf,
+    /// Why it was skipped.
+    pub reason: String,
+}
+
+/// The result of embedding a list of files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// Vector width.
+    pub dim: usize,
+    /// Row-major vectors, one per entry of `paths`.
+    pub vectors: Vec<f32>,
+    /// The embedded files, in input order.
+    pub paths: Vec<PathBuf>,
+    /// The files that could not be embedded.
+    pub skipped: Vec<Skipped>,
+}
+
+impl Embeddings {
+    /// Vector `index`.
+    pub fn row(&self, index: usize) -> &[f32] {
+        &self.vectors[index * self.dim..(index + 1) * self.dim]
+    }
+}
+
+/// A loaded model ready to embed images.
+pub struct Embedder {
+    model: ModelSession,
+    model_path: PathBuf,
+    feature: Feature,
+    dim: usize,
+}
+
+impl Embedder {
+    /// Loads the model and checks that it has the requested feature.
+    ///
+    /// ```no_run
+    /// use dim_infer::embedder::{Embedder, EmbedderOptions};
+    /// let mut embedder = Embedder::try_new(EmbedderOptions::default())?;
+    /// let embeddings = embedder.embed(&["shirt.png".into()], 64)?;
+    /// println!("{} vectors of width {}", embeddings.paths.len(), embeddings.dim);
+    /// # Ok::<(), dim_infer::embedder::EmbedError>(())
+    /// ```
+    pub fn try_new(options: EmbedderOptions) -> Result<Self, EmbedError> {
+        let session_options = SessionOptions {
+            threads: options.threads,
+            execution_provider: options.execution_provider,
+            strict_execution_provider: options.strict_execution_provider,
+        };
+        let model = session::build_session(&options.model, &session_options)?;
+        let feature = options.feature;
+        let dim =
+            model.metadata.output_dim(feature.output_name()).ok_or_else(|| EmbedError::NoSuchFeature {
+                model: options.model.clone(),
+                feature: feature.output_name(),
+                available: model
+                    .metadata
+                    .outputs
+                    .iter()
+                    .map(|o| o.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        Ok(Embedder { model, model_path: options.model, feature, dim })
+    }
+
+    /// The model's metadata.
+    pub fn metadata(&self) -> &ModelMetadata {
+        &self.model.metadata
+    }
+
+    /// The model file.
+    pub fn model_path(&self) -> &Path {
+        &self.model_path
+    }
+
+    /// The feature this embedder produces.
+    pub fn feature(&self) -> Feature {
+        self.feature
+    }
+
+    /// Vector width.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The execution provider in use, and why the requested one was not, if it was not.
+    pub fn execution_provider(&self) -> (ExecutionProvider, Option<&str>) {
+        (self.model.execution_provider, self.model.fallback_reason.as_deref())
+    }
+
+    /// What the model takes as input.
+    pub fn input_spec(&self) -> InputSpec {
+        self.model.metadata.input
+    }
+
+    /// Decodes and preprocesses one file into the layout `spec` describes.
+    pub fn prepare_file(path: &Path, spec: &InputSpec) -> Result<Vec<f32>, ImageError> {
+        let image = preprocess::decode_file(path)?;
+        Ok(preprocess::image_to_input(&image, spec))
+    }
+
+    /// Embeds files in chunks of `batch_size`, decoding each chunk in parallel. Files that cannot
+    /// be decoded are skipped with their reason.
+    pub fn embed(&mut self, inputs: &[PathBuf], batch_size: usize) -> Result<Embeddings, EmbedError> {
+        if batch_size == 0 {
+            return Err(EmbedError::ZeroBatchSize);
+        }
+        let mut out =
+            Embeddings { dim: self.dim, vectors: Vec::new(), paths: Vec::new(), skipped: Vec::new() };
+        for chunk in inputs.chunks(batch_size) {
+            let spec = self.input_spec();
+            let prepared: Vec<_> = chunk.par_iter().map(|path| Self::prepare_file(path, &spec)).collect();
+            let mut batch = Vec::new();
+            for (path, result) in chunk.iter().zip(prepared) {
+                match result {
+                    Ok(input) => {
+                        batch.extend_from_slice(&input);
+                        out.paths.push(path.clone());
+                    }
+                    Err(error) => out.skipped.push(Skipped { path: path.clone(), reason: error.to_string() }),
+                }
+            }
+            out.vectors.extend(self.run_batch(&batch)?);
+        }
+        Ok(out)
+    }
+
+    /// Embeds decoded images in chunks of `batch_size`; returns row-major vectors.
+    pub fn embed_images(
+        &mut self,
+        images: &[DynamicImage],
+        batch_size: usize,
+    ) -> Result<Vec<f32>, EmbedError> {
+        if batch_size == 0 {
+            return Err(EmbedError::ZeroBatchSize);
+        }
+        let spec = self.model.metadata.input;
+        let mut vectors = Vec::with_capacity(images.len() * self.dim);
+        for chunk in images.chunks(batch_size) {
+            let batch: Vec<f32> =
+                chunk.par_iter().flat_map_iter(|image| preprocess::image_to_input(image, &spec)).collect();
+            vectors.extend(self.run_batch(&batch)?);
+        }
+        Ok(vectors)
+    }
+
+    /// Runs the model on preprocessed inputs (`[N, C, H, W]` values laid out back to back) and
+    /// returns the feature as row-major `[N, dim]`.
+    pub fn run_batch(&mut self, inputs: &[f32]) -> Result<Vec<f32>, EmbedError> {
+        let spec = self.model.metadata.input;
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        assert!(inputs.len().is_multiple_of(spec.len()), "inputs must hold whole images");
+        let count = inputs.len() / spec.len();
+        let shape = [count, spec.channels, spec.size, spec.size];
+        let run_error = |e: ort::Error| EmbedError::Run(e.to_string());
+        let tensor = TensorRef::from_array_view((shape, inputs)).map_err(run_error)?;
+        let outputs = self.model.session.run(ort::inputs![INPUT_NAME => tensor]).map_err(run_error)?;
+        let name = self.feature.output_name();
+        let (out_shape, values) = outputs[name].try_extract_tensor::<f32>().map_err(run_error)?;
+        if values.len() != count * self.dim {
+            return Err(EmbedError::Run(format!(
+                "output `{name}` has shape {out_shape:?}, expected [{count}, {}]",
+                self.dim
+            )));
+        }
+        Ok(values.to_vec())
+    }
+}

@@ -1,0 +1,187 @@
+//! The embeddings directory contract (dim-embed → dim-search): `embeddings.npy` rows are
+//! described by `manifest.json` (model identity, feature, width, and each row's file identity),
+//! and `skipped.json` lists the files that could not be embedded.
+
+use crate::embedder::{Feature, Skipped};
+use crate::npy;
+use dim_models::onnx_metadata::ModelMetadata;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::UNIX_EPOCH;
+
+/// File name of the vectors in an embeddings directory.
+pub const EMBEDDINGS_FILE: &str = "embeddings.npy";
+/// File name of the manifest.
+pub const MANIFEST_FILE: &str = "manifest.json";
+/// File name of the skipped-file report.
+pub const SKIPPED_FILE: &str = "skipped.json";
+/// Version of the manifest layout.
+pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+
+/// Which model made a set of vectors: two sets mix only when these are equal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelIdentity {
+    /// sha256 of the checkpoint's weights (the model's identity).
+    pub checkpoint_sha256: String,
+    /// Encoder preset name.
+    pub preset: String,
+    /// The output used.
+    pub feature: Feature,
+    /// Vector width.
+    pub dim: usize,
+}
+
+impl ModelIdentity {
+    /// The identity of `feature` (of width `dim`) of a model.
+    pub fn of(metadata: &ModelMetadata, feature: Feature, dim: usize) -> Self {
+        ModelIdentity {
+            checkpoint_sha256: metadata.checkpoint_sha256.clone(),
+            preset: metadata.preset.name().to_string(),
+            feature,
+            dim,
+        }
+    }
+
+    /// Why `other` cannot be mixed with this identity, if it cannot.
+    pub fn mismatch(&self, other: &ModelIdentity) -> Option<String> {
+        if self.checkpoint_sha256 != other.checkpoint_sha256 {
+            Some(format!(
+                "model digest {} differs from {}",
+                short(&other.checkpoint_sha256),
+                short(&self.checkpoint_sha256)
+            ))
+        } else if self.feature != other.feature {
+            Some(format!(
+                "feature `{}` differs from `{}`",
+                other.feature.output_name(),
+                self.feature.output_name()
+            ))
+        } else if self.dim != other.dim {
+            Some(format!("dimension {} differs from {}", other.dim, self.dim))
+        } else {
+            None
+        }
+    }
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
+}
+
+/// One row of `embeddings.npy`: the file it came from and that file's identity when embedded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestRow {
+    /// Absolute path.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: u128,
+}
+
+impl ManifestRow {
+    /// The current identity of the file at `path`.
+    pub fn stat(path: &Path) -> std::io::Result<Self> {
+        let metadata = std::fs::metadata(path)?;
+        let mtime_ns = metadata.modified()?.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        Ok(ManifestRow { path: path.to_path_buf(), size: metadata.len(), mtime_ns })
+    }
+}
+
+/// Describes every row of `embeddings.npy`, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Layout version.
+    pub format_version: u32,
+    /// Toolkit version that wrote it.
+    pub toolkit_version: String,
+    /// The model and feature.
+    pub model: ModelIdentity,
+    /// Number of rows.
+    pub count: usize,
+    /// One entry per row.
+    pub rows: Vec<ManifestRow>,
+}
+
+/// Errors reading an embeddings directory.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The manifest is not valid JSON of the expected shape.
+    #[error("{path} is not a dim-embed manifest: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The manifest and the vectors disagree.
+    #[error("{dir}: {reason} (rerun dim-embed with --force to rebuild it)")]
+    Inconsistent {
+        /// The embeddings directory.
+        dir: PathBuf,
+        /// What disagrees.
+        reason: String,
+    },
+    /// The vectors file is unreadable.
+    #[error(transparent)]
+    Npy(#[from] npy::NpyError),
+}
+
+impl Manifest {
+    /// Reads `manifest.json` from an embeddings directory and checks it against the shape of
+    /// `embeddings.npy` there.
+    pub fn read(dir: &Path) -> Result<Self, ManifestError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|source| ManifestError::Io { path: path.clone(), source })?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|source| ManifestError::Parse { path: path.clone(), source })?;
+        let inconsistent = |reason: String| ManifestError::Inconsistent { dir: dir.to_path_buf(), reason };
+        if manifest.format_version != MANIFEST_FORMAT_VERSION {
+            return Err(inconsistent(format!("unknown manifest format {}", manifest.format_version)));
+        }
+        if manifest.count != manifest.rows.len() {
+            return Err(inconsistent(format!(
+                "manifest count {} but {} rows",
+                manifest.count,
+                manifest.rows.len()
+            )));
+        }
+        let vectors = npy::RowReader::open(&dir.join(EMBEDDINGS_FILE))?;
+        if vectors.rows != manifest.count || vectors.cols != manifest.model.dim {
+            return Err(inconsistent(format!(
+                "{EMBEDDINGS_FILE} is [{}, {}] but the manifest describes [{}, {}]",
+                vectors.rows, vectors.cols, manifest.count, manifest.model.dim
+            )));
+        }
+        Ok(manifest)
+    }
+
+    /// Writes `manifest.json` into `dir` atomically.
+    pub fn write(&self, dir: &Path) -> Result<(), ManifestError> {
+        write_json(&dir.join(MANIFEST_FILE), self)
+    }
+}
+
+/// Writes `skipped.json` into `dir` atomically.
+pub fn write_skipped(dir: &Path, skipped: &[Skipped]) -> Result<(), ManifestError> {
+    write_json(&dir.join(SKIPPED_FILE), &skipped)
+}
+
+/// Writes `value` as pretty JSON to `path` atomically.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ManifestError> {
+    let text = serde_json::to_string_pretty(value).expect("manifest types serialise");
+    dim_models::atomic_file::write_bytes_atomically(path, text.as_bytes())
+        .map_err(|source| ManifestError::Io { path: path.to_path_buf(), source })
+}

@@ -1,0 +1,415 @@
+//! End-to-end tests of dim-infer on generated images and a small generated model: embedding with
+//! odd inputs, incremental reruns, the `.npy` and manifest contract, index build/load/search,
+//! recall, and the two command-line tools.
+
+use dim_infer::embed_job::{self, EmbedJob, EmbedJobError};
+use dim_infer::embedder::{EmbedError, Embedder, EmbedderOptions, Feature};
+use dim_infer::index::{self, IndexFiles, IndexParams, Metric, QuerySource};
+use dim_infer::manifest::{EMBEDDINGS_FILE, MANIFEST_FORMAT_VERSION, Manifest, ManifestRow, ModelIdentity};
+use dim_infer::npy;
+use dim_infer::session::SessionError;
+use dim_models::onnx_metadata::{ModelMetadata, OutputInfo};
+use dim_models::preprocess::{InputSpec, ResizePolicy};
+use dim_models::preset::Preset;
+use image::{DynamicImage, ImageBuffer, LumaA, Rgb, RgbImage};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// The interpreter for fixtures and numpy checks. `DIM_PYTHON` is a link to the environment's
+/// interpreter; Python finds its virtual environment only from the path it was started by, so the
+/// link is followed one step to the interpreter inside the environment.
+fn python() -> PathBuf {
+    let configured = std::env::var_os("DIM_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("DIM_PYTHON").map(PathBuf::from))
+        .expect("DIM_PYTHON is set by .cargo/config.toml (run `cargo xtask setup`)");
+    match std::fs::read_link(&configured) {
+        Ok(target) if target.is_absolute() => target,
+        Ok(target) => configured.parent().unwrap_or(Path::new(".")).join(target),
+        Err(_) => configured,
+    }
+}
+
+fn run_python(args: &[&std::ffi::OsStr]) -> String {
+    let output = Command::new(python()).args(args).output().expect("the configured Python runs");
+    assert!(output.status.success(), "python {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn test_metadata(checkpoint_sha256: &str) -> ModelMetadata {
+    let output = |name: &str, dim| OutputInfo { name: name.into(), dim };
+    ModelMetadata {
+        preset: Preset::Basic32x32,
+        input: InputSpec { channels: 1, size: 32, resize: ResizePolicy::Pad },
+        outputs: vec![output("conv", 1024), output("fc", 64), output("y", 16), output("embedding", 64)],
+        embedding_source: "fc".into(),
+        training_digest: "test-training".into(),
+        checkpoint_sha256: checkpoint_sha256.into(),
+        toolkit_version: dim_models::TOOLKIT_VERSION.into(),
+    }
+}
+
+/// Writes the random-projection test model (see `fixtures/make_test_model.py`) with the metadata
+/// `ModelMetadata::to_props` gives, or with none.
+fn write_model(dir: &Path, checkpoint_sha256: &str, with_metadata: bool) -> PathBuf {
+    let props: HashMap<String, String> = test_metadata(checkpoint_sha256).to_props().into_iter().collect();
+    let props_path = dir.join(format!("{checkpoint_sha256}-props.json"));
+    std::fs::write(&props_path, serde_json::to_string(&props).unwrap()).unwrap();
+    let model = dir.join(format!("{checkpoint_sha256}-{with_metadata}.onnx"));
+    let script = Path::new(FIXTURES).join("make_test_model.py");
+    let mut args = vec![script.as_os_str(), model.as_os_str(), props_path.as_os_str()];
+    if !with_metadata {
+        args.push("--no-metadata".as_ref());
+    }
+    run_python(&args);
+    model
+}
+
+/// A blocky random RGB image: unrelated to every other seed's image in pixel space.
+fn pattern(seed: u64, width: u32, height: u32) -> RgbImage {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 33) as u8
+    };
+    let blocks: Vec<[u8; 3]> = (0..64).map(|_| [next(), next(), next()]).collect();
+    RgbImage::from_fn(width, height, |x, y| Rgb(blocks[((y * 8 / height) * 8 + x * 8 / width) as usize]))
+}
+
+fn embedder(model: &Path) -> Embedder {
+    Embedder::try_new(EmbedderOptions {
+        model: model.to_path_buf(),
+        threads: 1,
+        ..EmbedderOptions::default()
+    })
+    .unwrap()
+}
+
+fn job(files: Vec<PathBuf>, out: &Path) -> EmbedJob {
+    EmbedJob {
+        files,
+        skipped_inputs: Vec::new(),
+        out_dir: out.to_path_buf(),
+        batch_size: 8,
+        force: false,
+        show_progress: false,
+    }
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    dim_infer::collection::gather(&[dir.to_path_buf()], &[]).unwrap().files
+}
+
+#[test]
+fn odd_inputs_are_embedded_or_skipped_and_each_image_finds_itself_then_its_near_duplicate() {
+    let temp = tempfile::tempdir().unwrap();
+    let model = write_model(temp.path(), "model-a", true);
+    let images = temp.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for seed in 0..30 {
+        pattern(seed, 48, 40).save(images.join(format!("base_{seed:02}.png"))).unwrap();
+    }
+    let base0 = DynamicImage::ImageRgb8(pattern(0, 48, 40));
+    base0
+        .resize_exact(96, 80, image::imageops::FilterType::Triangle)
+        .save(images.join("dup_resized.png"))
+        .unwrap();
+    let mut noised = pattern(1, 48, 40);
+    for (i, pixel) in noised.pixels_mut().enumerate() {
+        let delta = (i * 7919 % 13) as i16 - 6;
+        pixel.0 = pixel.0.map(|v| (i16::from(v) + delta).clamp(0, 255) as u8);
+    }
+    noised.save(images.join("dup_noised.png")).unwrap();
+    // Embedded: 16-bit RGB, grey+alpha, CMYK JPEG and a 144-megapixel PNG.
+    let deep: ImageBuffer<Rgb<u16>, Vec<u16>> =
+        ImageBuffer::from_fn(40, 40, |x, y| Rgb([(x * 1600) as u16, (y * 1600) as u16, 30000]));
+    deep.save(images.join("deep16.png")).unwrap();
+    ImageBuffer::from_fn(30, 20, |x, _| LumaA([(x * 8) as u8, 128]))
+        .save(images.join("grey_alpha.png"))
+        .unwrap();
+    run_python(&[Path::new(FIXTURES).join("make_odd_images.py").as_os_str(), images.as_os_str()]);
+    // Skipped: truncated PNG, empty file, text named .jpg.
+    let whole = std::fs::read(images.join("base_05.png")).unwrap();
+    std::fs::write(images.join("truncated.png"), &whole[..whole.len() / 2]).unwrap();
+    std::fs::write(images.join("empty.png"), b"").unwrap();
+    std::fs::write(images.join("text.jpg"), b"just some text, not a JPEG").unwrap();
+
+    let out = temp.path().join("embeddings");
+    let mut embedder = embedder(&model);
+    let summary = embed_job::run(&mut embedder, &job(files_in(&images), &out)).unwrap();
+    let mut skipped: Vec<_> =
+        summary.skipped.iter().map(|s| s.path.file_name().unwrap().to_str().unwrap().to_string()).collect();
+    skipped.sort();
+    assert_eq!(skipped, ["empty.png", "text.jpg", "truncated.png"], "{:?}", summary.skipped);
+    assert!(summary.skipped.iter().all(|s| !s.reason.is_empty()));
+    assert_eq!(summary.embedded, 36);
+    assert_eq!(summary.total_rows, 36);
+
+    let manifest = Manifest::read(&out).unwrap();
+    assert_eq!(manifest.format_version, MANIFEST_FORMAT_VERSION);
+    assert_eq!(manifest.model, ModelIdentity::of(embedder.metadata(), Feature::Embedding, 64));
+    let reread: Manifest = serde_json::from_str(&serde_json::to_string(&manifest).unwrap()).unwrap();
+    assert_eq!(reread, manifest);
+    let skipped_json: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("skipped.json")).unwrap()).unwrap();
+    assert_eq!(skipped_json.len(), 3);
+
+    // numpy reads the same matrix, and the rows are the embedder's own output.
+    let matrix = npy::read_matrix(&out.join(EMBEDDINGS_FILE)).unwrap();
+    let numpy_summary = run_python(&[
+        "-c".as_ref(),
+        "import numpy, sys; a = numpy.load(sys.argv[1]); print(a.dtype, a.shape, repr(float(a.sum())))"
+            .as_ref(),
+        out.join(EMBEDDINGS_FILE).as_os_str(),
+    ]);
+    let sum: f64 = matrix.values.iter().map(|&v| f64::from(v)).sum();
+    let fields: Vec<&str> = numpy_summary.split_whitespace().collect();
+    assert_eq!(&fields[..3], ["float32", "(36,", "64)"]);
+    assert!((fields[3].parse::<f64>().unwrap() - sum).abs() < 1e-3, "{numpy_summary} vs {sum}");
+    let row_of = |name: &str| manifest.rows.iter().position(|r| r.path.ends_with(name)).unwrap();
+    let direct = embedder.embed(&[images.join("base_03.png")], 4).unwrap();
+    let stored = matrix.row(row_of("base_03.png"));
+    assert!(direct.row(0).iter().zip(stored).all(|(a, b)| (a - b).abs() < 1e-5));
+
+    let index_dir = temp.path().join("index");
+    let info = index::build(&out, &index_dir, &IndexParams::default()).unwrap();
+    assert_eq!(info.count, 36);
+    let mut files = IndexFiles::open(&index_dir).unwrap();
+    let index = files.load().unwrap();
+    for row in 0..matrix.rows {
+        let hits = index.search(matrix.row(row), 3, 64).unwrap();
+        assert_eq!(hits[0].row, row, "row {row} did not find itself first: {hits:?}");
+        assert!((hits[0].score - 1.0).abs() < 1e-3);
+    }
+    for (original, duplicate) in [("base_00.png", "dup_resized.png"), ("base_01.png", "dup_noised.png")] {
+        let hits = index.search(matrix.row(row_of(original)), 36, 64).unwrap();
+        assert!(hits[1].path.ends_with(duplicate), "{original}: {hits:?}");
+        let unrelated_best = hits.iter().skip(2).map(|h| h.score).fold(f32::MIN, f32::max);
+        assert!(hits[1].score > unrelated_best + 0.02, "{original}: {hits:?}");
+    }
+}
+
+#[test]
+fn a_rerun_embeds_only_new_or_changed_files_and_another_model_is_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    let model = write_model(temp.path(), "model-a", true);
+    let images = temp.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for seed in 0..10 {
+        pattern(seed, 32, 32).save(images.join(format!("a_{seed}.png"))).unwrap();
+    }
+    let out = temp.path().join("embeddings");
+    let mut embedder = embedder(&model);
+    let first = embed_job::run(&mut embedder, &job(files_in(&images), &out)).unwrap();
+    assert_eq!((first.embedded, first.reused), (10, 0));
+    let before = npy::read_matrix(&out.join(EMBEDDINGS_FILE)).unwrap();
+
+    for seed in 10..13 {
+        pattern(seed, 32, 32).save(images.join(format!("b_{seed}.png"))).unwrap();
+    }
+    // A changed file (other size) is embedded again; its old row is dropped.
+    pattern(99, 40, 40).save(images.join("a_4.png")).unwrap();
+    let second = embed_job::run(&mut embedder, &job(files_in(&images), &out)).unwrap();
+    assert_eq!((second.embedded, second.reused, second.dropped, second.total_rows), (4, 9, 1, 13));
+    let manifest = Manifest::read(&out).unwrap();
+    let after = npy::read_matrix(&out.join(EMBEDDINGS_FILE)).unwrap();
+    for (old_row, row) in Manifest::read(&out).unwrap().rows.iter().take(9).enumerate() {
+        assert_eq!(*row, ManifestRow::stat(&row.path).unwrap());
+        let old_index = if old_row >= 4 { old_row + 1 } else { old_row };
+        assert_eq!(after.row(old_row), before.row(old_index), "kept rows keep their vectors");
+    }
+    assert!(manifest.rows[9..].iter().any(|r| r.path.ends_with("a_4.png")));
+
+    let third = embed_job::run(&mut embedder, &job(files_in(&images), &out)).unwrap();
+    assert_eq!((third.embedded, third.reused), (0, 13));
+
+    let other_model = write_model(temp.path(), "model-b", true);
+    let mut other = self::embedder(&other_model);
+    let error = embed_job::run(&mut other, &job(files_in(&images), &out)).unwrap_err();
+    assert!(matches!(error, EmbedJobError::ModelMismatch { .. }), "{error}");
+    assert!(error.to_string().contains("--force"), "{error}");
+    let mut fc = Embedder::try_new(EmbedderOptions {
+        model: model.clone(),
+        feature: Feature::Fc,
+        ..Default::default()
+    })
+    .unwrap();
+    let error = embed_job::run(&mut fc, &job(files_in(&images), &out)).unwrap_err();
+    assert!(error.to_string().contains("feature `fc`"), "{error}");
+
+    let forced =
+        embed_job::run(&mut other, &EmbedJob { force: true, ..job(files_in(&images), &out) }).unwrap();
+    assert_eq!((forced.embedded, forced.reused), (13, 0));
+    assert_eq!(Manifest::read(&out).unwrap().model.checkpoint_sha256, "model-b");
+}
+
+#[test]
+fn bad_options_and_models_without_metadata_are_refused_clearly() {
+    let temp = tempfile::tempdir().unwrap();
+    let model = write_model(temp.path(), "model-a", true);
+    let mut embedder = embedder(&model);
+    assert!(matches!(embedder.embed(&[], 0), Err(EmbedError::ZeroBatchSize)));
+    let error = embed_job::run(&mut embedder, &EmbedJob { batch_size: 0, ..job(Vec::new(), temp.path()) });
+    assert!(error.unwrap_err().to_string().contains("batch size"));
+
+    let bare = write_model(temp.path(), "model-a", false);
+    let error = Embedder::try_new(EmbedderOptions { model: bare, ..Default::default() }).err().unwrap();
+    assert!(matches!(error, EmbedError::Session(SessionError::Metadata { .. })), "{error}");
+    assert!(error.to_string().contains("dim-export"), "{error}");
+
+    let missing = temp.path().join("nope.onnx");
+    let error = Embedder::try_new(EmbedderOptions { model: missing, ..Default::default() }).err().unwrap();
+    assert!(error.to_string().contains("does not exist"), "{error}");
+}
+
+/// Writes an embeddings directory holding `vectors` (row-major, `dim` wide) with made-up paths.
+fn write_embeddings(dir: &Path, dim: usize, vectors: &[f32]) {
+    npy::write_matrix(&dir.join(EMBEDDINGS_FILE), dim, vectors).unwrap();
+    let count = vectors.len() / dim;
+    let identity = ModelIdentity {
+        checkpoint_sha256: "random".into(),
+        preset: "basic32x32".into(),
+        feature: Feature::Embedding,
+        dim,
+    };
+    Manifest {
+        format_version: MANIFEST_FORMAT_VERSION,
+        toolkit_version: dim_models::TOOLKIT_VERSION.into(),
+        model: identity,
+        count,
+        rows: (0..count)
+            .map(|i| ManifestRow { path: PathBuf::from(format!("/v/{i}.png")), size: 1, mtime_ns: 0 })
+            .collect(),
+    }
+    .write(dir)
+    .unwrap();
+}
+
+fn random_vectors(count: usize, dim: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    (0..count * dim)
+        .map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+#[test]
+fn recall_at_10_on_held_out_random_vectors_is_at_least_0_95_for_both_metrics() {
+    let temp = tempfile::tempdir().unwrap();
+    let dim = 32;
+    write_embeddings(temp.path(), dim, &random_vectors(3000, dim, 11));
+    for metric in [Metric::Cosine, Metric::L2] {
+        let index_dir = temp.path().join(metric.name());
+        let params = IndexParams { metric, hold_out: 200, ..IndexParams::default() };
+        index::build(temp.path(), &index_dir, &params).unwrap();
+        let mut files = IndexFiles::open(&index_dir).unwrap();
+        let index = files.load().unwrap();
+        let evaluation = index::evaluate(&index, 200, 10, 64).unwrap();
+        assert_eq!(evaluation.query_source, QuerySource::HeldOut);
+        assert_eq!((evaluation.queries, evaluation.indexed), (200, 2800));
+        assert!(evaluation.recall_at_k >= 0.95, "{metric:?}: {evaluation:?}");
+        // The graph and brute force agree on the nearest neighbour of a held-out row.
+        let query = index.vectors.row(index.info.held_out[0]).to_vec();
+        assert_eq!(
+            index.search(&query, 1, 64).unwrap()[0].row,
+            index.exact_search(&query, 1).unwrap()[0].row
+        );
+        assert!(index.search(&query[1..], 1, 64).is_err(), "a query of the wrong width is refused");
+    }
+}
+
+#[test]
+fn the_command_line_tools_embed_build_query_and_refuse_another_model() {
+    let temp = tempfile::tempdir().unwrap();
+    let model = write_model(temp.path(), "model-a", true);
+    let other = write_model(temp.path(), "model-b", true);
+    let images = temp.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for seed in 0..6 {
+        pattern(seed, 32, 32).save(images.join(format!("p_{seed}.png"))).unwrap();
+    }
+    std::fs::write(images.join("broken.png"), b"\x89PNG").unwrap();
+    let run = |program: &str, args: &[&std::ffi::OsStr]| Command::new(program).args(args).output().unwrap();
+    let embed = env!("CARGO_BIN_EXE_dim-embed");
+    let search = env!("CARGO_BIN_EXE_dim-search");
+    let out = temp.path().join("embeddings");
+    let output = run(
+        embed,
+        &[images.as_os_str(), "--model".as_ref(), model.as_os_str(), "--out".as_ref(), out.as_os_str()],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("embedded 6 images") && stdout.contains("skipped 1 files"), "{stdout}");
+
+    let index_dir = temp.path().join("index");
+    let output = run(
+        search,
+        &[
+            "build".as_ref(),
+            "--embeddings".as_ref(),
+            out.as_os_str(),
+            "--out".as_ref(),
+            index_dir.as_os_str(),
+        ],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let query = images.join("p_2.png");
+    let output = run(
+        search,
+        &[
+            "query".as_ref(),
+            "--index".as_ref(),
+            index_dir.as_os_str(),
+            "--image".as_ref(),
+            query.as_os_str(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "-k".as_ref(),
+            "3".as_ref(),
+            "--json".as_ref(),
+        ],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let results: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let first = &results[0]["results"][0];
+    assert_eq!(first["rank"], 1);
+    assert!(first["path"].as_str().unwrap().ends_with("p_2.png"), "{results}");
+
+    let output = run(
+        search,
+        &[
+            "query".as_ref(),
+            "--index".as_ref(),
+            index_dir.as_os_str(),
+            "--image".as_ref(),
+            query.as_os_str(),
+            "--model".as_ref(),
+            other.as_os_str(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("not the model this index was built with"),
+        "{stderr}"
+    );
+
+    let output = run(
+        embed,
+        &[
+            images.as_os_str(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--batch".as_ref(),
+            "0".as_ref(),
+        ],
+    );
+    assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("batch size"));
+}
