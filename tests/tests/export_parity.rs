@@ -1,0 +1,222 @@
+//! The exported ONNX graph reproduces the tch encoder: for every preset, a checkpoint written by
+//! dim-train is exported by dim-export and run in ONNX Runtime, and every output (conv, fc, y,
+//! embedding) matches `forward_taps(train = false)` on random inputs and on real image content.
+//! The model also passes ONNX's own full checker, and the exporter reads exactly the encoder
+//! variables the trainer creates.
+
+use dim_export::{EmbeddingSource, EncoderCheckpoint, ExportOptions, export};
+use dim_models::checkpoint::{CHECKPOINT_FORMAT_VERSION, CheckpointConfig};
+use dim_models::onnx_metadata::{INPUT_NAME, OUTPUT_CONV, OUTPUT_EMBEDDING, OUTPUT_FC, OUTPUT_Y};
+use dim_models::parameters::ENCODER_PREFIX;
+use dim_models::preprocess::{InputSpec, ResizePolicy, image_to_input};
+use dim_models::{EncoderConfig, Preset};
+use dim_train::checkpoint::save_checkpoint;
+use dim_train::critics::LocalCritic;
+use dim_train::encoder::Encoder;
+use image::{DynamicImage, Rgb, RgbImage};
+use ort::session::Session;
+use ort::value::TensorRef;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use tch::{Device, Kind, Tensor, nn};
+
+/// Largest absolute difference accepted between ONNX Runtime and libtorch.
+const TOLERANCE: f32 = 1e-4;
+
+/// A trained-looking encoder: BatchNorm running statistics from a few train-mode passes and
+/// non-trivial BatchNorm affine parameters, so that folding is really exercised.
+fn encoder_with_statistics(config: EncoderConfig, seed: i64) -> (nn::VarStore, Encoder) {
+    tch::manual_seed(seed);
+    let store = nn::VarStore::new(Device::Cpu);
+    let encoder = Encoder::new(&store.root(), config);
+    // Critic tensors live in the same weights file; the exporter must ignore them.
+    LocalCritic::new(&store.root(), config.tap_dims().local[0], config.tap_dims().y, 8);
+    let size = config.input_size() as i64;
+    tch::no_grad(|| {
+        for _ in 0..4 {
+            let images = Tensor::rand([6, config.in_channels as i64, size, size], (Kind::Float, Device::Cpu));
+            encoder.forward_taps(&images, true);
+        }
+        for (name, mut variable) in store.variables() {
+            if name.starts_with(ENCODER_PREFIX) && (name.ends_with("bn.weight") || name.ends_with("bn.bias"))
+            {
+                let perturbation = Tensor::rand_like(&variable) * 0.5 - 0.25;
+                variable.copy_(&(&variable + perturbation));
+            }
+        }
+    });
+    (store, encoder)
+}
+
+fn write_checkpoint(dir: &Path, store: &nn::VarStore, config: EncoderConfig) {
+    let checkpoint_config = CheckpointConfig {
+        format_version: CHECKPOINT_FORMAT_VERSION,
+        toolkit_version: dim_models::TOOLKIT_VERSION.into(),
+        encoder: config,
+        resize: ResizePolicy::Pad,
+        epoch: 1,
+        step: 4,
+        data_fingerprint: "generated".into(),
+        training: serde_json::json!({"objective": "parity test"}),
+    };
+    save_checkpoint(dir, store, &[], &checkpoint_config).unwrap();
+}
+
+/// Images with real structure (gradients, stripes, a disc, flat fields) and sizes other than
+/// the model's, so the shared preprocessing (padding, resizing, grey conversion) is exercised.
+fn generated_images(count: usize) -> Vec<DynamicImage> {
+    (0..count)
+        .map(|k| {
+            let (width, height) = (24 + 9 * k as u32, 40 - 3 * k as u32);
+            let image = RgbImage::from_fn(width, height, |x, y| {
+                let (fx, fy) = (x as f32 / width as f32, y as f32 / height as f32);
+                let disc = (fx - 0.5).powi(2) + (fy - 0.5).powi(2) < 0.09;
+                let stripes = (x / (2 + k as u32)).is_multiple_of(2);
+                match k % 3 {
+                    0 => Rgb([(fx * 255.0) as u8, (fy * 255.0) as u8, if disc { 255 } else { 30 }]),
+                    1 => Rgb([if stripes { 230 } else { 10 }, 128, ((fx + fy) * 127.0) as u8]),
+                    _ => Rgb([if disc { 200 } else { 0 }, if disc { 40 } else { 255 }, (k * 40) as u8]),
+                }
+            });
+            DynamicImage::ImageRgb8(image)
+        })
+        .collect()
+}
+
+fn tensor_values(tensor: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(tensor.flatten(0, -1).contiguous()).unwrap()
+}
+
+/// The reference outputs computed with libtorch, by output name.
+fn reference_outputs(
+    encoder: &Encoder,
+    input: &[f32],
+    shape: [usize; 4],
+    source: &str,
+) -> Vec<(&'static str, Vec<f32>)> {
+    let images = Tensor::from_slice(input).view(shape.map(|d| d as i64));
+    let taps = tch::no_grad(|| encoder.forward_taps(&images, false));
+    let conv = taps.conv.flatten(1, -1);
+    let source_tap = match source {
+        OUTPUT_CONV => &conv,
+        OUTPUT_FC => &taps.fc,
+        _ => &taps.y,
+    };
+    let norm = source_tap.norm_scalaropt_dim(2, [1i64].as_slice(), true).clamp_min(1e-12);
+    let embedding = source_tap / norm;
+    vec![
+        (OUTPUT_CONV, tensor_values(&conv)),
+        (OUTPUT_FC, tensor_values(&taps.fc)),
+        (OUTPUT_Y, tensor_values(&taps.y)),
+        (OUTPUT_EMBEDDING, tensor_values(&embedding)),
+    ]
+}
+
+fn assert_outputs_match(
+    session: &mut Session,
+    encoder: &Encoder,
+    input: &[f32],
+    shape: [usize; 4],
+    source: &str,
+) {
+    let expected = reference_outputs(encoder, input, shape, source);
+    let outputs =
+        session.run(ort::inputs![INPUT_NAME => TensorRef::from_array_view((shape, input)).unwrap()]).unwrap();
+    for (name, reference) in expected {
+        let (onnx_shape, values) = outputs[name].try_extract_tensor::<f32>().unwrap();
+        assert_eq!(onnx_shape[0], shape[0] as i64, "{name}: batch dimension");
+        assert_eq!(values.len(), reference.len(), "{name}: element count");
+        let max_diff = values.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let scale = reference.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+        assert!(
+            max_diff <= TOLERANCE,
+            "{name} at batch {}: max |onnx − torch| = {max_diff:e} (values up to {scale})",
+            shape[0]
+        );
+        assert!(scale > 0.0, "{name} is all zeros: the comparison would prove nothing");
+    }
+}
+
+/// The interpreter that runs Python checks. `DIM_PYTHON` points at a link to the environment's
+/// interpreter; Python finds its virtual environment only from the path it was started by, so a
+/// link outside the environment is followed one step to the interpreter inside it.
+fn python() -> PathBuf {
+    let configured = std::env::var_os("DIM_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| option_env!("DIM_PYTHON").map(PathBuf::from))
+        .expect("DIM_PYTHON is set by .cargo/config.toml (run `cargo xtask setup`)");
+    match std::fs::read_link(&configured) {
+        Ok(target) if target.is_absolute() => target,
+        Ok(target) => configured.parent().unwrap_or(Path::new(".")).join(target),
+        Err(_) => configured,
+    }
+}
+
+fn assert_onnx_checker_passes(model: &Path) {
+    let output = Command::new(python())
+        .args(["-c", "import onnx, sys; onnx.checker.check_model(onnx.load(sys.argv[1]), full_check=True)"])
+        .arg(model)
+        .output()
+        .expect("the configured Python runs");
+    assert!(
+        output.status.success(),
+        "onnx.checker rejected {}: {}",
+        model.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn check_preset(preset: Preset, channels: usize, source: EmbeddingSource, seed: i64) {
+    let config = EncoderConfig::new(preset, channels).unwrap();
+    let (store, encoder) = encoder_with_statistics(config, seed);
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint_dir = dir.path().join("checkpoint");
+    write_checkpoint(&checkpoint_dir, &store, config);
+
+    // The exporter reads exactly the encoder variables the trainer creates.
+    let trainer_names: BTreeSet<String> =
+        store.variables().into_keys().filter(|n| n.starts_with(&format!("{ENCODER_PREFIX}."))).collect();
+    let exporter_names: BTreeSet<String> =
+        EncoderCheckpoint::read(&checkpoint_dir).unwrap().tensors.into_keys().collect();
+    assert_eq!(trainer_names, exporter_names, "{preset}");
+
+    let model = dir.path().join("model.onnx");
+    let options = ExportOptions { checkpoint_dir, out: model.clone(), embedding_source: source };
+    let summary = export(&options).unwrap();
+    assert_eq!(summary.metadata.embedding_source, source.output_name());
+    assert_onnx_checker_passes(&model);
+
+    let environment = dim_infer::runtime::ensure_initialised().unwrap();
+    let mut session = Session::builder(environment).unwrap().commit_from_file(&model).unwrap();
+    let size = config.input_size();
+    let spec = InputSpec { channels, size, resize: ResizePolicy::Pad };
+    for batch in [1, 7] {
+        let shape = [batch, channels, size, size];
+        let random = tensor_values(&Tensor::rand(shape.map(|d| d as i64), (Kind::Float, Device::Cpu)));
+        assert_outputs_match(&mut session, &encoder, &random, shape, source.output_name());
+        let images: Vec<f32> =
+            generated_images(batch).iter().flat_map(|image| image_to_input(image, &spec)).collect();
+        assert_outputs_match(&mut session, &encoder, &images, shape, source.output_name());
+    }
+}
+
+#[test]
+fn basic32x32_grey_matches_libtorch() {
+    check_preset(Preset::Basic32x32, 1, EmbeddingSource::Conv, 1);
+}
+
+#[test]
+fn basic32x32_rgb_matches_libtorch() {
+    check_preset(Preset::Basic32x32, 3, EmbeddingSource::Fc, 2);
+}
+
+#[test]
+fn basic64x64_matches_libtorch() {
+    check_preset(Preset::Basic64x64, 3, EmbeddingSource::Y, 3);
+}
+
+#[test]
+fn alex64x64_matches_libtorch() {
+    check_preset(Preset::Alex64x64, 3, EmbeddingSource::Conv, 4);
+}
