@@ -88,6 +88,8 @@ impl LocalCritic {
 }
 
 /// One layer of the global critic's copy of the encoder's remaining layers.
+// A model holds a handful of these, so the size gap between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum RemainingLayer {
     Conv { conv: nn::Conv2D, batch_norm: nn::BatchNorm },

@@ -7,6 +7,8 @@ use dim_models::{EncoderConfig, LayerKind};
 use tch::{Tensor, nn, nn::ModuleT};
 
 /// One layer of the convolutional trunk.
+// A model holds a handful of these, so the size gap between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum TrunkLayer {
     Conv { conv: nn::Conv2D, batch_norm: nn::BatchNorm },

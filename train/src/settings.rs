@@ -1,0 +1,171 @@
+//! The trainer's settings: everything that determines a training run's result, checked once and
+//! saved in every checkpoint's config so a run can be resumed or reproduced exactly.
+
+use crate::estimators::Estimator;
+use crate::objective::{Mode, ObjectiveWeights};
+use crate::optim::AdamConfig;
+use dim_models::Preset;
+use dim_models::preprocess::ResizePolicy;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Settings of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSettings {
+    /// Dataset path (directory or file).
+    pub data: PathBuf,
+    /// Dataset format name (`auto`, `idx`, `cifar10`, `cifar100`, `folder`).
+    pub format: String,
+    /// Encoder architecture.
+    pub preset: Preset,
+    /// Input channels (1 or 3).
+    pub channels: usize,
+    /// How images are fitted to the input size.
+    pub resize: ResizePolicy,
+    /// Total number of epochs to train.
+    pub epochs: usize,
+    /// Images per batch (every other image in the batch provides negatives).
+    pub batch_size: usize,
+    /// Named weighting the weights came from.
+    pub mode: Mode,
+    /// α, β, γ (the mode's, or overridden).
+    pub weights: ObjectiveWeights,
+    /// MI estimator.
+    pub estimator: Estimator,
+    /// Critic embedding width U.
+    pub critic_width: usize,
+    /// Adam learning rate (both optimisers).
+    pub lr: f64,
+    /// Adam first-moment decay.
+    pub beta1: f64,
+    /// Adam second-moment decay.
+    pub beta2: f64,
+    /// Seed of the initial weights, the data order, the augmentation and the prior samples.
+    pub seed: u64,
+    /// Random horizontal flips.
+    pub flip: bool,
+    /// Random-crop padding in pixels (0 = none).
+    pub crop_padding: usize,
+    /// Use only the first this-many examples.
+    pub limit: Option<usize>,
+}
+
+/// Why settings are unusable.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl TrainSettings {
+    /// Settings with the official defaults for `data`: basic32x32, grey, pad, DIM(L), JSD,
+    /// U = 2048, batch 64, Adam 1e-4 (0.5, 0.999), seed 0.
+    pub fn new(data: PathBuf) -> Self {
+        let adam = AdamConfig::dim_default();
+        TrainSettings {
+            data,
+            format: "auto".into(),
+            preset: Preset::Basic32x32,
+            channels: 1,
+            resize: ResizePolicy::Pad,
+            epochs: 1,
+            batch_size: 64,
+            mode: Mode::DimL,
+            weights: Mode::DimL.weights(),
+            estimator: Estimator::Jsd,
+            critic_width: 2048,
+            lr: adam.lr,
+            beta1: adam.beta1,
+            beta2: adam.beta2,
+            seed: 0,
+            flip: false,
+            crop_padding: 0,
+            limit: None,
+        }
+    }
+
+    /// Checks the values serde and clap cannot.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |message: String| Err(SettingsError::Invalid(message));
+        if self.batch_size < 2 {
+            return invalid(format!(
+                "batch size must be at least 2 (negatives come from the other images), got {}",
+                self.batch_size
+            ));
+        }
+        if self.critic_width == 0 {
+            return invalid("critic width must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return invalid(format!("learning rate must be positive, got {}", self.lr));
+        }
+        for (name, beta) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return invalid(format!("{name} must be in [0, 1), got {beta}"));
+            }
+        }
+        let ObjectiveWeights { alpha, beta, gamma } = self.weights;
+        if [alpha, beta, gamma].iter().any(|w| !w.is_finite() || *w < 0.0) {
+            return invalid(format!(
+                "alpha, beta and gamma must be finite and ≥ 0, got {alpha}, {beta}, {gamma}"
+            ));
+        }
+        if alpha == 0.0 && beta == 0.0 {
+            return invalid("alpha and beta are both 0: there is no mutual-information term to train".into());
+        }
+        if self.limit == Some(0) {
+            return invalid("--limit must be at least 1".into());
+        }
+        if !matches!(self.channels, 1 | 3) {
+            return invalid(format!("channels must be 1 or 3, got {}", self.channels));
+        }
+        Ok(())
+    }
+
+    /// The optimisers' hyper-parameters.
+    pub fn adam(&self) -> AdamConfig {
+        AdamConfig { lr: self.lr, beta1: self.beta1, beta2: self.beta2, ..AdamConfig::dim_default() }
+    }
+}
+
+/// What a checkpoint's `training` field holds: the settings and how far into the next epoch the
+/// run had got when it was saved (non-zero only after an interruption).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingState {
+    /// The run's settings.
+    #[serde(flatten)]
+    pub settings: TrainSettings,
+    /// Batches of epoch `epoch` (0-based: the first unfinished one) already trained on.
+    pub batches_into_epoch: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_refused_with_a_reason() {
+        let settings = TrainSettings::new("data".into());
+        settings.validate().unwrap();
+        let broken = [
+            TrainSettings { batch_size: 1, ..settings.clone() },
+            TrainSettings { lr: 0.0, ..settings.clone() },
+            TrainSettings {
+                weights: ObjectiveWeights { alpha: 0.0, beta: 0.0, gamma: 1.0 },
+                ..settings.clone()
+            },
+            TrainSettings { limit: Some(0), ..settings.clone() },
+        ];
+        for bad in broken {
+            let SettingsError::Invalid(message) = bad.validate().unwrap_err();
+            assert!(!message.is_empty());
+        }
+        let state = TrainingState { settings, batches_into_epoch: 3 };
+        let json = serde_json::to_value(&state).unwrap();
+        assert_eq!(json["estimator"], "jsd");
+        assert_eq!(json["mode"], "dim-l");
+        assert_eq!(serde_json::from_value::<TrainingState>(json).unwrap(), state);
+    }
+}

@@ -1,0 +1,548 @@
+//! The training loop: builds the model and optimisers from [`TrainSettings`], runs epochs over the
+//! batch loader (encoder step, then a separate discriminator step), logs each epoch to
+//! `train_log.jsonl`, checkpoints at every epoch end and on interruption, resumes exactly, and
+//! stops on a non-finite loss without overwriting the last good checkpoint.
+
+use crate::checkpoint::{self, CheckpointIoError};
+use crate::data::{Augment, DataError, Dataset, LoaderOptions, Sample, batches_per_epoch, epoch_batches};
+use crate::objective::DimModel;
+use crate::optim::{Adam, OptimizerStateError};
+use crate::prior::PRIOR_PREFIX;
+use crate::settings::{SettingsError, TrainSettings, TrainingState};
+use dim_models::EncoderConfig;
+use dim_models::atomic_file::write_bytes_atomically;
+use dim_models::checkpoint::{CHECKPOINT_FORMAT_VERSION, CheckpointConfig};
+use dim_models::preprocess::InputSpec;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor, nn};
+
+/// Name of the per-epoch JSON-lines log in the checkpoint directory.
+pub const LOG_FILE: &str = "train_log.jsonl";
+
+/// Errors that end a training run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TrainError {
+    /// The settings are unusable.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The data could not be opened.
+    #[error("cannot open the training data")]
+    Data(#[source] DataError),
+    /// The dataset holds fewer examples than one batch.
+    #[error("the dataset has {examples} usable example(s), fewer than one batch of {batch_size}")]
+    TooFewExamples {
+        /// Examples available.
+        examples: usize,
+        /// The batch size.
+        batch_size: usize,
+    },
+    /// A checkpoint could not be written or read.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointIoError),
+    /// The saved optimiser state does not fit the model.
+    #[error("the checkpoint's optimizer state does not fit this model")]
+    OptimizerState(#[from] OptimizerStateError),
+    /// The checkpoint's `training` field is not this trainer's settings.
+    #[error("the checkpoint's training settings cannot be read: {0}")]
+    ResumeSettings(serde_json::Error),
+    /// The data differs from the data the checkpoint was trained on.
+    #[error(
+        "the data fingerprint {found} differs from the checkpoint's {expected}: resuming on other data \
+         would not continue the same run"
+    )]
+    DataChanged {
+        /// The checkpoint's fingerprint.
+        expected: String,
+        /// The data's fingerprint now.
+        found: String,
+    },
+    /// A loss became NaN or infinite.
+    #[error(
+        "the {term} loss became {value} at epoch {epoch}, step {step}; stopped without saving, the last \
+         good checkpoint is kept (try a lower --lr or a smaller --critic-width)"
+    )]
+    NonFiniteLoss {
+        /// Which loss.
+        term: &'static str,
+        /// Its value.
+        value: f64,
+        /// 1-based epoch.
+        epoch: usize,
+        /// Optimiser step (1-based) that produced it.
+        step: u64,
+    },
+    /// The log could not be written.
+    #[error("cannot write {path}: {source}")]
+    Log {
+        /// The log file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// How a run is executed (not part of the result, so not saved in checkpoints).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Checkpoint directory.
+    pub out_dir: PathBuf,
+    /// Compute device.
+    pub device: Device,
+    /// Set (e.g. by a Ctrl-C handler) to stop after the current step with a checkpoint.
+    pub stop: Arc<AtomicBool>,
+    /// Show a progress bar per epoch.
+    pub progress: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every epoch finished.
+    Completed,
+    /// Stopped by the stop flag; a checkpoint was saved first.
+    Interrupted,
+}
+
+/// One epoch's record in `train_log.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct EpochRecord {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Optimiser steps completed after this epoch.
+    pub step: u64,
+    /// Mean encoder-side loss `α·global + β·local + γ·prior`.
+    pub loss: f64,
+    /// Mean global MI loss (when α > 0).
+    pub global_loss: Option<f64>,
+    /// Mean local MI loss (when β > 0).
+    pub local_loss: Option<f64>,
+    /// Mean generator loss (when γ > 0).
+    pub prior_loss: Option<f64>,
+    /// Mean discriminator loss (when γ > 0).
+    pub discriminator_loss: Option<f64>,
+    /// Mean MI estimate of the local (or, without it, the global) term, in nats.
+    pub mi_estimate: f64,
+    /// Training throughput.
+    pub images_per_second: f64,
+    /// Wall-clock seconds of the epoch.
+    pub seconds: f64,
+    /// Examples the loader skipped as unreadable.
+    pub skipped_examples: usize,
+}
+
+/// The result of [`train`].
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// How it ended.
+    pub end: RunEnd,
+    /// Records of the epochs finished in this call.
+    pub epochs: Vec<EpochRecord>,
+    /// Examples skipped as unreadable, as (index, reason), over this call.
+    pub skipped: Vec<(usize, String)>,
+}
+
+/// Running sums of one epoch's step values.
+#[derive(Debug, Default)]
+struct EpochTotals {
+    steps: usize,
+    images: usize,
+    loss: f64,
+    global: Option<f64>,
+    local: Option<f64>,
+    prior: Option<f64>,
+    discriminator: Option<f64>,
+    mi: f64,
+    step_seconds: f64,
+}
+
+fn add(sum: &mut Option<f64>, value: Option<f64>) {
+    if let Some(value) = value {
+        *sum = Some(sum.unwrap_or(0.0) + value);
+    }
+}
+
+/// The values of one training step.
+#[derive(Debug)]
+struct StepValues {
+    loss: f64,
+    global: Option<f64>,
+    local: Option<f64>,
+    prior: Option<f64>,
+    discriminator: Option<f64>,
+    mi: f64,
+}
+
+/// The first `limit` examples of a dataset (`--limit`).
+struct Prefix {
+    inner: Arc<dyn Dataset>,
+    limit: usize,
+}
+
+impl Dataset for Prefix {
+    fn len(&self) -> usize {
+        self.inner.len().min(self.limit)
+    }
+    fn input_spec(&self) -> InputSpec {
+        self.inner.input_spec()
+    }
+    fn num_classes(&self) -> Option<usize> {
+        self.inner.num_classes()
+    }
+    fn get(&self, index: usize) -> Result<Sample, DataError> {
+        self.inner.get(index)
+    }
+    fn fingerprint(&self) -> String {
+        format!("{}:first{}", self.inner.fingerprint(), self.len())
+    }
+    fn describe(&self) -> String {
+        format!("{} (first {} used)", self.inner.describe(), self.len())
+    }
+}
+
+/// The model, its optimisers and its progress.
+struct Session {
+    settings: TrainSettings,
+    encoder_config: EncoderConfig,
+    store: nn::VarStore,
+    model: DimModel,
+    encoder_optimizer: Adam,
+    discriminator_optimizer: Option<Adam>,
+    epoch: usize,
+    step: u64,
+    batches_into_epoch: usize,
+    data_fingerprint: String,
+}
+
+impl Session {
+    fn new(settings: TrainSettings, device: Device, data_fingerprint: String) -> Result<Self, TrainError> {
+        let encoder_config = EncoderConfig::new(settings.preset, settings.channels)
+            .map_err(|e| SettingsError::Invalid(e.to_string()))?;
+        // Seeds the initial weights (and the critics' near-identity shortcuts).
+        tch::manual_seed(settings.seed as i64);
+        let store = nn::VarStore::new(device);
+        let model = DimModel::new(
+            &store.root(),
+            encoder_config,
+            settings.weights,
+            settings.estimator,
+            settings.critic_width,
+        );
+        let prior_prefix = format!("{PRIOR_PREFIX}.");
+        let (prior, rest): (Vec<_>, Vec<_>) = store
+            .variables()
+            .into_iter()
+            .filter(|(_, variable)| variable.requires_grad())
+            .partition(|(name, _)| name.starts_with(&prior_prefix));
+        let encoder_optimizer = Adam::new("encoder_and_critics", settings.adam(), rest);
+        let discriminator_optimizer =
+            (!prior.is_empty()).then(|| Adam::new("discriminator", settings.adam(), prior));
+        Ok(Session {
+            settings,
+            encoder_config,
+            store,
+            model,
+            encoder_optimizer,
+            discriminator_optimizer,
+            epoch: 0,
+            step: 0,
+            batches_into_epoch: 0,
+            data_fingerprint,
+        })
+    }
+
+    fn optimizer_state(&self) -> Vec<(String, Tensor)> {
+        let mut state = self.encoder_optimizer.state();
+        if let Some(optimizer) = &self.discriminator_optimizer {
+            state.extend(optimizer.state());
+        }
+        state
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), TrainError> {
+        let state =
+            TrainingState { settings: self.settings.clone(), batches_into_epoch: self.batches_into_epoch };
+        let config = CheckpointConfig {
+            format_version: CHECKPOINT_FORMAT_VERSION,
+            toolkit_version: dim_models::TOOLKIT_VERSION.into(),
+            encoder: self.encoder_config,
+            resize: self.settings.resize,
+            epoch: self.epoch,
+            step: self.step,
+            data_fingerprint: self.data_fingerprint.clone(),
+            training: serde_json::to_value(&state).expect("settings serialise"),
+        };
+        checkpoint::save_checkpoint(dir, &self.store, &self.optimizer_state(), &config)?;
+        Ok(())
+    }
+
+    fn restore(
+        &mut self,
+        dir: &Path,
+        config: &CheckpointConfig,
+        batches_into_epoch: usize,
+    ) -> Result<(), TrainError> {
+        checkpoint::load_weights(dir, &self.store)?;
+        let saved = checkpoint::load_optimizer_state(dir)?;
+        self.encoder_optimizer.load_state(&saved)?;
+        if let Some(optimizer) = &mut self.discriminator_optimizer {
+            optimizer.load_state(&saved)?;
+        }
+        self.epoch = config.epoch;
+        self.step = config.step;
+        self.batches_into_epoch = batches_into_epoch;
+        Ok(())
+    }
+
+    /// One encoder step and, with a prior term, one discriminator step.
+    fn train_step(&mut self, images: &Tensor) -> Result<StepValues, TrainError> {
+        let epoch = self.epoch + 1;
+        let step = self.step + 1;
+        // Seeding per step (not only per epoch) makes a run resumed mid-epoch draw the same prior
+        // samples as an uninterrupted one.
+        tch::manual_seed((self.settings.seed as i64).wrapping_mul(1_000_003).wrapping_add(step as i64));
+        let check = |term: &'static str, value: f64| {
+            if value.is_finite() {
+                Ok(value)
+            } else {
+                Err(TrainError::NonFiniteLoss { term, value, epoch, step })
+            }
+        };
+        let loss = self.model.encoder_loss(images);
+        let total = check("total", loss.total.double_value(&[]))?;
+        self.encoder_optimizer.zero_grad();
+        loss.total.backward();
+        self.encoder_optimizer.step();
+
+        let discriminator = match (&self.model.discriminator, &mut self.discriminator_optimizer) {
+            (Some(discriminator), Some(optimizer)) => {
+                // The encoder's backward pass also left generator-loss gradients on the
+                // discriminator; they must not leak into its own update.
+                optimizer.zero_grad();
+                let loss = discriminator.discriminator_loss(&loss.y);
+                let value = check("discriminator", loss.total.double_value(&[]))?;
+                loss.total.backward();
+                optimizer.step();
+                Some(value)
+            }
+            _ => None,
+        };
+        self.step = step;
+        let scalar = |t: &Tensor| t.double_value(&[]);
+        let mi = loss.local.as_ref().or(loss.global.as_ref()).map(|e| scalar(&e.mi)).unwrap_or(0.0);
+        Ok(StepValues {
+            loss: total,
+            global: loss.global.as_ref().map(|e| scalar(&e.loss)),
+            local: loss.local.as_ref().map(|e| scalar(&e.loss)),
+            prior: loss.prior.as_ref().map(scalar),
+            discriminator,
+            mi,
+        })
+    }
+}
+
+/// Opens the dataset named by the settings, cut to `--limit`.
+pub fn open_training_data(settings: &TrainSettings) -> Result<Arc<dyn Dataset>, TrainError> {
+    use clap::ValueEnum;
+    let format = crate::data::DataFormat::from_str(&settings.format, true)
+        .map_err(|_| SettingsError::Invalid(format!("unknown data format `{}`", settings.format)))?;
+    let spec = InputSpec {
+        channels: settings.channels,
+        size: settings.preset.input_size(),
+        resize: settings.resize,
+    };
+    let dataset = crate::data::open_dataset(&settings.data, format, crate::data::Split::Train, spec)
+        .map_err(TrainError::Data)?;
+    Ok(match settings.limit {
+        Some(limit) => Arc::new(Prefix { inner: dataset, limit }),
+        None => dataset,
+    })
+}
+
+/// Reads the settings saved in a checkpoint directory, to resume it.
+pub fn resume_settings(dir: &Path) -> Result<TrainSettings, TrainError> {
+    let config = CheckpointConfig::read(dir).map_err(CheckpointIoError::from)?;
+    let state: TrainingState = serde_json::from_value(config.training).map_err(TrainError::ResumeSettings)?;
+    Ok(state.settings)
+}
+
+/// Trains on `dataset` with `settings`, continuing the checkpoint in `resume` when given, and
+/// checkpointing into `options.out_dir`.
+pub fn train(
+    settings: &TrainSettings,
+    dataset: Arc<dyn Dataset>,
+    resume: Option<&Path>,
+    options: &RunOptions,
+) -> Result<TrainOutcome, TrainError> {
+    settings.validate()?;
+    let loader = LoaderOptions {
+        batch_size: settings.batch_size,
+        shuffle: true,
+        seed: settings.seed,
+        // A short last batch would change the number of negatives and BatchNorm's statistics.
+        drop_last: true,
+        augment: Augment { flip: settings.flip, crop_padding: settings.crop_padding },
+        prefetch_batches: 4,
+    };
+    let batch_count = batches_per_epoch(dataset.len(), &loader);
+    if batch_count == 0 {
+        return Err(TrainError::TooFewExamples { examples: dataset.len(), batch_size: settings.batch_size });
+    }
+    let mut session = Session::new(settings.clone(), options.device, dataset.fingerprint())?;
+    if let Some(dir) = resume {
+        let config = CheckpointConfig::read(dir).map_err(CheckpointIoError::from)?;
+        if config.data_fingerprint != session.data_fingerprint {
+            return Err(TrainError::DataChanged {
+                expected: config.data_fingerprint,
+                found: session.data_fingerprint,
+            });
+        }
+        let state: TrainingState =
+            serde_json::from_value(config.training.clone()).map_err(TrainError::ResumeSettings)?;
+        session.restore(dir, &config, state.batches_into_epoch)?;
+    }
+
+    let spec = dataset.input_spec();
+    let image_shape = [spec.channels as i64, spec.size as i64, spec.size as i64];
+    let mut outcome = TrainOutcome { end: RunEnd::Completed, epochs: Vec::new(), skipped: Vec::new() };
+    while session.epoch < settings.epochs {
+        let epoch_started = Instant::now();
+        let bar = progress_bar(options.progress, batch_count, session.epoch + 1, settings.epochs);
+        let mut totals = EpochTotals::default();
+        let mut batches = epoch_batches(Arc::clone(&dataset), &loader, session.epoch);
+        let already_done = session.batches_into_epoch;
+        bar.inc(already_done as u64);
+        let mut interrupted = false;
+        for batch in batches.by_ref().skip(already_done) {
+            if batch.len < 2 {
+                // Too many unreadable examples left a batch without negatives.
+                session.batches_into_epoch += 1;
+                continue;
+            }
+            let step_started = Instant::now();
+            let images = Tensor::from_slice(&batch.images)
+                .reshape([batch.len as i64, image_shape[0], image_shape[1], image_shape[2]])
+                .to_device(options.device);
+            let values = session.train_step(&images)?;
+            totals.step_seconds += step_started.elapsed().as_secs_f64();
+            totals.steps += 1;
+            totals.images += batch.len;
+            totals.loss += values.loss;
+            totals.mi += values.mi;
+            add(&mut totals.global, values.global);
+            add(&mut totals.local, values.local);
+            add(&mut totals.prior, values.prior);
+            add(&mut totals.discriminator, values.discriminator);
+            session.batches_into_epoch += 1;
+            bar.set_message(format!(
+                "loss {:.4}  MI {:.4}  {:.0} img/s",
+                totals.loss / totals.steps as f64,
+                totals.mi / totals.steps as f64,
+                totals.images as f64 / totals.step_seconds
+            ));
+            bar.inc(1);
+            if options.stop.load(Ordering::SeqCst) {
+                interrupted = true;
+                break;
+            }
+        }
+        drop(bar);
+        let skipped = batches.skipped();
+        if interrupted {
+            session.save(&options.out_dir)?;
+            outcome.skipped.extend(skipped);
+            outcome.end = RunEnd::Interrupted;
+            return Ok(outcome);
+        }
+        session.epoch += 1;
+        session.batches_into_epoch = 0;
+        let record = epoch_record(&session, &totals, epoch_started.elapsed().as_secs_f64(), skipped.len());
+        session.save(&options.out_dir)?;
+        append_log(&options.out_dir.join(LOG_FILE), &record)?;
+        outcome.skipped.extend(skipped);
+        outcome.epochs.push(record);
+    }
+    Ok(outcome)
+}
+
+fn progress_bar(visible: bool, batches: usize, epoch: usize, epochs: usize) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(batches as u64);
+    let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}")
+        .expect("the template is valid")
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(format!("{epoch}/{epochs}"));
+    bar
+}
+
+fn epoch_record(session: &Session, totals: &EpochTotals, seconds: f64, skipped: usize) -> EpochRecord {
+    let steps = totals.steps.max(1) as f64;
+    let mean = |sum: Option<f64>| sum.map(|s| s / steps);
+    EpochRecord {
+        epoch: session.epoch,
+        step: session.step,
+        loss: totals.loss / steps,
+        global_loss: mean(totals.global),
+        local_loss: mean(totals.local),
+        prior_loss: mean(totals.prior),
+        discriminator_loss: mean(totals.discriminator),
+        mi_estimate: totals.mi / steps,
+        images_per_second: if totals.step_seconds > 0.0 {
+            totals.images as f64 / totals.step_seconds
+        } else {
+            0.0
+        },
+        seconds,
+        skipped_examples: skipped,
+    }
+}
+
+/// Appends a record by rewriting the (small) log atomically, so a crash never leaves a torn line.
+fn append_log(path: &Path, record: &EpochRecord) -> Result<(), TrainError> {
+    let log_error = |source| TrainError::Log { path: path.into(), source };
+    let mut text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(error) => return Err(log_error(error)),
+    };
+    text.push_str(&serde_json::to_string(record).expect("records serialise"));
+    text.push('\n');
+    write_bytes_atomically(path, text.as_bytes()).map_err(log_error)
+}
+
+/// Reads `train_log.jsonl` back.
+pub fn read_log(dir: &Path) -> Result<Vec<EpochRecord>, TrainError> {
+    let path = dir.join(LOG_FILE);
+    let text =
+        std::fs::read_to_string(&path).map_err(|source| TrainError::Log { path: path.clone(), source })?;
+    text.lines()
+        .map(|line| {
+            serde_json::from_str(line).map_err(|e| TrainError::Log { path: path.clone(), source: e.into() })
+        })
+        .collect()
+}
+
+/// Largest absolute difference between the variables of two checkpoints' weights (for tests and
+/// reproducibility checks).
+pub fn max_weight_difference(a: &Path, b: &Path) -> Result<f64, TrainError> {
+    let first = checkpoint::read_tensors(&a.join(dim_models::checkpoint::WEIGHTS_FILE))?;
+    let second = checkpoint::read_tensors(&b.join(dim_models::checkpoint::WEIGHTS_FILE))?;
+    let mut largest = 0.0f64;
+    for (name, tensor) in &first {
+        let other = second
+            .get(name)
+            .ok_or_else(|| CheckpointIoError::MissingTensor { path: b.into(), name: name.clone() })?;
+        let difference =
+            (tensor.to_kind(Kind::Double) - other.to_kind(Kind::Double)).abs().max().double_value(&[]);
+        largest = largest.max(difference);
+    }
+    Ok(largest)
+}

@@ -1,0 +1,230 @@
+//! End-to-end tests of the training loop on tiny generated datasets: the loss falls, resuming
+//! (after an epoch or mid-epoch) reproduces an uninterrupted run, a non-finite loss keeps the last
+//! good checkpoint, and the discriminator's step leaves the encoder alone.
+
+use dim_models::checkpoint::{CheckpointConfig, WEIGHTS_FILE};
+use dim_models::preprocess::{InputSpec, ResizePolicy};
+use dim_models::{EncoderConfig, Preset};
+use dim_train::data::{DataError, Dataset, Sample};
+use dim_train::estimators::Estimator;
+use dim_train::objective::{DimModel, Mode};
+use dim_train::optim::{Adam, AdamConfig};
+use dim_train::settings::TrainSettings;
+use dim_train::trainer::{self, RunEnd, RunOptions, TrainError};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tch::{Device, Kind, Tensor, nn};
+
+/// Two visually distinct kinds of 32×32 grey image (a bright square in the top-left or the
+/// bottom-right quadrant) with per-example noise; `poisoned` turns every pixel into NaN.
+struct Blobs {
+    count: usize,
+    poisoned: Arc<AtomicBool>,
+}
+
+impl Blobs {
+    fn new(count: usize) -> Self {
+        Blobs { count, poisoned: Arc::new(AtomicBool::new(false)) }
+    }
+}
+
+impl Dataset for Blobs {
+    fn len(&self) -> usize {
+        self.count
+    }
+    fn input_spec(&self) -> InputSpec {
+        InputSpec { channels: 1, size: 32, resize: ResizePolicy::Pad }
+    }
+    fn num_classes(&self) -> Option<usize> {
+        Some(2)
+    }
+    fn get(&self, index: usize) -> Result<Sample, DataError> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Ok(Sample { pixels: vec![f32::NAN; 32 * 32], label: Some(0) });
+        }
+        let class = index % 2;
+        let offset = 4 + (index / 2) % 8;
+        let pixels = (0..32 * 32)
+            .map(|p| {
+                let (row, col) = (p / 32, p % 32);
+                let (r, c) = if class == 0 { (row, col) } else { (31 - row, 31 - col) };
+                let inside = (offset..offset + 10).contains(&r) && (offset..offset + 10).contains(&c);
+                let noise = ((p * 7919 + index * 104_729) % 97) as f32 / 970.0;
+                if inside { 0.9 - noise } else { noise }
+            })
+            .collect();
+        Ok(Sample { pixels, label: Some(class as u32) })
+    }
+    fn fingerprint(&self) -> String {
+        format!("blobs-{}", self.count)
+    }
+    fn describe(&self) -> String {
+        format!("{} generated blobs", self.count)
+    }
+}
+
+/// libtorch's random generator is global to the process and the test harness runs tests on
+/// parallel threads, so runs that must be reproducible take turns.
+static TORCH_GENERATOR: Mutex<()> = Mutex::new(());
+
+fn exclusive_torch() -> MutexGuard<'static, ()> {
+    TORCH_GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn settings(epochs: usize) -> TrainSettings {
+    TrainSettings {
+        epochs,
+        batch_size: 8,
+        critic_width: 32,
+        lr: 1e-3,
+        ..TrainSettings::new("generated".into())
+    }
+}
+
+fn options(dir: &Path) -> RunOptions {
+    RunOptions {
+        out_dir: dir.to_path_buf(),
+        device: Device::Cpu,
+        stop: Arc::new(AtomicBool::new(false)),
+        progress: false,
+    }
+}
+
+#[test]
+fn dim_l_training_makes_the_loss_fall_and_logs_every_epoch() {
+    let _turn = exclusive_torch();
+    tch::set_num_threads(2);
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = trainer::train(&settings(6), Arc::new(Blobs::new(32)), None, &options(dir.path())).unwrap();
+    assert_eq!(outcome.end, RunEnd::Completed);
+    let log = trainer::read_log(dir.path()).unwrap();
+    // JSON keeps about 16 significant digits, so compare the read-back log with a tolerance.
+    assert_eq!(log.len(), outcome.epochs.len());
+    for (read, returned) in log.iter().zip(&outcome.epochs) {
+        assert_eq!((read.epoch, read.step), (returned.epoch, returned.step));
+        assert!((read.loss - returned.loss).abs() < 1e-9);
+    }
+    assert_eq!(log.len(), 6);
+    assert_eq!(log.last().unwrap().step, 24);
+    let (first, last) = (&log[0], &log[5]);
+    assert!(last.loss < first.loss, "loss did not fall: {} → {}", first.loss, last.loss);
+    assert!(last.mi_estimate > first.mi_estimate);
+    assert!(first.prior_loss.is_some() && first.discriminator_loss.is_some() && first.global_loss.is_none());
+    let config = CheckpointConfig::read(dir.path()).unwrap();
+    assert_eq!((config.epoch, config.step), (6, 24));
+    assert_eq!(config.training["estimator"], "jsd");
+    assert_eq!(config.data_fingerprint, "blobs-32");
+}
+
+#[test]
+fn resuming_after_an_epoch_or_mid_epoch_reproduces_an_uninterrupted_run() {
+    let _turn = exclusive_torch();
+    tch::set_num_threads(2);
+    let data: Arc<dyn Dataset> = Arc::new(Blobs::new(24));
+    let straight = tempfile::tempdir().unwrap();
+    trainer::train(&settings(2), Arc::clone(&data), None, &options(straight.path())).unwrap();
+
+    // One epoch, then a second call that resumes for the second.
+    let split = tempfile::tempdir().unwrap();
+    trainer::train(&settings(1), Arc::clone(&data), None, &options(split.path())).unwrap();
+    let resumed_settings = trainer::resume_settings(split.path()).unwrap();
+    assert_eq!(resumed_settings, settings(1));
+    let again =
+        trainer::train(&settings(2), Arc::clone(&data), Some(split.path()), &options(split.path())).unwrap();
+    assert_eq!(again.epochs.len(), 1);
+    let difference = trainer::max_weight_difference(straight.path(), split.path()).unwrap();
+    assert!(difference < 1e-6, "weights differ by {difference}");
+
+    // Interrupted after the first step of the first epoch (as Ctrl-C does), then resumed.
+    let interrupted = tempfile::tempdir().unwrap();
+    let stopping = options(interrupted.path());
+    stopping.stop.store(true, Ordering::SeqCst);
+    let outcome = trainer::train(&settings(2), Arc::clone(&data), None, &stopping).unwrap();
+    assert_eq!(outcome.end, RunEnd::Interrupted);
+    let config = CheckpointConfig::read(interrupted.path()).unwrap();
+    assert_eq!((config.epoch, config.step), (0, 1));
+    assert_eq!(config.training["batches_into_epoch"], 1);
+    trainer::train(&settings(2), Arc::clone(&data), Some(interrupted.path()), &options(interrupted.path()))
+        .unwrap();
+    let difference = trainer::max_weight_difference(straight.path(), interrupted.path()).unwrap();
+    assert!(difference < 1e-6, "weights differ by {difference}");
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
+    let _turn = exclusive_torch();
+    tch::set_num_threads(2);
+    let blobs = Blobs::new(16);
+    let poisoned = Arc::clone(&blobs.poisoned);
+    let data: Arc<dyn Dataset> = Arc::new(blobs);
+    let dir = tempfile::tempdir().unwrap();
+    trainer::train(&settings(1), Arc::clone(&data), None, &options(dir.path())).unwrap();
+    let weights_before = std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap();
+
+    poisoned.store(true, Ordering::SeqCst);
+    let error =
+        trainer::train(&settings(2), Arc::clone(&data), Some(dir.path()), &options(dir.path())).unwrap_err();
+    assert!(matches!(error, TrainError::NonFiniteLoss { epoch: 2, step: 3, .. }), "{error}");
+    assert!(error.to_string().contains("last good checkpoint"), "{error}");
+    assert_eq!(std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap(), weights_before);
+    assert_eq!(CheckpointConfig::read(dir.path()).unwrap().epoch, 1);
+    assert_eq!(trainer::read_log(dir.path()).unwrap().len(), 1);
+}
+
+#[test]
+fn resuming_on_other_data_is_refused() {
+    let _turn = exclusive_torch();
+    let dir = tempfile::tempdir().unwrap();
+    trainer::train(&settings(1), Arc::new(Blobs::new(16)), None, &options(dir.path())).unwrap();
+    let error =
+        trainer::train(&settings(2), Arc::new(Blobs::new(24)), Some(dir.path()), &options(dir.path()))
+            .unwrap_err();
+    assert!(matches!(error, TrainError::DataChanged { .. }), "{error}");
+    let error =
+        trainer::train(&settings(1), Arc::new(Blobs::new(4)), None, &options(dir.path())).unwrap_err();
+    assert!(matches!(error, TrainError::TooFewExamples { .. }), "{error}");
+}
+
+#[test]
+fn the_discriminator_step_changes_only_the_discriminator() {
+    let store = nn::VarStore::new(Device::Cpu);
+    let config = EncoderConfig::new(Preset::Basic32x32, 1).unwrap();
+    let model = DimModel::new(&store.root(), config, Mode::DimL.weights(), Estimator::Jsd, 16);
+    let prior: Vec<(String, Tensor)> = store
+        .variables()
+        .into_iter()
+        .filter(|(name, t)| name.starts_with("prior.") && t.requires_grad())
+        .collect();
+    let mut optimizer = Adam::new("discriminator", AdamConfig::dim_default(), prior);
+    let snapshot = |prefix: &str| -> Vec<(String, Tensor)> {
+        let mut vars: Vec<_> = store
+            .variables()
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(name, t)| (name, t.copy()))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    };
+    let encoder_before = snapshot("encoder.");
+    let prior_before = snapshot("prior.");
+
+    let images = Tensor::rand([8, 1, 32, 32], (Kind::Float, Device::Cpu));
+    // The encoder's forward pass (training mode) moves BatchNorm statistics; snapshot after it.
+    let loss = model.encoder_loss(&images);
+    let encoder_after_forward = snapshot("encoder.");
+    // Leave encoder gradients in place, as the training step does before the discriminator's turn.
+    loss.total.backward();
+    optimizer.zero_grad();
+    let discriminator_loss = model.discriminator.as_ref().unwrap().discriminator_loss(&loss.y);
+    discriminator_loss.total.backward();
+    optimizer.step();
+
+    let changed = |before: &[(String, Tensor)], after: &[(String, Tensor)]| {
+        before.iter().zip(after).filter(|((_, a), (_, b))| !a.equal(b)).count()
+    };
+    assert_eq!(changed(&encoder_after_forward, &snapshot("encoder.")), 0);
+    assert_eq!(changed(&prior_before, &snapshot("prior.")), prior_before.len());
+    assert!(changed(&encoder_before, &encoder_after_forward) > 0, "BatchNorm statistics should move");
+}
