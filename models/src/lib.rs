@@ -1,10 +1,11 @@
 //! The contracts every dim-toolkit crate shares, with no libtorch and no ONNX Runtime:
 //! encoder presets ([`preset`]), parameter names ([`parameters`]), the checkpoint layout
 //! ([`checkpoint`]), the exported model's metadata ([`onnx_metadata`]), image preprocessing
-//! ([`preprocess`]) and atomic file writes ([`atomic_file`]).
+//! ([`preprocess`]), the IDX format ([`idx`]) and atomic file writes ([`atomic_file`]).
 
 pub mod atomic_file;
 pub mod checkpoint;
+pub mod idx;
 pub mod onnx_metadata;
 pub mod parameters;
 pub mod preprocess;

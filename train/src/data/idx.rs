@@ -3,21 +3,10 @@
 
 use super::fingerprint::Fingerprint;
 use super::{DataError, Dataset, Sample, Split};
+use dim_models::idx::{self, IdxImages};
 use dim_models::preprocess::{InputSpec, image_to_input};
-use flate2::read::MultiGzDecoder;
 use image::{DynamicImage, GrayImage};
-use std::io::Read;
 use std::path::{Path, PathBuf};
-
-/// Magic number of an IDX file of unsigned bytes with three dimensions (images).
-const IMAGES_MAGIC: u32 = 0x0000_0803;
-/// Magic number of an IDX file of unsigned bytes with one dimension (labels).
-const LABELS_MAGIC: u32 = 0x0000_0801;
-/// The first two bytes of every gzip stream.
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-/// Header lengths: magic plus one u32 per dimension.
-const IMAGES_HEADER_BYTES: usize = 16;
-const LABELS_HEADER_BYTES: usize = 8;
 
 /// An IDX images file, with its labels file when one lies beside it.
 #[derive(Debug)]
@@ -41,7 +30,7 @@ impl IdxDataset {
     /// `t10k-images-idx3-ubyte[.gz]`. Labels are optional; when present their count must match.
     pub fn open(path: &Path, split: Split, spec: InputSpec) -> Result<Self, DataError> {
         let images_path = if path.is_dir() {
-            find_images_file(path, split).ok_or_else(|| DataError::Format {
+            idx::find_images_file(path, split_prefix(split)).ok_or_else(|| DataError::Format {
                 path: path.into(),
                 reason: format!(
                     "no {prefix}-images-idx3-ubyte or {prefix}-images-idx3-ubyte.gz in this directory",
@@ -51,14 +40,10 @@ impl IdxDataset {
         } else {
             path.to_path_buf()
         };
-        let images = read_maybe_gzipped(&images_path)?;
-        let (count, rows, cols) = parse_images_header(&images_path, &images)?;
-        let pixels = images[IMAGES_HEADER_BYTES..].to_vec();
-
-        let labels = match labels_path_for(&images_path) {
+        let IdxImages { count, rows, cols, pixels } = idx::read_images(&images_path)?;
+        let labels = match idx::labels_path_for(&images_path) {
             Some(labels_path) => {
-                let bytes = read_maybe_gzipped(&labels_path)?;
-                let labels = parse_labels(&labels_path, &bytes)?;
+                let labels = idx::read_labels(&labels_path)?;
                 if labels.len() != count {
                     return Err(DataError::Format {
                         path: labels_path,
@@ -138,131 +123,18 @@ impl Dataset for IdxDataset {
     }
 }
 
-fn split_prefix(split: Split) -> &'static str {
+/// File-name prefix of a split's IDX files.
+pub(crate) fn split_prefix(split: Split) -> &'static str {
     match split {
         Split::Train => "train",
         Split::Test => "t10k",
     }
 }
 
-/// The split's images file in `dir`, plain or gzipped, if present.
-pub(crate) fn find_images_file(dir: &Path, split: Split) -> Option<PathBuf> {
-    let stem = format!("{}-images-idx3-ubyte", split_prefix(split));
-    [stem.clone(), format!("{stem}.gz")].into_iter().map(|name| dir.join(name)).find(|path| path.is_file())
-}
-
-/// The labels file beside an images file (`images-idx3` → `labels-idx1`), if present.
-fn labels_path_for(images_path: &Path) -> Option<PathBuf> {
-    let name = images_path.file_name()?.to_str()?;
-    if !name.contains("images-idx3") {
-        return None;
-    }
-    let labels_path = images_path.with_file_name(name.replace("images-idx3", "labels-idx1"));
-    labels_path.is_file().then_some(labels_path)
-}
-
-/// Whether the file starts with the IDX images magic, after gunzipping when it is gzipped.
-pub(crate) fn has_idx_magic(path: &Path) -> Result<bool, DataError> {
-    let io_error = |source| DataError::Io { path: path.into(), source };
-    let mut head = Vec::with_capacity(4);
-    let file = std::fs::File::open(path).map_err(io_error)?;
-    file.take(4).read_to_end(&mut head).map_err(io_error)?;
-    if head.starts_with(&GZIP_MAGIC) {
-        let file = std::fs::File::open(path).map_err(io_error)?;
-        head.clear();
-        // A corrupt stream is simply "not IDX" here; opening it reports the real problem.
-        if MultiGzDecoder::new(file).take(4).read_to_end(&mut head).is_err() {
-            return Ok(false);
-        }
-    }
-    Ok(head.len() == 4 && u32::from_be_bytes([head[0], head[1], head[2], head[3]]) == IMAGES_MAGIC)
-}
-
-/// Reads a whole file, gunzipping it when it starts with the gzip magic bytes.
-fn read_maybe_gzipped(path: &Path) -> Result<Vec<u8>, DataError> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Io { path: path.into(), source })?;
-    if !raw.starts_with(&GZIP_MAGIC) {
-        return Ok(raw);
-    }
-    let mut decompressed = Vec::new();
-    MultiGzDecoder::new(raw.as_slice()).read_to_end(&mut decompressed).map_err(|error| {
-        DataError::Format { path: path.into(), reason: format!("corrupt or truncated gzip stream: {error}") }
-    })?;
-    Ok(decompressed)
-}
-
-fn read_u32(bytes: &[u8], offset: usize) -> u32 {
-    u32::from_be_bytes(bytes[offset..offset + 4].try_into().expect("four bytes"))
-}
-
-/// Checks an images file's magic, dimensions and length; returns (count, rows, cols).
-fn parse_images_header(path: &Path, bytes: &[u8]) -> Result<(usize, usize, usize), DataError> {
-    let format_error = |reason: String| DataError::Format { path: path.into(), reason };
-    if bytes.len() < IMAGES_HEADER_BYTES {
-        return Err(format_error(format!(
-            "truncated: an IDX images header needs {IMAGES_HEADER_BYTES} bytes, the file holds {}",
-            bytes.len()
-        )));
-    }
-    let magic = read_u32(bytes, 0);
-    if magic != IMAGES_MAGIC {
-        return Err(format_error(format!(
-            "not an IDX images file: magic number is {magic:#010x}, expected {IMAGES_MAGIC:#010x} \
-             (unsigned bytes, 3 dimensions)"
-        )));
-    }
-    let (count, rows, cols) =
-        (read_u32(bytes, 4) as usize, read_u32(bytes, 8) as usize, read_u32(bytes, 12) as usize);
-    if rows == 0 || cols == 0 {
-        return Err(format_error(format!("images have an empty dimension ({rows}×{cols})")));
-    }
-    let expected = count
-        .checked_mul(rows)
-        .and_then(|n| n.checked_mul(cols))
-        .and_then(|n| n.checked_add(IMAGES_HEADER_BYTES))
-        .ok_or_else(|| format_error(format!("header sizes overflow: {count} images of {rows}×{cols}")))?;
-    check_length(path, bytes.len(), expected, &format!("{count} images of {rows}×{cols}"))?;
-    Ok((count, rows, cols))
-}
-
-/// Checks a labels file's magic and length; returns the labels.
-fn parse_labels(path: &Path, bytes: &[u8]) -> Result<Vec<u8>, DataError> {
-    let format_error = |reason: String| DataError::Format { path: path.into(), reason };
-    if bytes.len() < LABELS_HEADER_BYTES {
-        return Err(format_error(format!(
-            "truncated: an IDX labels header needs {LABELS_HEADER_BYTES} bytes, the file holds {}",
-            bytes.len()
-        )));
-    }
-    let magic = read_u32(bytes, 0);
-    if magic != LABELS_MAGIC {
-        return Err(format_error(format!(
-            "not an IDX labels file: magic number is {magic:#010x}, expected {LABELS_MAGIC:#010x} \
-             (unsigned bytes, 1 dimension)"
-        )));
-    }
-    let count = read_u32(bytes, 4) as usize;
-    check_length(path, bytes.len(), LABELS_HEADER_BYTES + count, &format!("{count} labels"))?;
-    Ok(bytes[LABELS_HEADER_BYTES..].to_vec())
-}
-
-/// Reports a file (after decompression) shorter or longer than its header promises.
-fn check_length(path: &Path, actual: usize, expected: usize, promised: &str) -> Result<(), DataError> {
-    let reason = if actual < expected {
-        format!(
-            "truncated: header says {promised}, which needs {expected} bytes, but the file holds {actual}"
-        )
-    } else if actual > expected {
-        format!("header says {promised}, which needs {expected} bytes, but the file holds {actual}")
-    } else {
-        return Ok(());
-    };
-    Err(DataError::Format { path: path.into(), reason })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dim_models::idx::{IMAGES_MAGIC, LABELS_MAGIC};
     use dim_models::preprocess::ResizePolicy;
     use flate2::{Compression, write::GzEncoder};
     use std::io::Write;
@@ -334,7 +206,7 @@ mod tests {
         let zipped = dir.path().join("zipped.bin");
         std::fs::write(&plain, images_bytes(2, 28, 28)).unwrap();
         std::fs::write(&zipped, gzip(&images_bytes(2, 28, 28))).unwrap();
-        assert!(has_idx_magic(&plain).unwrap() && has_idx_magic(&zipped).unwrap());
+        assert!(idx::has_idx_magic(&plain).unwrap() && idx::has_idx_magic(&zipped).unwrap());
         let a = IdxDataset::open(&plain, Split::Train, GREY_32).unwrap();
         let b = IdxDataset::open(&zipped, Split::Train, GREY_32).unwrap();
         assert_eq!(a.get(1).unwrap(), b.get(1).unwrap());
@@ -392,7 +264,7 @@ mod tests {
         let path = dir.path().join("train-images-idx3-ubyte");
         // A labels file where an images file belongs.
         std::fs::write(&path, labels_bytes(&[0; 20])).unwrap();
-        assert!(!has_idx_magic(&path).unwrap());
+        assert!(!idx::has_idx_magic(&path).unwrap());
         let (_, reason) = format_reason(IdxDataset::open(&path, Split::Train, GREY_32));
         assert!(reason.contains("magic number is 0x00000801"), "{reason}");
     }

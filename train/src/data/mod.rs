@@ -56,6 +56,16 @@ pub enum DataError {
     },
 }
 
+impl From<dim_models::idx::IdxError> for DataError {
+    fn from(error: dim_models::idx::IdxError) -> Self {
+        match error {
+            dim_models::idx::IdxError::Io { path, source } => DataError::Io { path, source },
+            dim_models::idx::IdxError::Format { path, reason } => DataError::Format { path, reason },
+            other => DataError::Format { path: std::path::PathBuf::new(), reason: other.to_string() },
+        }
+    }
+}
+
 /// A random-access collection of examples.
 pub trait Dataset: Send + Sync {
     /// Number of examples.
@@ -131,8 +141,8 @@ pub fn open_dataset(
 fn detect_format(path: &Path) -> Result<DataFormat, DataError> {
     let metadata = std::fs::metadata(path).map_err(|source| DataError::Io { path: path.into(), source })?;
     if metadata.is_dir() {
-        if idx::find_images_file(path, Split::Train).is_some()
-            || idx::find_images_file(path, Split::Test).is_some()
+        if dim_models::idx::find_images_file(path, idx::split_prefix(Split::Train)).is_some()
+            || dim_models::idx::find_images_file(path, idx::split_prefix(Split::Test)).is_some()
         {
             return Ok(DataFormat::Idx);
         }
@@ -144,7 +154,7 @@ fn detect_format(path: &Path) -> Result<DataFormat, DataError> {
         }
         return Ok(DataFormat::Folder);
     }
-    if idx::has_idx_magic(path)? {
+    if dim_models::idx::has_idx_magic(path)? {
         return Ok(DataFormat::Idx);
     }
     Err(DataError::Format {
