@@ -88,6 +88,7 @@ fn options(dir: &Path) -> RunOptions {
         device: Device::Cpu,
         stop: Arc::new(AtomicBool::new(false)),
         progress: false,
+        channels_last: true,
     }
 }
 
@@ -227,4 +228,21 @@ fn the_discriminator_step_changes_only_the_discriminator() {
     assert_eq!(changed(&encoder_after_forward, &snapshot("encoder.")), 0);
     assert_eq!(changed(&prior_before, &snapshot("prior.")), prior_before.len());
     assert!(changed(&encoder_before, &encoder_after_forward) > 0, "BatchNorm statistics should move");
+}
+
+#[test]
+fn dim_g_with_infonce_and_dim_l_with_dv_train_without_error() {
+    let _turn = exclusive_torch();
+    for (mode, estimator) in [(Mode::DimG, Estimator::Nce), (Mode::DimL, Estimator::Dv)] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = TrainSettings { mode, weights: mode.weights(), estimator, ..settings(1) };
+        let outcome = trainer::train(&run, Arc::new(Blobs::new(16)), None, &options(dir.path())).unwrap();
+        let record = &outcome.epochs[0];
+        assert!(record.loss.is_finite(), "{mode:?} {estimator:?}");
+        assert_eq!(record.global_loss.is_some(), mode == Mode::DimG);
+        assert_eq!(record.local_loss.is_some(), mode == Mode::DimL);
+        let weights = dim_train::checkpoint::read_tensors(&dir.path().join(WEIGHTS_FILE)).unwrap();
+        assert_eq!(weights.keys().any(|name| name.starts_with("global_critic.")), mode == Mode::DimG);
+        assert_eq!(weights.keys().any(|name| name.starts_with("local_critic.")), mode == Mode::DimL);
+    }
 }

@@ -88,6 +88,9 @@ struct Args {
     /// Use only the first N examples (for quick runs).
     #[arg(long)]
     limit: Option<usize>,
+    /// Keep tensors in the default NCHW memory order instead of channels-last (NHWC).
+    #[arg(long)]
+    no_channels_last: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -172,7 +175,13 @@ fn run(args: &Args) -> anyhow::Result<RunEnd> {
     })
     .context("cannot install the Ctrl-C handler")?;
 
-    let options = RunOptions { out_dir: out_dir.clone(), device, stop, progress: !args.quiet };
+    let options = RunOptions {
+        out_dir: out_dir.clone(),
+        device,
+        stop,
+        progress: !args.quiet,
+        channels_last: !args.no_channels_last,
+    };
     let outcome = trainer::train(&settings, dataset, args.resume.as_deref(), &options)?;
     for record in &outcome.epochs {
         eprintln!(
