@@ -36,9 +36,9 @@ impl EncoderCheckpoint {
         let config = CheckpointConfig::read(dir).map_err(explain_config_error)?;
         let path = dir.join(WEIGHTS_FILE);
         let bytes =
-            std::fs::read(&path).map_err(|source| ExportError::ReadWeights { path: path.clone(), source })?;
+            std::fs::read(&path).map_err(|cause| ExportError::ReadWeights { path: path.clone(), cause })?;
         let file = SafeTensors::deserialize(&bytes)
-            .map_err(|source| ExportError::CorruptWeights { path: path.clone(), source })?;
+            .map_err(|cause| ExportError::CorruptWeights { path: path.clone(), cause })?;
 
         let specs = encoder_parameters(&config.encoder);
         let expected: HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
@@ -91,8 +91,8 @@ fn explain_config_error(error: CheckpointError) -> ExportError {
             .ok()
             .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
             .and_then(|json| json.pointer("/encoder/preset").and_then(|v| v.as_str()).map(str::to_string));
-        if let Some(Err(source)) = named.map(|name| name.parse::<Preset>()) {
-            return ExportError::UnknownPreset { path: path.clone(), source };
+        if let Some(Err(cause)) = named.map(|name| name.parse::<Preset>()) {
+            return ExportError::UnknownPreset { path: path.clone(), cause };
         }
     }
     ExportError::Config(error)

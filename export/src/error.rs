@@ -1,5 +1,7 @@
 //! Why an export failed. Every variant names the file or tensor at fault, so a user can tell a
-//! damaged checkpoint from one written by an incompatible trainer.
+//! damaged checkpoint from one written by an incompatible trainer. Each message is complete by
+//! itself (causes are part of it, not a separate `source`), so printing the error chain with
+//! `{:#}` shows every fact once.
 
 use dim_models::checkpoint::CheckpointError;
 use dim_models::preset::PresetError;
@@ -10,31 +12,31 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum ExportError {
     /// `config.json` is missing, unreadable, corrupt or of another layout version.
-    #[error("cannot use the checkpoint config: {0}")]
-    Config(#[from] CheckpointError),
+    #[error("{0}")]
+    Config(CheckpointError),
     /// `config.json` names an encoder preset this toolkit does not know.
-    #[error("{path} names an unknown encoder: {source}")]
+    #[error("{path} names an unknown encoder: {cause}")]
     UnknownPreset {
         /// The config file.
         path: PathBuf,
         /// The preset error, naming the known presets.
-        source: PresetError,
+        cause: PresetError,
     },
     /// The weights file cannot be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     ReadWeights {
         /// The weights file.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The weights file is not valid safetensors (corrupt or truncated).
-    #[error("{path} is not a valid safetensors file (corrupt or truncated?): {source}")]
+    #[error("{path} is not a valid safetensors file (corrupt or truncated?): {cause}")]
     CorruptWeights {
         /// The weights file.
         path: PathBuf,
         /// The parser's complaint.
-        source: safetensors::SafeTensorError,
+        cause: safetensors::SafeTensorError,
     },
     /// A tensor the encoder needs is absent.
     #[error("{path} lacks the encoder tensor `{name}`")]
@@ -77,11 +79,11 @@ pub enum ExportError {
         found: String,
     },
     /// The model file could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}: {cause}")]
     Write {
         /// The destination.
         path: PathBuf,
         /// The cause.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 }

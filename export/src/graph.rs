@@ -363,12 +363,15 @@ mod tests {
             op_names(&basic32),
             expected(&[&CONV_RELU, &CONV_RELU, &CONV_RELU, &["Flatten"], &GEMM_RELU, &["Gemm"]])
         );
+        assert_well_formed(&basic32, EmbeddingSource::Conv);
         let basic64 = EncoderGraph::build(&checkpoint_of_ones(Preset::Basic64x64, 3), EmbeddingSource::Conv);
+        assert_well_formed(&basic64, EmbeddingSource::Conv);
         assert_eq!(
             op_names(&basic64),
             expected(&[&CONV_RELU, &CONV_RELU, &CONV_RELU, &CONV_RELU, &["Flatten"], &GEMM_RELU, &["Gemm"]])
         );
         let alex = EncoderGraph::build(&checkpoint_of_ones(Preset::Alex64x64, 3), EmbeddingSource::Y);
+        assert_well_formed(&alex, EmbeddingSource::Y);
         let pool = ["MaxPool"];
         assert_eq!(
             op_names(&alex),
@@ -390,24 +393,30 @@ mod tests {
         assert_eq!(alex.outputs.iter().map(|o| o.width).collect::<Vec<_>>(), [192 * 8 * 8, 4096, 64, 64]);
     }
 
+    /// Every value is defined once before it is read, every output is computed, and the
+    /// embedding normalises `source`.
+    fn assert_well_formed(graph: &EncoderGraph, source: EmbeddingSource) {
+        let mut defined: std::collections::HashSet<String> =
+            graph.initializers.iter().map(|i| i.name.clone()).collect();
+        assert!(defined.insert(INPUT_NAME.to_string()));
+        for node in &graph.nodes {
+            for input in &node.inputs {
+                assert!(defined.contains(input), "{} reads undefined `{input}`", node.name);
+            }
+            assert!(defined.insert(node.output.clone()), "`{}` defined twice", node.output);
+        }
+        for output in &graph.outputs {
+            assert!(defined.contains(&output.name), "output `{}` never computed", output.name);
+        }
+        let embedding = graph.nodes.iter().find(|n| n.output == OUTPUT_EMBEDDING).unwrap();
+        assert_eq!(embedding.inputs[0], source.output_name());
+    }
+
     #[test]
-    fn values_flow_from_the_input_to_every_output_and_names_are_unique() {
+    fn values_flow_from_the_input_to_every_output_for_each_embedding_source() {
         for source in [EmbeddingSource::Conv, EmbeddingSource::Fc, EmbeddingSource::Y] {
-            let graph = EncoderGraph::build(&checkpoint_of_ones(Preset::Alex64x64, 1), source);
-            let mut defined: std::collections::HashSet<String> =
-                graph.initializers.iter().map(|i| i.name.clone()).collect();
-            assert!(defined.insert(INPUT_NAME.to_string()));
-            for node in &graph.nodes {
-                for input in &node.inputs {
-                    assert!(defined.contains(input), "{} reads undefined `{input}`", node.name);
-                }
-                assert!(defined.insert(node.output.clone()), "`{}` defined twice", node.output);
-            }
-            for output in &graph.outputs {
-                assert!(defined.contains(&output.name), "output `{}` never computed", output.name);
-            }
-            let embedding = graph.nodes.iter().find(|n| n.output == OUTPUT_EMBEDDING).unwrap();
-            assert_eq!(embedding.inputs[0], source.output_name());
+            let graph = EncoderGraph::build(&checkpoint_of_ones(Preset::Basic32x32, 1), source);
+            assert_well_formed(&graph, source);
         }
     }
 

@@ -58,7 +58,7 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, ExportError> {
     let metadata = model_metadata(&checkpoint, &graph, options.embedding_source);
     let bytes = onnx_writer::encode_model(&graph, &metadata);
     dim_models::atomic_file::write_bytes_atomically(&options.out, &bytes)
-        .map_err(|source| ExportError::Write { path: options.out.clone(), source })?;
+        .map_err(|cause| ExportError::Write { path: options.out.clone(), cause })?;
     Ok(ExportSummary { metadata, bytes: bytes.len() })
 }
 
