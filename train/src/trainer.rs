@@ -112,7 +112,8 @@ pub enum RunEnd {
     Interrupted,
 }
 
-/// One epoch's record in `train_log.jsonl`.
+/// One epoch's record in `train_log.jsonl`. Means are over the steps this process ran: for an
+/// epoch resumed after an interruption, over the steps after the resume.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct EpochRecord {
     /// 1-based epoch number.
@@ -471,7 +472,7 @@ pub fn train(
         }
         drop(bar);
         let skipped = batches.skipped();
-        if interrupted {
+        if interrupted && session.batches_into_epoch < batch_count {
             session.save(&options.out_dir)?;
             outcome.skipped.extend(skipped);
             outcome.end = RunEnd::Interrupted;
@@ -484,6 +485,11 @@ pub fn train(
         append_log(&options.out_dir.join(LOG_FILE), &record)?;
         outcome.skipped.extend(skipped);
         outcome.epochs.push(record);
+        if interrupted {
+            // Stopped on the epoch's last step: the epoch-end checkpoint above is the one to keep.
+            outcome.end = RunEnd::Interrupted;
+            return Ok(outcome);
+        }
     }
     Ok(outcome)
 }
