@@ -96,7 +96,7 @@ mod data_format_name {
 #[non_exhaustive]
 pub enum EvalError {
     /// The checkpoint could not be loaded.
-    #[error("cannot load checkpoint {path}: {source}")]
+    #[error("cannot load checkpoint {path}")]
     Checkpoint {
         /// The checkpoint directory.
         path: PathBuf,
@@ -104,7 +104,7 @@ pub enum EvalError {
         source: CheckpointIoError,
     },
     /// The weights file could not be read for its digest.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -112,7 +112,7 @@ pub enum EvalError {
         source: std::io::Error,
     },
     /// A dataset could not be opened.
-    #[error("cannot open the {split} split of {path}: {source}")]
+    #[error("cannot open the {split} split of {path}")]
     Data {
         /// The dataset.
         path: PathBuf,
@@ -130,7 +130,7 @@ pub enum EvalError {
     #[error(transparent)]
     Features(#[from] FeatureError),
     /// A probe failed.
-    #[error("{probe} probe on {model}/{tap}: {source}")]
+    #[error("{probe} probe on {model}/{tap}")]
     Probe {
         /// The model.
         model: String,
@@ -142,7 +142,7 @@ pub enum EvalError {
         source: ProbeError,
     },
     /// A tap's features do not form valid probe input.
-    #[error("features of {model}/{tap}: {source}")]
+    #[error("features of {model}/{tap}")]
     ProbeInput {
         /// The model.
         model: String,
@@ -155,7 +155,7 @@ pub enum EvalError {
     #[error("nothing to evaluate: {0}")]
     Nothing(String),
     /// The JSON report could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         /// The file.
         path: PathBuf,

@@ -7,13 +7,16 @@
 //! the labels. A classifier on fc would leave Y's weights at their random initialisation.
 
 use crate::checkpoint::{CheckpointIoError, save_checkpoint};
-use crate::data::{Dataset, LoaderOptions, epoch_batches};
+use crate::data::{DataError, DataFormat, Dataset, LoaderOptions, Split, epoch_batches, open_dataset};
 use crate::encoder::Encoder;
+use crate::evaluation::Progress;
+use crate::features::{FeatureError, read_labelled_images};
 use dim_models::EncoderConfig;
+use dim_models::checkpoint::CONFIG_FILE;
 use dim_models::checkpoint::{CHECKPOINT_FORMAT_VERSION, CheckpointConfig};
-use dim_models::preprocess::ResizePolicy;
+use dim_models::preprocess::{InputSpec, ResizePolicy};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor, nn, nn::OptimizerConfig};
 
@@ -53,8 +56,24 @@ pub enum SupervisedError {
     /// An option is out of range.
     #[error("invalid option: {0}")]
     Option(String),
+    /// The dataset could not be opened.
+    #[error("cannot open the {split} split of {path}")]
+    Data {
+        /// The dataset.
+        path: PathBuf,
+        /// "train" or "test".
+        split: &'static str,
+        /// The cause (boxed: data errors are large and this path is cold).
+        source: Box<DataError>,
+    },
+    /// The test split could not be read.
+    #[error(transparent)]
+    Features(#[from] FeatureError),
+    /// The output directory already holds a checkpoint, which would be lost.
+    #[error("{0} already holds a checkpoint; choose another --out directory or remove it first")]
+    OutputExists(PathBuf),
     /// Writing the checkpoint failed.
-    #[error("cannot write the checkpoint: {0}")]
+    #[error("cannot write the checkpoint")]
     Checkpoint(#[from] CheckpointIoError),
     /// libtorch reported an error.
     #[error(transparent)]
@@ -199,12 +218,23 @@ impl SupervisedModel {
         self.encoder.forward_taps(images, train).y.apply(&self.classifier)
     }
 
-    /// Accuracy of encoder and classifier (eval mode) on `images` `[N, C, H, W]` with `labels`.
+    /// Accuracy of encoder and classifier (eval mode) on `images` `[N, C, H, W]` with `labels`,
+    /// in chunks so that a whole test split fits in memory.
     pub fn accuracy(&self, images: &Tensor, labels: &Tensor) -> f64 {
+        const CHUNK: i64 = 512;
         let _guard = tch::no_grad_guard();
         let device = self.store.device();
-        let predicted = self.logits(&images.to_device(device), false).argmax(1, false).to_device(Device::Cpu);
-        predicted.eq_tensor(labels).to_kind(Kind::Float).mean(Kind::Float).double_value(&[])
+        let rows = images.size()[0];
+        let mut correct = 0;
+        let mut start = 0;
+        while start < rows {
+            let len = CHUNK.min(rows - start);
+            let logits = self.logits(&images.narrow(0, start, len).to_device(device), false);
+            let truth = labels.narrow(0, start, len).to_device(device);
+            correct += logits.argmax(1, false).eq_tensor(&truth).sum(Kind::Int64).int64_value(&[]);
+            start += len;
+        }
+        correct as f64 / rows.max(1) as f64
     }
 
     /// Writes a checkpoint directory through [`crate::checkpoint::save_checkpoint`]:
@@ -230,6 +260,97 @@ impl SupervisedModel {
         };
         Ok(save_checkpoint(dir, &self.store, &[], &config)?)
     }
+}
+
+/// A complete `dim-eval train-supervised` run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SupervisedJob {
+    /// Labelled dataset; its train split is trained on and its test split, when it has a
+    /// separate one, scored.
+    pub data: PathBuf,
+    /// Dataset format.
+    pub format: DataFormat,
+    /// The encoder to train.
+    pub encoder: EncoderConfig,
+    /// How images are fitted to the encoder's input.
+    pub resize: ResizePolicy,
+    /// Optimisation settings.
+    pub options: SupervisedOptions,
+    /// Checkpoint directory to write.
+    pub out: PathBuf,
+}
+
+/// What a supervised run achieved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SupervisedReport {
+    /// Per-epoch loss and running train accuracy.
+    pub history: Vec<EpochSummary>,
+    /// Accuracy of encoder + classifier on the test split, when there is one.
+    pub test_accuracy: Option<f64>,
+    /// Training examples that failed to load, as (dataset index, reason).
+    pub skipped: Vec<(usize, String)>,
+}
+
+/// Trains the supervised baseline described by `job` and writes its checkpoint to `job.out`.
+pub fn run_supervised_job(
+    job: &SupervisedJob,
+    device: Device,
+    progress: Progress,
+) -> Result<SupervisedReport, SupervisedError> {
+    if job.out.join(CONFIG_FILE).exists() {
+        return Err(SupervisedError::OutputExists(job.out.clone()));
+    }
+    let spec =
+        InputSpec { channels: job.encoder.in_channels, size: job.encoder.input_size(), resize: job.resize };
+    let open = |split: Split, name: &'static str| {
+        open_dataset(&job.data, job.format, split, spec).map_err(|source| SupervisedError::Data {
+            path: job.data.clone(),
+            split: name,
+            source: Box::new(source),
+        })
+    };
+    let train = open(Split::Train, "train")?;
+    let bar = progress.bar("supervised training".into());
+    let model = train_supervised(Arc::clone(&train), job.encoder, &job.options, device, &bar, |epoch| {
+        // `suspend` prints even when stderr is not a terminal and the bar itself is not drawn.
+        bar.suspend(|| {
+            eprintln!(
+                "epoch {}: loss {:.4}, running train accuracy {:.2}%",
+                epoch.epoch,
+                epoch.mean_loss,
+                100.0 * epoch.train_accuracy
+            )
+        })
+    })?;
+    bar.finish_and_clear();
+
+    let test = open(Split::Test, "test")?;
+    // Image folders have no split: their "test" split is the training data, not worth a score.
+    let test_accuracy = if test.fingerprint() == train.fingerprint() {
+        None
+    } else {
+        let bar = progress.bar("reading test split".into());
+        let images = read_labelled_images(&*test, None, job.options.seed, &bar)?;
+        bar.finish_and_clear();
+        Some(model.accuracy(&images.images, &images.labels))
+    };
+    let training = serde_json::json!({
+        "objective": "supervised",
+        "classifier": "linear layer on y, cross-entropy",
+        "optimizer": {"name": "adam", "lr": job.options.learning_rate, "betas": [ADAM_BETAS.0, ADAM_BETAS.1]},
+        "batch_size": job.options.batch_size,
+        "epochs": job.options.epochs,
+        "seed": job.options.seed,
+        "data": job.data,
+        "final_mean_loss": model.history().last().map(|e| e.mean_loss),
+        "test_accuracy": test_accuracy,
+    });
+    model.save_checkpoint(&job.out, job.resize, train.fingerprint(), training)?;
+    Ok(SupervisedReport {
+        history: model.history().to_vec(),
+        test_accuracy,
+        skipped: model.skipped().to_vec(),
+    })
 }
 
 #[cfg(test)]
