@@ -171,7 +171,8 @@ fn embed_into(
     skipped: &mut Vec<Skipped>,
 ) -> Result<Vec<ManifestRow>, EmbedJobError> {
     let progress = progress_bar(files.len() as u64, job.show_progress);
-    let spec = embedder.input_spec();
+    let preprocessor = embedder.preprocessor();
+    let spec = preprocessor.spec;
     let mut embedded = Vec::with_capacity(files.len());
     let mut spool_writer = std::io::BufWriter::new(spool);
     let spool_error = io_error(&job.out_dir);
@@ -181,9 +182,7 @@ fn embed_into(
             for chunk in files.chunks(job.batch_size) {
                 let decoded: DecodedChunk = chunk
                     .par_iter()
-                    .map(|row| {
-                        (row.clone(), Embedder::prepare_file(&row.path, &spec).map_err(|e| e.to_string()))
-                    })
+                    .map(|row| (row.clone(), preprocessor.prepare_file(&row.path).map_err(|e| e.to_string())))
                     .collect();
                 if sender.send(decoded).is_err() {
                     // The consumer stopped on an error; nothing more to do.

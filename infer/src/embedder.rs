@@ -2,6 +2,7 @@
 //! [`Embedder::embed`] turns image files (or [`Embedder::embed_images`] decoded images) into
 //! feature vectors, in chunks of `batch_size`, with the same preprocessing the trainer uses.
 
+use crate::reduced_jpeg;
 use crate::session::{self, ExecutionProvider, ModelSession, SessionError, SessionOptions};
 use dim_models::onnx_metadata::{
     INPUT_NAME, ModelMetadata, OUTPUT_CONV, OUTPUT_EMBEDDING, OUTPUT_FC, OUTPUT_Y,
@@ -63,6 +64,8 @@ pub struct EmbedderOptions {
     pub execution_provider: ExecutionProvider,
     /// Fail instead of falling back to the CPU.
     pub strict_execution_provider: bool,
+    /// Decode large JPEGs at a reduced DCT scale (see [`crate::reduced_jpeg`]).
+    pub reduced_jpeg: bool,
 }
 
 impl Default for EmbedderOptions {
@@ -73,6 +76,7 @@ impl Default for EmbedderOptions {
             threads: 0,
             execution_provider: ExecutionProvider::Cpu,
             strict_execution_provider: false,
+            reduced_jpeg: true,
         }
     }
 }
@@ -132,12 +136,39 @@ impl Embeddings {
     }
 }
 
+/// Turns image files into model inputs; cheap to copy into decoding threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Preprocessor {
+    /// What the model takes.
+    pub spec: InputSpec,
+    /// Decode large JPEGs at a reduced DCT scale.
+    pub reduced_jpeg: bool,
+}
+
+impl Preprocessor {
+    /// Reads, decodes and preprocesses one file into the model's input layout.
+    pub fn prepare_file(&self, path: &Path) -> Result<Vec<f32>, ImageError> {
+        let bytes = std::fs::read(path)?;
+        let reduced = if self.reduced_jpeg && reduced_jpeg::is_jpeg(&bytes) {
+            reduced_jpeg::decode_reduced(&bytes, &self.spec)
+        } else {
+            None
+        };
+        let image = match reduced {
+            Some(image) => image,
+            None => preprocess::decode_bytes(&bytes)?,
+        };
+        Ok(preprocess::image_to_input(&image, &self.spec))
+    }
+}
+
 /// A loaded model ready to embed images.
 pub struct Embedder {
     model: ModelSession,
     model_path: PathBuf,
     feature: Feature,
     dim: usize,
+    reduced_jpeg: bool,
 }
 
 impl Embedder {
@@ -170,7 +201,7 @@ impl Embedder {
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
-        Ok(Embedder { model, model_path: options.model, feature, dim })
+        Ok(Embedder { model, model_path: options.model, feature, dim, reduced_jpeg: options.reduced_jpeg })
     }
 
     /// The model's metadata.
@@ -203,10 +234,9 @@ impl Embedder {
         self.model.metadata.input
     }
 
-    /// Decodes and preprocesses one file into the layout `spec` describes.
-    pub fn prepare_file(path: &Path, spec: &InputSpec) -> Result<Vec<f32>, ImageError> {
-        let image = preprocess::decode_file(path)?;
-        Ok(preprocess::image_to_input(&image, spec))
+    /// The file-to-input conversion this embedder uses.
+    pub fn preprocessor(&self) -> Preprocessor {
+        Preprocessor { spec: self.input_spec(), reduced_jpeg: self.reduced_jpeg }
     }
 
     /// Embeds files in chunks of `batch_size`, decoding each chunk in parallel. Files that cannot
@@ -218,8 +248,8 @@ impl Embedder {
         let mut out =
             Embeddings { dim: self.dim, vectors: Vec::new(), paths: Vec::new(), skipped: Vec::new() };
         for chunk in inputs.chunks(batch_size) {
-            let spec = self.input_spec();
-            let prepared: Vec<_> = chunk.par_iter().map(|path| Self::prepare_file(path, &spec)).collect();
+            let preprocessor = self.preprocessor();
+            let prepared: Vec<_> = chunk.par_iter().map(|path| preprocessor.prepare_file(path)).collect();
             let mut batch = Vec::new();
             for (path, result) in chunk.iter().zip(prepared) {
                 match result {

@@ -8,5 +8,6 @@ pub mod embedder;
 pub mod index;
 pub mod manifest;
 pub mod npy;
+pub mod reduced_jpeg;
 pub mod runtime;
 pub mod session;

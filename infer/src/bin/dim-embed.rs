@@ -44,6 +44,9 @@ struct Args {
     /// Re-embed everything, replacing vectors from another model or feature.
     #[arg(long)]
     force: bool,
+    /// Decode every JPEG at full size (default: large JPEGs are decoded at a reduced DCT scale).
+    #[arg(long)]
+    full_jpeg_decode: bool,
 }
 
 fn main() {
@@ -64,6 +67,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         threads: args.threads,
         execution_provider: args.ep,
         strict_execution_provider: args.strict_ep,
+        reduced_jpeg: !args.full_jpeg_decode,
     })
     .context("cannot load the model")?;
     if let (provider, Some(reason)) = embedder.execution_provider() {
