@@ -70,8 +70,14 @@ impl EncoderCheckpoint {
                     found: view.shape().to_vec(),
                 });
             }
-            let values =
+            let values: Vec<f32> =
                 view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            if !values.iter().all(|v| v.is_finite()) {
+                return Err(ExportError::BadValues { name: spec.name, problem: "NaN or infinite values" });
+            }
+            if spec.name.ends_with(".running_var") && values.iter().any(|&v| v < 0.0) {
+                return Err(ExportError::BadValues { name: spec.name, problem: "a negative variance" });
+            }
             tensors.insert(spec.name, WeightTensor { shape: spec.shape, values });
         }
         Ok(EncoderCheckpoint { config, tensors, weights_sha256: sha256_hex(&bytes) })

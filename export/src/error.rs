@@ -78,6 +78,15 @@ pub enum ExportError {
         /// Dtype in the file.
         found: String,
     },
+    /// A tensor holds NaN or infinite values, or a BatchNorm variance is negative: folding
+    /// would turn the whole model into NaN.
+    #[error("encoder tensor `{name}` holds {problem} (did training diverge?)")]
+    BadValues {
+        /// The tensor's name.
+        name: String,
+        /// What is wrong, e.g. "NaN or infinite values".
+        problem: &'static str,
+    },
     /// The model file could not be written.
     #[error("cannot write {path}: {cause}")]
     Write {

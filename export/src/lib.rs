@@ -239,6 +239,22 @@ mod tests {
     }
 
     #[test]
+    fn nan_weights_and_negative_variances_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tensors = contract_tensors();
+        let weight = tensors.iter_mut().find(|t| t.0 == "encoder.fc1.linear.weight").unwrap();
+        weight.3[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+        write_checkpoint(dir.path(), &serde_json::to_value(config()).unwrap(), &tensors);
+        assert_fails_cleanly(dir.path(), "`encoder.fc1.linear.weight` holds NaN or infinite values");
+
+        let mut tensors = contract_tensors();
+        let variance = tensors.iter_mut().find(|t| t.0 == "encoder.conv1.bn.running_var").unwrap();
+        variance.3[..4].copy_from_slice(&(-0.5f32).to_le_bytes());
+        write_checkpoint(dir.path(), &serde_json::to_value(config()).unwrap(), &tensors);
+        assert_fails_cleanly(dir.path(), "`encoder.conv1.bn.running_var` holds a negative variance");
+    }
+
+    #[test]
     fn truncated_weights_and_config_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         write_checkpoint(dir.path(), &serde_json::to_value(config()).unwrap(), &contract_tensors());

@@ -1,8 +1,8 @@
 //! The exported ONNX graph reproduces the tch encoder: for every preset, a checkpoint written by
 //! dim-train is exported by dim-export and run in ONNX Runtime, and every output (conv, fc, y,
 //! embedding) matches `forward_taps(train = false)` on random inputs and on real image content.
-//! The model also passes ONNX's own full checker, and the exporter reads exactly the encoder
-//! variables the trainer creates.
+//! The model also passes ONNX's own full checker, dim-infer reads back its metadata, and the
+//! exporter reads exactly the encoder variables the trainer creates.
 
 use dim_export::{EmbeddingSource, EncoderCheckpoint, ExportOptions, export};
 use dim_models::checkpoint::{CHECKPOINT_FORMAT_VERSION, CheckpointConfig};
@@ -167,9 +167,26 @@ fn assert_onnx_checker_passes(model: &Path) {
     );
 }
 
-fn check_preset(preset: Preset, channels: usize, source: EmbeddingSource, seed: i64) {
+/// Memory order of the conv weights when the checkpoint is written.
+#[derive(Clone, Copy, PartialEq)]
+enum WeightLayout {
+    Contiguous,
+    /// NHWC, as dim-train keeps them by default for speed; the checkpoint must still hold the
+    /// logical [out, in, k, k] order.
+    ChannelsLast,
+}
+
+fn check_preset(preset: Preset, channels: usize, source: EmbeddingSource, layout: WeightLayout, seed: i64) {
     let config = EncoderConfig::new(preset, channels).unwrap();
     let (store, encoder) = encoder_with_statistics(config, seed);
+    if layout == WeightLayout::ChannelsLast {
+        for (_, mut variable) in store.variables() {
+            if variable.dim() == 4 {
+                let reordered = variable.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2]);
+                tch::no_grad(|| variable.set_data(&reordered));
+            }
+        }
+    }
     let dir = tempfile::tempdir().unwrap();
     let checkpoint_dir = dir.path().join("checkpoint");
     write_checkpoint(&checkpoint_dir, &store, config);
@@ -189,6 +206,8 @@ fn check_preset(preset: Preset, channels: usize, source: EmbeddingSource, seed: 
 
     let environment = dim_infer::runtime::ensure_initialised().unwrap();
     let mut session = Session::builder(environment).unwrap().commit_from_file(&model).unwrap();
+    // The inference side reads back exactly the metadata the exporter wrote.
+    assert_eq!(dim_infer::session::read_metadata(&session).unwrap(), summary.metadata);
     let size = config.input_size();
     let spec = InputSpec { channels, size, resize: ResizePolicy::Pad };
     for batch in [1, 7] {
@@ -202,21 +221,21 @@ fn check_preset(preset: Preset, channels: usize, source: EmbeddingSource, seed: 
 }
 
 #[test]
-fn basic32x32_grey_matches_libtorch() {
-    check_preset(Preset::Basic32x32, 1, EmbeddingSource::Conv, 1);
+fn basic32x32_grey_with_channels_last_weights_matches_libtorch() {
+    check_preset(Preset::Basic32x32, 1, EmbeddingSource::Conv, WeightLayout::ChannelsLast, 1);
 }
 
 #[test]
 fn basic32x32_rgb_matches_libtorch() {
-    check_preset(Preset::Basic32x32, 3, EmbeddingSource::Fc, 2);
+    check_preset(Preset::Basic32x32, 3, EmbeddingSource::Fc, WeightLayout::Contiguous, 2);
 }
 
 #[test]
 fn basic64x64_matches_libtorch() {
-    check_preset(Preset::Basic64x64, 3, EmbeddingSource::Y, 3);
+    check_preset(Preset::Basic64x64, 3, EmbeddingSource::Y, WeightLayout::Contiguous, 3);
 }
 
 #[test]
-fn alex64x64_matches_libtorch() {
-    check_preset(Preset::Alex64x64, 3, EmbeddingSource::Conv, 4);
+fn alex64x64_with_channels_last_weights_matches_libtorch() {
+    check_preset(Preset::Alex64x64, 3, EmbeddingSource::Conv, WeightLayout::ChannelsLast, 4);
 }
