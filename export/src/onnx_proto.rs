@@ -113,8 +113,6 @@ pub struct NodeProto {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
 #[repr(i32)]
 pub enum AttributeType {
-    /// Not set.
-    Undefined = 0,
     /// `i`.
     Int = 2,
     /// `ints`.
