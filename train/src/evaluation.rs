@@ -17,6 +17,7 @@ use dim_models::checkpoint::{CheckpointConfig, WEIGHTS_FILE, sha256_hex};
 use dim_models::preprocess::InputSpec;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -234,23 +235,35 @@ pub struct EvalReport {
     pub entries: Vec<ProbeEntry>,
 }
 
-/// Progress bars on stderr, or none (for tests and quiet runs).
+/// Progress bars on stderr, or none (for tests and quiet runs). When stderr is not a terminal
+/// (a log file), bars are replaced by one line per stage.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
-    /// Whether bars are drawn.
+    /// Whether progress is reported at all.
     pub visible: bool,
 }
 
 impl Progress {
-    /// A bar with `message`, drawn only when visible.
+    /// A bar with `message`, drawn only when visible on a terminal.
     pub fn bar(&self, message: String) -> ProgressBar {
         if !self.visible {
+            return ProgressBar::hidden();
+        }
+        if !std::io::stderr().is_terminal() {
+            eprintln!("{message} ...");
             return ProgressBar::hidden();
         }
         let style = ProgressStyle::with_template("{msg:>32} [{bar:30}] {pos}/{len} ({elapsed}, eta {eta})")
             .expect("the progress template is valid")
             .progress_chars("=> ");
         ProgressBar::new(0).with_style(style).with_message(message)
+    }
+
+    /// Prints a line of progress (a finished step) when visible.
+    pub fn note(&self, line: String) {
+        if self.visible {
+            eprintln!("{line}");
+        }
     }
 }
 
@@ -312,6 +325,11 @@ pub fn evaluate(
                 let score = run_probe(probe, &data, settings, device, &bar)
                     .map_err(|source| EvalError::Probe { model: model.into(), tap, probe, source })?;
                 bar.finish_and_clear();
+                let seconds = started.elapsed().as_secs_f64();
+                progress.note(format!(
+                    "{model}/{tap} {probe}: test accuracy {:.2}% ({seconds:.1} s)",
+                    100.0 * score.test_accuracy
+                ));
                 entries.push(ProbeEntry {
                     model: model.into(),
                     tap,
@@ -319,7 +337,7 @@ pub fn evaluate(
                     test_accuracy: score.test_accuracy,
                     train_accuracy: score.train_accuracy,
                     dims: data.dims(),
-                    seconds: started.elapsed().as_secs_f64(),
+                    seconds,
                 });
             }
         }

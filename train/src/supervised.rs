@@ -312,14 +312,14 @@ pub fn run_supervised_job(
     let train = open(Split::Train, "train")?;
     let bar = progress.bar("supervised training".into());
     let model = train_supervised(Arc::clone(&train), job.encoder, &job.options, device, &bar, |epoch| {
-        // `suspend` prints even when stderr is not a terminal and the bar itself is not drawn.
+        // Suspending keeps the line from tearing the bar on a terminal.
         bar.suspend(|| {
-            eprintln!(
+            progress.note(format!(
                 "epoch {}: loss {:.4}, running train accuracy {:.2}%",
                 epoch.epoch,
                 epoch.mean_loss,
                 100.0 * epoch.train_accuracy
-            )
+            ))
         })
     })?;
     bar.finish_and_clear();
