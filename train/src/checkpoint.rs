@@ -20,7 +20,7 @@ pub enum CheckpointIoError {
     #[error(transparent)]
     Config(#[from] CheckpointError),
     /// A file could not be read or written.
-    #[error("cannot access {path}: {source}")]
+    #[error("cannot access {path}")]
     Io {
         /// The file.
         path: PathBuf,

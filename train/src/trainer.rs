@@ -78,7 +78,7 @@ pub enum TrainError {
         step: u64,
     },
     /// The log could not be written.
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Log {
         /// The log file.
         path: PathBuf,

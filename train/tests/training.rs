@@ -97,7 +97,7 @@ fn dim_l_training_makes_the_loss_fall_and_logs_every_epoch() {
     let _turn = exclusive_torch();
     tch::set_num_threads(2);
     let dir = tempfile::tempdir().unwrap();
-    let outcome = trainer::train(&settings(6), Arc::new(Blobs::new(32)), None, &options(dir.path())).unwrap();
+    let outcome = trainer::train(&settings(4), Arc::new(Blobs::new(32)), None, &options(dir.path())).unwrap();
     assert_eq!(outcome.end, RunEnd::Completed);
     let log = trainer::read_log(dir.path()).unwrap();
     // JSON keeps about 16 significant digits, so compare the read-back log with a tolerance.
@@ -106,14 +106,14 @@ fn dim_l_training_makes_the_loss_fall_and_logs_every_epoch() {
         assert_eq!((read.epoch, read.step), (returned.epoch, returned.step));
         assert!((read.loss - returned.loss).abs() < 1e-9);
     }
-    assert_eq!(log.len(), 6);
-    assert_eq!(log.last().unwrap().step, 24);
-    let (first, last) = (&log[0], &log[5]);
+    assert_eq!(log.len(), 4);
+    assert_eq!(log.last().unwrap().step, 16);
+    let (first, last) = (&log[0], &log[3]);
     assert!(last.loss < first.loss, "loss did not fall: {} → {}", first.loss, last.loss);
     assert!(last.mi_estimate > first.mi_estimate);
     assert!(first.prior_loss.is_some() && first.discriminator_loss.is_some() && first.global_loss.is_none());
     let config = CheckpointConfig::read(dir.path()).unwrap();
-    assert_eq!((config.epoch, config.step), (6, 24));
+    assert_eq!((config.epoch, config.step), (4, 16));
     assert_eq!(config.training["estimator"], "jsd");
     assert_eq!(config.data_fingerprint, "blobs-32");
 }
@@ -122,7 +122,7 @@ fn dim_l_training_makes_the_loss_fall_and_logs_every_epoch() {
 fn resuming_after_an_epoch_or_mid_epoch_reproduces_an_uninterrupted_run() {
     let _turn = exclusive_torch();
     tch::set_num_threads(2);
-    let data: Arc<dyn Dataset> = Arc::new(Blobs::new(24));
+    let data: Arc<dyn Dataset> = Arc::new(Blobs::new(16));
     let straight = tempfile::tempdir().unwrap();
     trainer::train(&settings(2), Arc::clone(&data), None, &options(straight.path())).unwrap();
 

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 ///
 /// Example: dim-train --data /usr/share/datasets/fashion-mnist --out runs/fmnist --epochs 10
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version)]
 struct Args {
     /// Training data: an IDX or CIFAR directory or file, or a folder of images.
     #[arg(long, required_unless_present = "resume")]
@@ -146,8 +146,7 @@ fn run(args: &Args) -> anyhow::Result<RunEnd> {
     if let Some(threads) = args.threads {
         tch::set_num_threads(threads as i32);
     }
-    let dataset = trainer::open_training_data(&settings)
-        .with_context(|| format!("cannot open {}", settings.data.display()))?;
+    let dataset = trainer::open_training_data(&settings)?;
     eprintln!("data: {}", dataset.describe());
     eprintln!(
         "model: {} ({} channel(s)), {:?} α {} β {} γ {}, {} estimator, critic width {}, device {:?}",
