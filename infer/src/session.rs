@@ -145,6 +145,9 @@ fn commit(model: &Path, threads: usize, cuda: bool) -> Result<Session, SessionEr
     if threads > 0 {
         builder = builder.with_intra_threads(threads).map_err(|e| load_error(e.to_string()))?;
     }
+    // Spinning intra-op threads would burn the cores that the image decoders run on between
+    // model runs; dim-embed keeps both busy, so idle ONNX Runtime threads should sleep.
+    builder = builder.with_intra_op_spinning(false).map_err(|e| load_error(e.to_string()))?;
     if cuda {
         builder = with_cuda(builder)?;
     }

@@ -82,9 +82,9 @@ enum Command {
         /// Neighbours per query.
         #[arg(short, default_value_t = 10)]
         k: usize,
-        /// Search candidate list size.
-        #[arg(long, default_value_t = 64)]
-        ef: usize,
+        /// Search candidate list sizes (comma-separated; one measurement each).
+        #[arg(long, value_delimiter = ',', default_value = "64")]
+        ef: Vec<usize>,
         /// Where to save the JSON report (default: INDEX/eval.json).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -143,8 +143,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Eval { index, queries, k, ef, out } => {
             let mut files = IndexFiles::open(&index)?;
             let loaded = files.load()?;
-            let evaluation = index::evaluate(&loaded, queries, k, ef)?;
-            let report = serde_json::to_string_pretty(&evaluation)?;
+            let evaluations = index::evaluate(&loaded, queries, k, &ef)?;
+            let report = serde_json::to_string_pretty(&evaluations)?;
             let path = out.unwrap_or_else(|| index.join("eval.json"));
             dim_models::atomic_file::write_bytes_atomically(&path, report.as_bytes())
                 .with_context(|| format!("cannot write {}", path.display()))?;
