@@ -37,9 +37,11 @@ def main():
     results = []
     for ef in efs:
         index.hnsw.efSearch = max(ef, k)
-        started = time.perf_counter()
-        _, found = index.search(queries, k)
-        seconds = time.perf_counter() - started
+        seconds = float("inf")
+        for _ in range(3):  # best of three, as dim-search eval does
+            started = time.perf_counter()
+            _, found = index.search(queries, k)
+            seconds = min(seconds, time.perf_counter() - started)
         recall = np.mean([len(set(f) & set(t)) / k for f, t in zip(found, truth)])
         results.append({"ef": ef, "recall_at_k": float(recall), "queries_per_second": len(queries) / seconds})
     print(json.dumps({"build_seconds": build_seconds, "indexed": len(base), "queries": len(queries), "searches": results}))
