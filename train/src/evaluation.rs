@@ -653,6 +653,55 @@ mod tests {
         assert_eq!(value["entries"][0]["probe"], "linear");
     }
 
+    /// Writes `count` 10×10 PNGs per class folder, class `b` bright on top and `a` below.
+    fn write_folder(root: &Path, count: u32) {
+        for (class, bright_top) in [("a", false), ("b", true)] {
+            std::fs::create_dir_all(root.join(class)).unwrap();
+            for index in 0..count {
+                let image = image::GrayImage::from_fn(10, 10, |_, y| {
+                    let bright = (y < 5) == bright_top;
+                    image::Luma([if bright { 200 + index as u8 } else { 20 + index as u8 }])
+                });
+                image.save(root.join(class).join(format!("{index}.png"))).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn an_image_folder_needs_a_separate_test_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let (train, test) = (dir.path().join("train"), dir.path().join("test"));
+        write_folder(&train, 6);
+        write_folder(&test, 3);
+        let checkpoint = dir.path().join("checkpoint");
+        write_checkpoint(&checkpoint);
+        let mut settings = EvalSettings {
+            checkpoint,
+            data: train,
+            test_data: None,
+            format: DataFormat::Folder,
+            probes: vec![ProbeKind::Knn],
+            taps: vec![Tap::Y],
+            baselines: vec![Baseline::Raw],
+            limit_train: None,
+            limit_test: None,
+            seed: 0,
+            batch_size: 4,
+            linear: crate::probes::linear::default_schedule(),
+            mlp: crate::probes::mlp::default_schedule(),
+            knn: KnnOptions { k: 3, ..KnnOptions::default() },
+        };
+        let err = evaluate(&settings, Device::Cpu, Progress { visible: false }).unwrap_err();
+        assert!(matches!(err, EvalError::NoTestSplit(_)), "{err}");
+        assert!(err.to_string().contains("--test-data"), "{err}");
+
+        settings.test_data = Some(test);
+        let report = evaluate(&settings, Device::Cpu, Progress { visible: false }).unwrap();
+        assert_eq!((report.train.examples, report.test.examples, report.num_classes), (12, 6, 2));
+        let raw = report.entries.iter().find(|e| e.model == "raw").unwrap();
+        assert_eq!(raw.test_accuracy, 1.0, "{raw:?}");
+    }
+
     #[test]
     fn a_missing_checkpoint_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
