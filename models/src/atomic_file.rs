@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Writes `path` atomically with `write`. On any error the destination is untouched and the
@@ -23,6 +24,8 @@ where
         write(&mut writer)?;
         writer.flush()?;
     }
+    // Temporary files are created owner-only; the result is an ordinary shareable file.
+    temp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
     temp.as_file().sync_all()?;
     temp.persist(path).map_err(|e| e.error)?;
     Ok(())
@@ -51,5 +54,6 @@ mod tests {
         write_bytes_atomically(&path, b"whole").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"whole");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
     }
 }

@@ -43,7 +43,7 @@ pub struct CheckpointConfig {
 #[non_exhaustive]
 pub enum CheckpointError {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -51,7 +51,7 @@ pub enum CheckpointError {
         source: std::io::Error,
     },
     /// `config.json` is not valid.
-    #[error("{path} is not a valid checkpoint config: {source}")]
+    #[error("{path} is not a valid checkpoint config")]
     Config {
         /// The file.
         path: PathBuf,

@@ -143,14 +143,16 @@ fn run_checked(command: &mut Command, hint: &str) -> Result<(), String> {
     }
 }
 
-/// Points `.dim-env/{venv,python,torch,libonnxruntime.so}` at the environment. Each link is
+/// Points `.dim-env/{venv,torch,libonnxruntime.so}` at the environment (Python is
+/// `.dim-env/venv/bin/python`: a venv is only recognised through its own `bin/`). Each link is
 /// replaced by rename, so a concurrent cargo build never sees a missing path.
 fn link_workspace(root: &Path, env_dir: &Path, site_packages: &Path) -> Result<(), String> {
     let links = root.join(".dim-env");
     fs::create_dir_all(&links).map_err(|e| format!("cannot create {}: {e}", links.display()))?;
+    // An earlier layout linked the interpreter directly, which hid the venv from Python.
+    let _ = fs::remove_file(links.join("python"));
     let targets = [
         ("venv", env_dir.to_path_buf()),
-        ("python", env_dir.join("bin").join("python")),
         ("torch", site_packages.join("torch")),
         ("libonnxruntime.so", site_packages.join(ORT_LIBRARY)),
     ];

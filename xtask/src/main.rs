@@ -82,8 +82,6 @@ fn run_demo(extra: &[String]) -> Result<(), String> {
         "--release".into(),
         "--quiet".into(),
         "-p".into(),
-        "dim-infer".into(),
-        "--bin".into(),
         "dim-demo".into(),
         "--".into(),
         "--fashion-mnist".into(),
