@@ -35,7 +35,13 @@ pub fn query_all(index: &SearchIndex<'_>, k: usize, ef: usize) -> anyhow::Result
             let hits = index
                 .search(index.vectors.row(row), k + 1, ef.max(k + 1))
                 .with_context(|| format!("query for row {row}"))?;
-            let hits: Vec<Hit> = hits.into_iter().filter(|hit| hit.row != row).take(k).collect();
+            let hits: Vec<Hit> = hits
+                .into_iter()
+                .filter(|hit| hit.row != row)
+                .take(k)
+                .enumerate()
+                .map(|(i, hit)| Hit { rank: i + 1, ..hit })
+                .collect();
             Ok(QueryResult { row, hits })
         })
         .collect()

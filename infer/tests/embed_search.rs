@@ -18,24 +18,12 @@ use std::process::Command;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
-/// The interpreter for fixtures and numpy checks. Python finds its virtual environment only from
-/// the path it was started by (`<venv>/bin/python` next to `<venv>/pyvenv.cfg`), so a
-/// `DIM_PYTHON` that is a link from outside the environment is followed one step into it.
+/// The set-up environment's Python (`.dim-env/venv/bin/python`, set by `.cargo/config.toml`).
 fn python() -> PathBuf {
-    let configured = std::env::var_os("DIM_PYTHON")
+    std::env::var_os("DIM_PYTHON")
         .map(PathBuf::from)
         .or_else(|| option_env!("DIM_PYTHON").map(PathBuf::from))
-        .expect("DIM_PYTHON is set by .cargo/config.toml (run `cargo xtask setup`)");
-    let in_environment =
-        configured.parent().and_then(Path::parent).is_some_and(|venv| venv.join("pyvenv.cfg").exists());
-    if in_environment {
-        return configured;
-    }
-    match std::fs::read_link(&configured) {
-        Ok(target) if target.is_absolute() => target,
-        Ok(target) => configured.parent().unwrap_or(Path::new(".")).join(target),
-        Err(_) => configured,
-    }
+        .expect("DIM_PYTHON is set by .cargo/config.toml (run `cargo xtask setup`)")
 }
 
 fn run_python(args: &[&std::ffi::OsStr]) -> String {

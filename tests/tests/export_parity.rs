@@ -138,19 +138,12 @@ fn assert_outputs_match(
     }
 }
 
-/// The interpreter that runs Python checks. `DIM_PYTHON` points at a link to the environment's
-/// interpreter; Python finds its virtual environment only from the path it was started by, so a
-/// link outside the environment is followed one step to the interpreter inside it.
+/// The set-up environment's Python (`.dim-env/venv/bin/python`, set by `.cargo/config.toml`).
 fn python() -> PathBuf {
-    let configured = std::env::var_os("DIM_PYTHON")
+    std::env::var_os("DIM_PYTHON")
         .map(PathBuf::from)
         .or_else(|| option_env!("DIM_PYTHON").map(PathBuf::from))
-        .expect("DIM_PYTHON is set by .cargo/config.toml (run `cargo xtask setup`)");
-    match std::fs::read_link(&configured) {
-        Ok(target) if target.is_absolute() => target,
-        Ok(target) => configured.parent().unwrap_or(Path::new(".")).join(target),
-        Err(_) => configured,
-    }
+        .expect("DIM_PYTHON is set by .cargo/config.toml (run `cargo xtask setup`)")
 }
 
 fn assert_onnx_checker_passes(model: &Path) {
