@@ -77,7 +77,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         embedder.metadata().embedding_source
     );
 
-    let embeddings_dir = args.out.join("embeddings");
+    // One cache per model: a new shipped model re-embeds instead of being refused by the
+    // embeddings directory of the previous one.
+    let digest = &embedder.metadata().checkpoint_sha256;
+    let embeddings_dir = args.out.join(format!("embeddings-{}", &digest[..digest.len().min(12)]));
     let started = Instant::now();
     let summary = embed_job::run(
         &mut embedder,
