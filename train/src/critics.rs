@@ -2,18 +2,14 @@
 //! vector Y against every location of the local map M, the global critic scores Y against the
 //! whole of M. Scores come out as `[N, N, L]` for the estimators.
 
-use dim_models::parameters::BATCH_NORM_EPSILON;
+use crate::encoder::{TrunkLayer, batch_norm_config};
 use dim_models::{EncoderConfig, LayerKind};
-use tch::{Kind, Tensor, nn, nn::Module, nn::ModuleT};
+use tch::{Kind, Tensor, nn, nn::Module};
 
 /// Variable prefix of the local critic.
 pub const LOCAL_CRITIC_PREFIX: &str = "local_critic";
 /// Variable prefix of the global critic.
 pub const GLOBAL_CRITIC_PREFIX: &str = "global_critic";
-
-fn batch_norm_config() -> nn::BatchNormConfig {
-    nn::BatchNormConfig { eps: BATCH_NORM_EPSILON, ..Default::default() }
-}
 
 /// A 1×1 "conv" block over feature vectors `[P, in] → [P, U]`:
 /// `LayerNorm(W₂·ReLU(BN(W₁·x)) + S·x)`, with the shortcut `S` initialised near identity.
@@ -92,8 +88,7 @@ impl LocalCritic {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum RemainingLayer {
-    Conv { conv: nn::Conv2D, batch_norm: nn::BatchNorm },
-    MaxPool { kernel: i64, stride: i64, padding: i64 },
+    Trunk(TrunkLayer),
     Linear { linear: nn::Linear, batch_norm: nn::BatchNorm },
 }
 
@@ -112,34 +107,8 @@ impl GlobalCritic {
         let path = root / GLOBAL_CRITIC_PREFIX;
         let local_path = &path / "local";
         let mut remaining = Vec::new();
-        for layer in config.conv_layers().into_iter().skip(config.local_layer_index() + 1) {
-            let block = &local_path / layer.name.as_str();
-            remaining.push(match layer.kind {
-                LayerKind::Conv { in_channels, out_channels, kernel, stride, padding } => {
-                    let conv_config = nn::ConvConfig {
-                        stride: stride as i64,
-                        padding: padding as i64,
-                        bias: false,
-                        ..Default::default()
-                    };
-                    RemainingLayer::Conv {
-                        conv: nn::conv2d(
-                            &block / "conv",
-                            in_channels as i64,
-                            out_channels as i64,
-                            kernel as i64,
-                            conv_config,
-                        ),
-                        batch_norm: nn::batch_norm2d(&block / "bn", out_channels as i64, batch_norm_config()),
-                    }
-                }
-                LayerKind::MaxPool { kernel, stride, padding } => RemainingLayer::MaxPool {
-                    kernel: kernel as i64,
-                    stride: stride as i64,
-                    padding: padding as i64,
-                },
-                LayerKind::Linear { .. } => unreachable!("conv_layers holds only convs and pools"),
-            });
+        for layer in config.conv_layers().iter().skip(config.local_layer_index() + 1) {
+            remaining.push(RemainingLayer::Trunk(TrunkLayer::new(&local_path, layer)));
         }
         let fc_layers = config.fc_layers();
         let hidden_layers = &fc_layers[..fc_layers.len() - 1];
@@ -178,12 +147,7 @@ impl GlobalCritic {
         let mut x = local.shallow_clone();
         for layer in &self.remaining {
             x = match layer {
-                RemainingLayer::Conv { conv, batch_norm } => {
-                    conv.forward_t(&x, train).apply_t(batch_norm, train).relu()
-                }
-                RemainingLayer::MaxPool { kernel, stride, padding } => {
-                    x.max_pool2d([*kernel, *kernel], [*stride, *stride], [*padding, *padding], [1, 1], false)
-                }
+                RemainingLayer::Trunk(layer) => layer.forward_t(&x, train),
                 RemainingLayer::Linear { linear, batch_norm } => {
                     x.flatten(1, -1).apply(linear).apply_t(batch_norm, train).relu()
                 }

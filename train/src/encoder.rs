@@ -3,16 +3,60 @@
 //! parameter-name contract (`encoder.conv1.conv.weight`, ...), which the exporter reads.
 
 use dim_models::parameters::{BATCH_NORM_EPSILON, ENCODER_PREFIX};
-use dim_models::{EncoderConfig, LayerKind};
+use dim_models::{EncoderConfig, Layer, LayerKind};
 use tch::{Tensor, nn, nn::ModuleT};
 
 /// One layer of the convolutional trunk.
 // A model holds a handful of these, so the size gap between variants costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-enum TrunkLayer {
+pub(crate) enum TrunkLayer {
     Conv { conv: nn::Conv2D, batch_norm: nn::BatchNorm },
     MaxPool { kernel: i64, stride: i64, padding: i64 },
+}
+
+impl TrunkLayer {
+    /// Creates a conv or pool layer's variables under `path / layer.name` (the global critic
+    /// builds its copy of the encoder's later layers with this too).
+    pub(crate) fn new(path: &nn::Path, layer: &Layer) -> Self {
+        match layer.kind {
+            LayerKind::Conv { in_channels, out_channels, kernel, stride, padding } => {
+                let block = path / layer.name.as_str();
+                let conv_config = nn::ConvConfig {
+                    stride: stride as i64,
+                    padding: padding as i64,
+                    bias: false,
+                    ..Default::default()
+                };
+                TrunkLayer::Conv {
+                    conv: nn::conv2d(
+                        &block / "conv",
+                        in_channels as i64,
+                        out_channels as i64,
+                        kernel as i64,
+                        conv_config,
+                    ),
+                    batch_norm: nn::batch_norm2d(&block / "bn", out_channels as i64, batch_norm_config()),
+                }
+            }
+            LayerKind::MaxPool { kernel, stride, padding } => {
+                TrunkLayer::MaxPool { kernel: kernel as i64, stride: stride as i64, padding: padding as i64 }
+            }
+            LayerKind::Linear { .. } => unreachable!("the trunk holds only convs and pools"),
+        }
+    }
+
+    /// Applies the layer (conv → BatchNorm → ReLU, or max-pool).
+    pub(crate) fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        match self {
+            TrunkLayer::Conv { conv, batch_norm } => {
+                conv.forward_t(x, train).apply_t(batch_norm, train).relu()
+            }
+            TrunkLayer::MaxPool { kernel, stride, padding } => {
+                x.max_pool2d([*kernel, *kernel], [*stride, *stride], [*padding, *padding], [1, 1], false)
+            }
+        }
+    }
 }
 
 /// One layer of the fully connected head.
@@ -43,7 +87,7 @@ pub struct Encoder {
     head: Vec<HeadLayer>,
 }
 
-fn batch_norm_config() -> nn::BatchNormConfig {
+pub(crate) fn batch_norm_config() -> nn::BatchNormConfig {
     nn::BatchNormConfig { eps: BATCH_NORM_EPSILON, ..Default::default() }
 }
 
@@ -51,37 +95,7 @@ impl Encoder {
     /// Creates the encoder's variables under `root / "encoder"`.
     pub fn new(root: &nn::Path, config: EncoderConfig) -> Self {
         let path = root / ENCODER_PREFIX;
-        let trunk = config
-            .conv_layers()
-            .into_iter()
-            .map(|layer| match layer.kind {
-                LayerKind::Conv { in_channels, out_channels, kernel, stride, padding } => {
-                    let block = &path / layer.name.as_str();
-                    let conv_config = nn::ConvConfig {
-                        stride: stride as i64,
-                        padding: padding as i64,
-                        bias: false,
-                        ..Default::default()
-                    };
-                    TrunkLayer::Conv {
-                        conv: nn::conv2d(
-                            &block / "conv",
-                            in_channels as i64,
-                            out_channels as i64,
-                            kernel as i64,
-                            conv_config,
-                        ),
-                        batch_norm: nn::batch_norm2d(&block / "bn", out_channels as i64, batch_norm_config()),
-                    }
-                }
-                LayerKind::MaxPool { kernel, stride, padding } => TrunkLayer::MaxPool {
-                    kernel: kernel as i64,
-                    stride: stride as i64,
-                    padding: padding as i64,
-                },
-                LayerKind::Linear { .. } => unreachable!("the trunk holds only convs and pools"),
-            })
-            .collect();
+        let trunk = config.conv_layers().iter().map(|layer| TrunkLayer::new(&path, layer)).collect();
         let head = config
             .fc_layers()
             .into_iter()
@@ -117,14 +131,7 @@ impl Encoder {
         let mut x = images * 2.0 - 1.0;
         let mut local = None;
         for (index, layer) in self.trunk.iter().enumerate() {
-            x = match layer {
-                TrunkLayer::Conv { conv, batch_norm } => {
-                    conv.forward_t(&x, train).apply_t(batch_norm, train).relu()
-                }
-                TrunkLayer::MaxPool { kernel, stride, padding } => {
-                    x.max_pool2d([*kernel, *kernel], [*stride, *stride], [*padding, *padding], [1, 1], false)
-                }
-            };
+            x = layer.forward_t(&x, train);
             if index == self.config.local_layer_index() {
                 local = Some(x.shallow_clone());
             }
