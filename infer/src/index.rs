@@ -2,6 +2,11 @@
 //! as a directory (`index.json`, the graph dump, the vectors and the manifest) and loaded back,
 //! plus exact search and recall evaluation against it.
 //!
+//! hnsw_rs keeps a node's link list full by dropping its farthest link, so an outlier, or one of
+//! two near-duplicates, can lose every link that leads to it and become unreachable. The build
+//! therefore searches every indexed vector for itself; the rows that do not come back are listed
+//! in `index.json` and scored exactly on every search, so each indexed row stays findable.
+//!
 //! hnsw_rs's loaded graph borrows the `HnswIo` loader that read it (its issue #19). Rebuilding
 //! the graph on every load instead would cost seconds for each query run (about 1.8 s for 9,000
 //! 1024-d vectors on 2 cores), while loading the dump is much cheaper, so the borrow is kept and
@@ -26,6 +31,9 @@ pub const GRAPH_BASENAME: &str = "graph";
 pub const INDEX_FORMAT_VERSION: u32 = 1;
 /// hnsw_rs's cap on layers.
 const MAX_LAYERS: usize = 16;
+/// Results and candidate-list size of the build's search of each indexed vector for itself.
+const SELF_CHECK_K: usize = 2;
+const SELF_CHECK_EF: usize = 10;
 /// Cosine vectors are stored at this length instead of 1: hnsw_rs's dot distance asserts that a
 /// dot product never exceeds 1 (+2e-6), which rounding could break for a vector with itself;
 /// scaling every vector alike keeps the ranking and leaves a safe margin.
@@ -97,7 +105,10 @@ pub struct IndexInfo {
     pub count: usize,
     /// Manifest rows left out of the graph (the last `hold_out` rows of a fixed shuffle).
     pub held_out: Vec<usize>,
-    /// Seconds spent inserting into the graph.
+    /// Indexed rows the graph did not return for their own vector; searches score them exactly.
+    #[serde(default)]
+    pub unreachable: Vec<usize>,
+    /// Seconds spent inserting into the graph and searching it for every indexed row.
     pub build_seconds: f64,
 }
 
@@ -149,14 +160,21 @@ impl Graph<'_> {
         }
     }
 
-    fn insert(&mut self, items: &Vec<(&[f32], usize)>) {
+    /// Inserts the first item alone, then the rest in parallel: hnsw_rs links a point only once
+    /// an entry point exists, so two points inserted together into an empty graph could both
+    /// stay unlinked.
+    fn insert(&mut self, items: &[(&[f32], usize)]) {
+        let Some((first, rest)) = items.split_first() else { return };
+        let rest = rest.to_vec();
         match self {
             Graph::Cosine(h) => {
-                h.parallel_insert_slice(items);
+                h.insert_slice(*first);
+                h.parallel_insert_slice(&rest);
                 h.set_searching_mode(true);
             }
             Graph::L2(h) => {
-                h.parallel_insert_slice(items);
+                h.insert_slice(*first);
+                h.parallel_insert_slice(&rest);
                 h.set_searching_mode(true);
             }
         }
@@ -168,6 +186,19 @@ impl Graph<'_> {
             Graph::L2(h) => h.search(query, k, ef.max(k)),
         };
         found.into_iter().map(|n| (n.d_id, n.distance)).collect()
+    }
+
+    /// The rows of `items` that a search for their own vector does not return.
+    fn rows_missed_by_own_vector(&self, items: &[(&[f32], usize)]) -> Vec<usize> {
+        let mut missed: Vec<usize> = items
+            .par_iter()
+            .filter(|(vector, row)| {
+                !self.search(vector, SELF_CHECK_K, SELF_CHECK_EF).iter().any(|(found, _)| found == row)
+            })
+            .map(|&(_, row)| row)
+            .collect();
+        missed.sort_unstable();
+        missed
     }
 
     fn search_many(&self, queries: &[Vec<f32>], k: usize, ef: usize) -> Vec<Vec<(usize, f32)>> {
@@ -300,6 +331,7 @@ pub fn build(embeddings: &Path, out: &Path, params: &IndexParams) -> Result<Inde
     let mut graph = Graph::new(params, items.len());
     let started = Instant::now();
     graph.insert(&items);
+    let unreachable = graph.rows_missed_by_own_vector(&items);
     let build_seconds = started.elapsed().as_secs_f64();
 
     let info = IndexInfo {
@@ -309,6 +341,7 @@ pub fn build(embeddings: &Path, out: &Path, params: &IndexParams) -> Result<Inde
         params: *params,
         count: indexed.len(),
         held_out,
+        unreachable,
         build_seconds,
     };
     let parent = match out.parent() {
@@ -454,7 +487,8 @@ impl SearchIndex<'_> {
     pub fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<Hit>, IndexError> {
         self.check(query)?;
         let query = to_graph_space(self.info.params.metric, query);
-        Ok(self.hits(self.graph.search(&query, k, ef)))
+        let found = self.graph.search(&query, k, ef);
+        Ok(self.hits(self.with_unreachable(&query, found, k)))
     }
 
     /// The exact `k` nearest indexed rows by brute force.
@@ -463,19 +497,35 @@ impl SearchIndex<'_> {
         Ok(self.hits(self.exact(&to_graph_space(self.info.params.metric, query), k)))
     }
 
-    fn exact(&self, query: &[f32], k: usize) -> Vec<(usize, f32)> {
-        let metric = self.info.params.metric;
+    /// The graph's distance from `query` (in graph space) to row `row`.
+    fn distance_to_row(&self, query: &[f32], row: usize) -> f32 {
         let dim = self.vectors.cols;
+        let vector = &self.prepared[row * dim..(row + 1) * dim];
+        match self.info.params.metric {
+            Metric::Cosine => 1.0 - dot(vector, query),
+            Metric::L2 => squared_l2(vector, query).sqrt(),
+        }
+    }
+
+    /// Merges the exactly scored unreachable rows into the graph's `found` and keeps the `k` best.
+    fn with_unreachable(&self, query: &[f32], mut found: Vec<(usize, f32)>, k: usize) -> Vec<(usize, f32)> {
+        if self.info.unreachable.is_empty() {
+            return found;
+        }
+        for &row in &self.info.unreachable {
+            if !found.iter().any(|&(r, _)| r == row) {
+                found.push((row, self.distance_to_row(query, row)));
+            }
+        }
+        found.sort_by(|a, b| a.1.total_cmp(&b.1));
+        found.truncate(k);
+        found
+    }
+
+    fn exact(&self, query: &[f32], k: usize) -> Vec<(usize, f32)> {
         let mut all: Vec<(usize, f32)> = (0..self.vectors.rows)
             .filter(|i| self.info.held_out.binary_search(i).is_err())
-            .map(|i| {
-                let row = &self.prepared[i * dim..(i + 1) * dim];
-                let distance = match metric {
-                    Metric::Cosine => 1.0 - dot(row, query),
-                    Metric::L2 => squared_l2(row, query).sqrt(),
-                };
-                (i, distance)
-            })
+            .map(|i| (i, self.distance_to_row(query, i)))
             .collect();
         let k = k.min(all.len());
         if k == 0 {
@@ -560,7 +610,13 @@ pub fn evaluate(
         let mut found = Vec::new();
         for _ in 0..SEARCH_REPEATS {
             let started = Instant::now();
-            found = index.graph.search_many(&prepared, k, ef);
+            found = index
+                .graph
+                .search_many(&prepared, k, ef)
+                .into_iter()
+                .zip(&prepared)
+                .map(|(hits, query)| index.with_unreachable(query, hits, k))
+                .collect();
             search_seconds = search_seconds.min(started.elapsed().as_secs_f64());
         }
         let recall = found
@@ -592,4 +648,73 @@ fn perturb(vector: &[f32], relative: f32, random: &mut SplitMix64) -> Vec<f32> {
     let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
     let sigma = relative * norm / (vector.len().max(1) as f32).sqrt();
     vector.iter().map(|v| v + sigma * random.next_gaussian()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedder::Feature;
+    use crate::manifest::{MANIFEST_FORMAT_VERSION, ManifestRow};
+
+    /// An index over `vectors` whose graph leaves out `orphan`, as hnsw_rs can leave a row
+    /// without incoming links, with `listed` as the rows the build found unreachable.
+    fn search_with_orphan(vectors: &Matrix, orphan: usize, listed: Vec<usize>, query: &[f32]) -> Vec<Hit> {
+        let params = IndexParams::default();
+        let prepared: Vec<Vec<f32>> =
+            (0..vectors.rows).map(|i| to_graph_space(params.metric, vectors.row(i))).collect();
+        let items: Vec<(&[f32], usize)> =
+            (0..vectors.rows).filter(|&i| i != orphan).map(|i| (prepared[i].as_slice(), i)).collect();
+        let mut graph = Graph::new(&params, items.len());
+        graph.insert(&items);
+        let model = ModelIdentity {
+            checkpoint_sha256: "test".into(),
+            preset: "basic32x32".into(),
+            feature: Feature::Embedding,
+            dim: vectors.cols,
+        };
+        let info = IndexInfo {
+            format_version: INDEX_FORMAT_VERSION,
+            toolkit_version: dim_models::TOOLKIT_VERSION.into(),
+            model: model.clone(),
+            params,
+            count: vectors.rows,
+            held_out: Vec::new(),
+            unreachable: listed,
+            build_seconds: 0.0,
+        };
+        let manifest = Manifest {
+            format_version: MANIFEST_FORMAT_VERSION,
+            toolkit_version: dim_models::TOOLKIT_VERSION.into(),
+            model,
+            count: vectors.rows,
+            rows: (0..vectors.rows)
+                .map(|i| ManifestRow { path: PathBuf::from(format!("/v/{i}.png")), size: 1, mtime_ns: 0 })
+                .collect(),
+        };
+        let index =
+            SearchIndex { info: &info, manifest: &manifest, vectors, graph, prepared: prepared.concat() };
+        index.search(query, 3, 64).unwrap()
+    }
+
+    #[test]
+    fn a_row_the_graph_cannot_reach_is_still_found_when_listed_as_unreachable() {
+        let mut random = SplitMix64(3);
+        let (rows, cols) = (200, 24);
+        let values = (0..rows * cols).map(|_| random.next_gaussian()).collect();
+        let vectors = Matrix { rows, cols, values };
+        let orphan = 17;
+        let query = vectors.row(orphan).to_vec();
+
+        let unlisted = search_with_orphan(&vectors, orphan, Vec::new(), &query);
+        assert!(unlisted.iter().all(|hit| hit.row != orphan), "{unlisted:?}");
+
+        let listed = search_with_orphan(&vectors, orphan, vec![orphan], &query);
+        assert_eq!(listed.len(), 3);
+        assert_eq!(listed[0].row, orphan, "{listed:?}");
+        assert!((listed[0].score - 1.0).abs() < 1e-4, "{listed:?}");
+        assert_eq!(
+            &listed[1..],
+            &unlisted[..2].iter().map(|h| Hit { rank: h.rank + 1, ..h.clone() }).collect::<Vec<_>>()[..]
+        );
+    }
 }

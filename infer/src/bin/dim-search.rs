@@ -112,6 +112,12 @@ fn run(command: Command) -> anyhow::Result<()> {
                 info.held_out.len(),
                 out.display()
             );
+            if !info.unreachable.is_empty() {
+                println!(
+                    "{} rows were not found by their own vector in the graph; every search scores them exactly",
+                    info.unreachable.len()
+                );
+            }
         }
         Command::Query { index, image, row, vector, k, ef, json, model, ep } => {
             let mut files = IndexFiles::open(&index)?;
