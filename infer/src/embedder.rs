@@ -9,6 +9,7 @@ use dim_models::onnx_metadata::{
 };
 use dim_models::preprocess::{self, ImageError, InputSpec};
 use image::DynamicImage;
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions};
 use ort::value::TensorRef;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -169,6 +170,9 @@ pub struct Embedder {
     feature: Feature,
     dim: usize,
     reduced_jpeg: bool,
+    /// Asks ONNX Runtime for the chosen output only, so it skips the layers only the others need
+    /// (for `conv`, the fc and Y layers).
+    run_options: RunOptions<HasSelectedOutputs>,
 }
 
 impl Embedder {
@@ -201,7 +205,17 @@ impl Embedder {
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
-        Ok(Embedder { model, model_path: options.model, feature, dim, reduced_jpeg: options.reduced_jpeg })
+        let run_options = RunOptions::new()
+            .map_err(|e| EmbedError::Run(e.to_string()))?
+            .with_outputs(OutputSelector::no_default().with(feature.output_name()));
+        Ok(Embedder {
+            model,
+            model_path: options.model,
+            feature,
+            dim,
+            reduced_jpeg: options.reduced_jpeg,
+            run_options,
+        })
     }
 
     /// The model's metadata.
@@ -296,7 +310,11 @@ impl Embedder {
         let shape = [count, spec.channels, spec.size, spec.size];
         let run_error = |e: ort::Error| EmbedError::Run(e.to_string());
         let tensor = TensorRef::from_array_view((shape, inputs)).map_err(run_error)?;
-        let outputs = self.model.session.run(ort::inputs![INPUT_NAME => tensor]).map_err(run_error)?;
+        let outputs = self
+            .model
+            .session
+            .run_with_options(ort::inputs![INPUT_NAME => tensor], &self.run_options)
+            .map_err(run_error)?;
         let name = self.feature.output_name();
         let (out_shape, values) = outputs[name].try_extract_tensor::<f32>().map_err(run_error)?;
         if values.len() != count * self.dim {
