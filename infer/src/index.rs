@@ -7,15 +7,17 @@
 //! therefore searches every indexed vector for itself; the rows that do not come back are listed
 //! in `index.json` and scored exactly on every search, so each indexed row stays findable.
 //!
-//! hnsw_rs's loaded graph borrows the `HnswIo` loader that read it (its issue #19). Rebuilding
-//! the graph on every load instead would cost seconds for each query run (about 1.8 s for 9,000
-//! 1024-d vectors on 2 cores), while loading the dump is much cheaper, so the borrow is kept and
-//! made explicit: [`IndexFiles::open`] reads the directory and owns the loader, and
-//! [`IndexFiles::load`] returns a [`SearchIndex`] that borrows it.
+//! hnsw_rs builds, saves and loads the graph; searches run on a flat copy of its links
+//! ([`crate::flat_graph`]). hnsw_rs's loaded graph borrows the `HnswIo` loader that read it (its
+//! issue #19), so [`IndexFiles::open`] reads the directory and owns the loader, and
+//! [`IndexFiles::load`] loads the graph from it, copies the links out and returns a
+//! [`SearchIndex`]; loading the dump is much cheaper than rebuilding the graph on every load
+//! (about 1.8 s for 9,000 1024-d vectors on 2 cores).
 
+use crate::flat_graph::FlatGraph;
 use crate::manifest::{self, MANIFEST_FILE, Manifest, ManifestError, ModelIdentity};
 use crate::npy::{self, Matrix, NpyError};
-use hnsw_rs::prelude::{AnnT, DistDot, DistL2, Hnsw, HnswIo};
+use hnsw_rs::prelude::{AnnT, DistDot, DistL2, Distance, Hnsw, HnswIo};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -180,33 +182,14 @@ impl Graph<'_> {
         }
     }
 
-    fn search(&self, query: &[f32], k: usize, ef: usize) -> Vec<(usize, f32)> {
-        let found = match self {
-            Graph::Cosine(h) => h.search(query, k, ef.max(k)),
-            Graph::L2(h) => h.search(query, k, ef.max(k)),
+    /// Copies the links out into a [`FlatGraph`] over `vectors` (every row, in graph space).
+    fn flatten(&self, vectors: Vec<f32>, dim: usize, metric: Metric) -> FlatGraph {
+        let rows = vectors.len() / dim.max(1);
+        let (links, entry) = match self {
+            Graph::Cosine(h) => links_of(h, rows),
+            Graph::L2(h) => links_of(h, rows),
         };
-        found.into_iter().map(|n| (n.d_id, n.distance)).collect()
-    }
-
-    /// The rows of `items` that a search for their own vector does not return.
-    fn rows_missed_by_own_vector(&self, items: &[(&[f32], usize)]) -> Vec<usize> {
-        let mut missed: Vec<usize> = items
-            .par_iter()
-            .filter(|(vector, row)| {
-                !self.search(vector, SELF_CHECK_K, SELF_CHECK_EF).iter().any(|(found, _)| found == row)
-            })
-            .map(|&(_, row)| row)
-            .collect();
-        missed.sort_unstable();
-        missed
-    }
-
-    fn search_many(&self, queries: &[Vec<f32>], k: usize, ef: usize) -> Vec<Vec<(usize, f32)>> {
-        let found = match self {
-            Graph::Cosine(h) => h.parallel_search(queries, k, ef.max(k)),
-            Graph::L2(h) => h.parallel_search(queries, k, ef.max(k)),
-        };
-        found.into_iter().map(|list| list.into_iter().map(|n| (n.d_id, n.distance)).collect()).collect()
+        FlatGraph::new(&links, entry, vectors, dim, metric)
     }
 
     fn dump(&self, dir: &Path) -> Result<(), IndexError> {
@@ -217,6 +200,42 @@ impl Graph<'_> {
         .map(|_| ())
         .map_err(|e| io_error(dir)(format!("cannot write the graph: {e:#}")))
     }
+}
+
+/// `links[layer][row]` of every point in an hnsw_rs graph over `rows` rows, and a point on its
+/// top layer.
+fn links_of<D: Distance<f32> + Send + Sync>(
+    graph: &Hnsw<'_, f32, D>,
+    rows: usize,
+) -> (Vec<Vec<Vec<u32>>>, Option<u32>) {
+    let mut links: Vec<Vec<Vec<u32>>> = Vec::new();
+    let mut entry: Option<(u8, u32)> = None;
+    for point in graph.get_point_indexation() {
+        let row = point.get_origin_id() as u32;
+        let level = point.get_point_id().0;
+        if entry.is_none_or(|(top, _)| level > top) {
+            entry = Some((level, row));
+        }
+        for (layer, neighbours) in
+            point.get_neighborhood_id().into_iter().enumerate().take(usize::from(level) + 1)
+        {
+            if links.len() <= layer {
+                links.resize_with(layer + 1, || vec![Vec::new(); rows]);
+            }
+            links[layer][row as usize] = neighbours.iter().map(|n| n.d_id as u32).collect();
+        }
+    }
+    (links, entry.map(|(_, row)| row))
+}
+
+/// The indexed rows that a search for their own vector does not return.
+fn rows_missed_by_own_vector(graph: &FlatGraph, rows: &[usize]) -> Vec<usize> {
+    rows.par_iter()
+        .copied()
+        .filter(|&row| {
+            !graph.search(graph.row(row), SELF_CHECK_K, SELF_CHECK_EF).iter().any(|&(found, _)| found == row)
+        })
+        .collect()
 }
 
 /// Brings a vector into the space the graph compares in: unit length (times a safety margin)
@@ -230,34 +249,6 @@ fn to_graph_space(metric: Metric, vector: &[f32]) -> Vec<f32> {
         }
         Metric::L2 => vector.to_vec(),
     }
-}
-
-/// Lanes of the exact-search sums: independent partial sums let the compiler vectorise them
-/// (a single running sum must be added in order, which it cannot reorder).
-const LANES: usize = 8;
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut partial = [0.0f32; LANES];
-    for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
-        for lane in 0..LANES {
-            partial[lane] += x[lane] * y[lane];
-        }
-    }
-    let tail = a.len() - a.len() % LANES;
-    partial.iter().sum::<f32>() + a[tail..].iter().zip(&b[tail..]).map(|(x, y)| x * y).sum::<f32>()
-}
-
-fn squared_l2(a: &[f32], b: &[f32]) -> f32 {
-    let mut partial = [0.0f32; LANES];
-    for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
-        for lane in 0..LANES {
-            let d = x[lane] - y[lane];
-            partial[lane] += d * d;
-        }
-    }
-    let tail = a.len() - a.len() % LANES;
-    partial.iter().sum::<f32>()
-        + a[tail..].iter().zip(&b[tail..]).map(|(x, y)| (x - y) * (x - y)).sum::<f32>()
 }
 
 /// Turns a graph distance into the score shown to users: cosine similarity or L2 distance.
@@ -331,7 +322,8 @@ pub fn build(embeddings: &Path, out: &Path, params: &IndexParams) -> Result<Inde
     let mut graph = Graph::new(params, items.len());
     let started = Instant::now();
     graph.insert(&items);
-    let unreachable = graph.rows_missed_by_own_vector(&items);
+    let unreachable =
+        rows_missed_by_own_vector(&graph.flatten(prepared.concat(), vectors.cols, params.metric), &indexed);
     let build_seconds = started.elapsed().as_secs_f64();
 
     let info = IndexInfo {
@@ -422,13 +414,14 @@ impl IndexFiles {
             path: PathBuf::from(format!("{GRAPH_BASENAME}.hnsw.graph")),
             message: format!("cannot load the graph: {e:#}"),
         };
-        let graph = match info.params.metric {
+        let metric = info.params.metric;
+        let loaded = match metric {
             Metric::Cosine => Graph::Cosine(loader.load_hnsw::<f32, DistDot>().map_err(load_error)?),
             Metric::L2 => Graph::L2(loader.load_hnsw::<f32, DistL2>().map_err(load_error)?),
         };
-        let metric = info.params.metric;
         let prepared = (0..vectors.rows).flat_map(|i| to_graph_space(metric, vectors.row(i))).collect();
-        Ok(SearchIndex { info, manifest, vectors, graph, prepared })
+        let graph = loaded.flatten(prepared, vectors.cols, metric);
+        Ok(SearchIndex { info, manifest, vectors, graph })
     }
 }
 
@@ -453,9 +446,8 @@ pub struct SearchIndex<'a> {
     pub manifest: &'a Manifest,
     /// All rows' vectors.
     pub vectors: &'a Matrix,
-    graph: Graph<'a>,
-    /// All rows in the graph's space, for exact search.
-    prepared: Vec<f32>,
+    /// The graph, which also holds every row in the graph's space for exact scoring.
+    graph: FlatGraph,
 }
 
 impl SearchIndex<'_> {
@@ -497,16 +489,6 @@ impl SearchIndex<'_> {
         Ok(self.hits(self.exact(&to_graph_space(self.info.params.metric, query), k)))
     }
 
-    /// The graph's distance from `query` (in graph space) to row `row`.
-    fn distance_to_row(&self, query: &[f32], row: usize) -> f32 {
-        let dim = self.vectors.cols;
-        let vector = &self.prepared[row * dim..(row + 1) * dim];
-        match self.info.params.metric {
-            Metric::Cosine => 1.0 - dot(vector, query),
-            Metric::L2 => squared_l2(vector, query).sqrt(),
-        }
-    }
-
     /// Merges the exactly scored unreachable rows into the graph's `found` and keeps the `k` best.
     fn with_unreachable(&self, query: &[f32], mut found: Vec<(usize, f32)>, k: usize) -> Vec<(usize, f32)> {
         if self.info.unreachable.is_empty() {
@@ -514,7 +496,7 @@ impl SearchIndex<'_> {
         }
         for &row in &self.info.unreachable {
             if !found.iter().any(|&(r, _)| r == row) {
-                found.push((row, self.distance_to_row(query, row)));
+                found.push((row, self.graph.distance_to_row(query, row)));
             }
         }
         found.sort_by(|a, b| a.1.total_cmp(&b.1));
@@ -525,7 +507,7 @@ impl SearchIndex<'_> {
     fn exact(&self, query: &[f32], k: usize) -> Vec<(usize, f32)> {
         let mut all: Vec<(usize, f32)> = (0..self.vectors.rows)
             .filter(|i| self.info.held_out.binary_search(i).is_err())
-            .map(|i| (i, self.distance_to_row(query, i)))
+            .map(|i| (i, self.graph.distance_to_row(query, i)))
             .collect();
         let k = k.min(all.len());
         if k == 0 {
@@ -610,12 +592,9 @@ pub fn evaluate(
         let mut found = Vec::new();
         for _ in 0..SEARCH_REPEATS {
             let started = Instant::now();
-            found = index
-                .graph
-                .search_many(&prepared, k, ef)
-                .into_iter()
-                .zip(&prepared)
-                .map(|(hits, query)| index.with_unreachable(query, hits, k))
+            found = prepared
+                .par_iter()
+                .map(|query| index.with_unreachable(query, index.graph.search(query, k, ef), k))
                 .collect();
             search_seconds = search_seconds.min(started.elapsed().as_secs_f64());
         }
@@ -664,8 +643,9 @@ mod tests {
             (0..vectors.rows).map(|i| to_graph_space(params.metric, vectors.row(i))).collect();
         let items: Vec<(&[f32], usize)> =
             (0..vectors.rows).filter(|&i| i != orphan).map(|i| (prepared[i].as_slice(), i)).collect();
-        let mut graph = Graph::new(&params, items.len());
-        graph.insert(&items);
+        let mut hnsw = Graph::new(&params, items.len());
+        hnsw.insert(&items);
+        let graph = hnsw.flatten(prepared.concat(), vectors.cols, params.metric);
         let model = ModelIdentity {
             checkpoint_sha256: "test".into(),
             preset: "basic32x32".into(),
@@ -691,8 +671,7 @@ mod tests {
                 .map(|i| ManifestRow { path: PathBuf::from(format!("/v/{i}.png")), size: 1, mtime_ns: 0 })
                 .collect(),
         };
-        let index =
-            SearchIndex { info: &info, manifest: &manifest, vectors, graph, prepared: prepared.concat() };
+        let index = SearchIndex { info: &info, manifest: &manifest, vectors, graph };
         index.search(query, 3, 64).unwrap()
     }
 

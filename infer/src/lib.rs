@@ -5,6 +5,7 @@
 pub mod collection;
 pub mod embed_job;
 pub mod embedder;
+mod flat_graph;
 pub mod index;
 pub mod manifest;
 pub mod npy;
