@@ -251,6 +251,11 @@ fn to_graph_space(metric: Metric, vector: &[f32]) -> Vec<f32> {
     }
 }
 
+/// Every row of `vectors` in graph space, row-major.
+fn graph_space_rows(metric: Metric, vectors: &Matrix) -> Vec<f32> {
+    (0..vectors.rows).flat_map(|i| to_graph_space(metric, vectors.row(i))).collect()
+}
+
 /// Turns a graph distance into the score shown to users: cosine similarity or L2 distance.
 fn score(metric: Metric, distance: f32) -> f32 {
     match metric {
@@ -316,14 +321,14 @@ pub fn build(embeddings: &Path, out: &Path, params: &IndexParams) -> Result<Inde
     held_out.sort_unstable();
     let indexed: Vec<usize> = (0..vectors.rows).filter(|i| held_out.binary_search(i).is_err()).collect();
 
-    let prepared: Vec<Vec<f32>> =
-        (0..vectors.rows).map(|i| to_graph_space(params.metric, vectors.row(i))).collect();
-    let items: Vec<(&[f32], usize)> = indexed.iter().map(|&i| (prepared[i].as_slice(), i)).collect();
+    let prepared = graph_space_rows(params.metric, &vectors);
+    let dim = vectors.cols;
+    let items: Vec<(&[f32], usize)> =
+        indexed.iter().map(|&i| (&prepared[i * dim..(i + 1) * dim], i)).collect();
     let mut graph = Graph::new(params, items.len());
     let started = Instant::now();
     graph.insert(&items);
-    let unreachable =
-        rows_missed_by_own_vector(&graph.flatten(prepared.concat(), vectors.cols, params.metric), &indexed);
+    let unreachable = rows_missed_by_own_vector(&graph.flatten(prepared, dim, params.metric), &indexed);
     let build_seconds = started.elapsed().as_secs_f64();
 
     let info = IndexInfo {
@@ -419,8 +424,7 @@ impl IndexFiles {
             Metric::Cosine => Graph::Cosine(loader.load_hnsw::<f32, DistDot>().map_err(load_error)?),
             Metric::L2 => Graph::L2(loader.load_hnsw::<f32, DistL2>().map_err(load_error)?),
         };
-        let prepared = (0..vectors.rows).flat_map(|i| to_graph_space(metric, vectors.row(i))).collect();
-        let graph = loaded.flatten(prepared, vectors.cols, metric);
+        let graph = loaded.flatten(graph_space_rows(metric, vectors), vectors.cols, metric);
         Ok(SearchIndex { info, manifest, vectors, graph })
     }
 }
@@ -639,13 +643,15 @@ mod tests {
     /// without incoming links, with `listed` as the rows the build found unreachable.
     fn search_with_orphan(vectors: &Matrix, orphan: usize, listed: Vec<usize>, query: &[f32]) -> Vec<Hit> {
         let params = IndexParams::default();
-        let prepared: Vec<Vec<f32>> =
-            (0..vectors.rows).map(|i| to_graph_space(params.metric, vectors.row(i))).collect();
-        let items: Vec<(&[f32], usize)> =
-            (0..vectors.rows).filter(|&i| i != orphan).map(|i| (prepared[i].as_slice(), i)).collect();
+        let prepared = graph_space_rows(params.metric, vectors);
+        let dim = vectors.cols;
+        let items: Vec<(&[f32], usize)> = (0..vectors.rows)
+            .filter(|&i| i != orphan)
+            .map(|i| (&prepared[i * dim..(i + 1) * dim], i))
+            .collect();
         let mut hnsw = Graph::new(&params, items.len());
         hnsw.insert(&items);
-        let graph = hnsw.flatten(prepared.concat(), vectors.cols, params.metric);
+        let graph = hnsw.flatten(prepared, dim, params.metric);
         let model = ModelIdentity {
             checkpoint_sha256: "test".into(),
             preset: "basic32x32".into(),
