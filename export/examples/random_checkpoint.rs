@@ -68,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         toolkit_version: dim_models::TOOLKIT_VERSION.into(),
         encoder,
         resize: ResizePolicy::Pad,
+        background: dim_models::preprocess::Background::White,
         epoch: 0,
         step: 0,
         data_fingerprint: "random weights".into(),

@@ -318,6 +318,7 @@ mod tests {
             toolkit_version: dim_models::TOOLKIT_VERSION.into(),
             encoder,
             resize: ResizePolicy::Pad,
+            background: dim_models::preprocess::Background::White,
             epoch: 0,
             step: 0,
             data_fingerprint: String::new(),

@@ -27,7 +27,6 @@ pub use graph::{EmbeddingSource, EncoderGraph};
 
 use dim_models::TOOLKIT_VERSION;
 use dim_models::onnx_metadata::{ModelMetadata, OutputInfo};
-use dim_models::preprocess::InputSpec;
 use std::path::PathBuf;
 
 /// What to export and where.
@@ -71,11 +70,7 @@ pub fn model_metadata(
     let config = &checkpoint.config;
     ModelMetadata {
         preset: config.encoder.preset,
-        input: InputSpec {
-            channels: config.encoder.in_channels,
-            size: config.encoder.input_size(),
-            resize: config.resize,
-        },
+        input: config.input_spec(),
         outputs: graph.outputs.iter().map(|o| OutputInfo { name: o.name.clone(), dim: o.width }).collect(),
         embedding_source: embedding_source.output_name().to_string(),
         training_digest: config.training_digest(),
@@ -108,6 +103,7 @@ mod tests {
             toolkit_version: TOOLKIT_VERSION.into(),
             encoder: EncoderConfig::new(Preset::Basic32x32, 1).unwrap(),
             resize: ResizePolicy::Pad,
+            background: dim_models::preprocess::Background::White,
             epoch: 1,
             step: 10,
             data_fingerprint: "test".into(),

@@ -1,20 +1,21 @@
-//! Finding the images to embed: files named on the command line, directories searched
-//! recursively for image extensions, and list files with one path per line.
+//! Gathering the images to embed: files named on the command line, directories searched
+//! recursively for image extensions ([`dim_models::image_walk`]: links followed, every directory
+//! and file taken once), and list files with one path per line.
 
 use crate::embedder::Skipped;
-use std::collections::HashSet;
+use dim_models::image_walk::ImageWalk;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// Extensions (lower case) picked up when a directory is searched.
-pub const IMAGE_EXTENSIONS: &[&str] =
-    &["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp", "pnm", "pgm", "ppm", "tga", "qoi"];
+pub use dim_models::image_walk::IMAGE_EXTENSIONS;
 
 /// Errors gathering inputs: only a list file that cannot be read stops the run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CollectionError {
     /// The list file cannot be read.
-    #[error("cannot read list file {path}: {source}")]
+    #[error("cannot read list file {}: {source}", dim_models::path_record::display(path))]
     ListFile {
         /// The list file.
         path: PathBuf,
@@ -24,90 +25,57 @@ pub enum CollectionError {
     },
 }
 
-/// The files to embed (absolute, in a stable order, without duplicates) and the named inputs
-/// that could not be used.
+/// The files to embed (absolute, in a stable order, each file once however many paths reach
+/// it) and the named or found inputs that could not be used.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Collection {
     /// Files to embed.
     pub files: Vec<PathBuf>,
-    /// Inputs that are neither readable files nor directories.
+    /// Inputs left out, with reasons: missing files, dangling or looping links, second paths
+    /// to a file or directory already taken.
     pub skipped: Vec<Skipped>,
 }
 
 /// Gathers files from `paths` (files or directories) and from the lines of each `list_files`.
 /// Files named explicitly are taken whatever their extension (the format is guessed from the
-/// content); directories contribute only files with an image extension.
+/// content); directories contribute only files with an image extension. List files are read as
+/// bytes, so a listed name need not be UTF-8.
 pub fn gather(paths: &[PathBuf], list_files: &[PathBuf]) -> Result<Collection, CollectionError> {
-    let mut named = paths.to_vec();
-    for list in list_files {
-        let text = std::fs::read_to_string(list)
-            .map_err(|source| CollectionError::ListFile { path: list.clone(), source })?;
-        let base = list.parent().unwrap_or(Path::new("."));
-        named.extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(
-            |line| {
-                // Relative lines are relative to the list file, so a list travels with its images.
-                let path = Path::new(line);
-                if path.is_absolute() { path.to_path_buf() } else { base.join(path) }
-            },
-        ));
+    let mut named = Vec::with_capacity(paths.len());
+    for path in paths {
+        named.push(absolute(path));
     }
-    let mut collection = Collection::default();
-    let mut seen = HashSet::new();
+    for list in list_files {
+        let bytes =
+            std::fs::read(list).map_err(|source| CollectionError::ListFile { path: list.clone(), source })?;
+        let base = list.parent().unwrap_or(Path::new("."));
+        for line in bytes.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line).trim_ascii();
+            if line.is_empty() || line.starts_with(b"#") {
+                continue;
+            }
+            // Relative lines are relative to the list file, so a list travels with its images.
+            let path = Path::new(OsStr::from_bytes(line));
+            named.push(absolute(&if path.is_absolute() { path.to_path_buf() } else { base.join(path) }));
+        }
+    }
+    let mut walk = ImageWalk::new();
     for path in named {
         if path.is_dir() {
-            let mut found = Vec::new();
-            walk(&path, &mut found, &mut collection.skipped);
-            found.sort();
-            for file in found {
-                add(file, &mut collection, &mut seen);
-            }
-        } else if path.is_file() {
-            add(path, &mut collection, &mut seen);
+            walk.add_dir(&path);
         } else {
-            collection.skipped.push(Skipped { path, reason: "no such file or directory".into() });
+            walk.add_file(&path);
         }
     }
-    Ok(collection)
+    let (files, problems) = walk.finish();
+    let skipped = problems.into_iter().map(|p| Skipped { path: p.path, reason: p.reason }).collect();
+    Ok(Collection { files, skipped })
 }
 
-fn add(path: PathBuf, collection: &mut Collection, seen: &mut HashSet<PathBuf>) {
-    match std::path::absolute(&path) {
-        Ok(absolute) if absolute.to_str().is_none() => {
-            // Manifests are JSON, which cannot carry such a path faithfully.
-            collection.skipped.push(Skipped { path, reason: "path is not valid UTF-8".into() })
-        }
-        Ok(absolute) => {
-            if seen.insert(absolute.clone()) {
-                collection.files.push(absolute);
-            }
-        }
-        Err(error) => collection.skipped.push(Skipped { path, reason: error.to_string() }),
-    }
-}
-
-fn walk(dir: &Path, found: &mut Vec<PathBuf>, skipped: &mut Vec<Skipped>) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(error) => {
-            skipped
-                .push(Skipped { path: dir.to_path_buf(), reason: format!("cannot list directory: {error}") });
-            return;
-        }
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            walk(&path, found, skipped);
-        } else if has_image_extension(&path) {
-            found.push(path);
-        }
-    }
-}
-
-fn has_image_extension(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+/// `path` made absolute without resolving links (so manifests show the paths users gave);
+/// a path that cannot be made absolute (no current directory) stays as given.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 #[cfg(test)]

@@ -1,6 +1,13 @@
 //! The dim-embed job: embeds a collection into an embeddings directory with bounded memory
 //! (a producer thread decodes the next chunk in parallel while ONNX Runtime runs the current
 //! one), skips bad files with their reasons, and on a rerun embeds only new or changed files.
+//!
+//! Killed at any moment (SIGKILL included), a job leaves the directory as the last finished run
+//! left it, or halfway through committing its three files, which the next run completes from the
+//! commit journal ([`atomic_file::commit_together`]) before anything else. Should the vectors
+//! still not be the ones the manifest describes (its digest says), the next run says so and
+//! embeds everything again. Either way its result has the rows a clean run would have. A lock
+//! file keeps two jobs out of one directory, and leftovers of killed runs are removed.
 
 use crate::embedder::{EmbedError, Embedder, Skipped};
 use crate::manifest::{
@@ -8,9 +15,12 @@ use crate::manifest::{
     ModelIdentity,
 };
 use crate::npy;
+use dim_models::atomic_file::{self, StagedFile};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -19,6 +29,11 @@ use std::time::Instant;
 /// Decoded chunks waiting for the model; with the one being decoded and the one running this
 /// bounds memory to a few chunks whatever the collection size.
 const CHUNKS_IN_FLIGHT: usize = 2;
+/// Held (as an advisory lock) by the job writing a directory.
+pub const LOCK_FILE: &str = ".dim-embed.lock";
+/// Prefix and suffix of the spool file that collects a run's new rows.
+const SPOOL_PREFIX: &str = ".embeddings.";
+const SPOOL_SUFFIX: &str = ".spool";
 
 /// What to embed and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +67,9 @@ pub struct EmbedSummary {
     pub skipped: Vec<Skipped>,
     /// Wall time of the embedding itself.
     pub seconds: f64,
+    /// Why the previous run's vectors could not be reused, when there were some and they could
+    /// not (an interrupted run): everything was embedded again.
+    pub discarded_previous: Option<String>,
 }
 
 /// Errors that stop a job (a bad image never does).
@@ -69,9 +87,15 @@ pub enum EmbedJobError {
         /// What differs.
         reason: String,
     },
-    /// The previous manifest or vectors could not be read.
+    /// The previous vectors could not be read while reusing them.
     #[error("cannot reuse the previous run: {0}")]
     Previous(#[source] ManifestError),
+    /// Another job holds the directory's lock.
+    #[error("{dir} is being written by another dim-embed (it holds {LOCK_FILE}); wait for it to finish")]
+    Busy {
+        /// The embeddings directory.
+        dir: PathBuf,
+    },
     /// Writing the outputs failed.
     #[error(transparent)]
     Output(#[from] ManifestError),
@@ -90,7 +114,11 @@ pub fn run(embedder: &mut Embedder, job: &EmbedJob) -> Result<EmbedSummary, Embe
         return Err(EmbedError::ZeroBatchSize.into());
     }
     let identity = ModelIdentity::of(embedder.metadata(), embedder.feature(), embedder.dim());
-    let previous = previous_manifest(&job.out_dir, &identity, job.force)?;
+    std::fs::create_dir_all(&job.out_dir).map_err(io_error(&job.out_dir))?;
+    let _lock = lock_directory(&job.out_dir)?;
+    atomic_file::finish_interrupted_commit(&job.out_dir).map_err(io_error(&job.out_dir))?;
+    remove_leftovers(&job.out_dir);
+    let (previous, discarded_previous) = previous_manifest(&job.out_dir, &identity, job.force)?;
     let previous_rows: HashMap<&Path, (usize, &ManifestRow)> = previous
         .as_ref()
         .map(|m| m.rows.iter().enumerate().map(|(i, row)| (row.path.as_path(), (i, row))).collect())
@@ -112,10 +140,9 @@ pub fn run(embedder: &mut Embedder, job: &EmbedJob) -> Result<EmbedSummary, Embe
     }
     kept.sort_by_key(|(index, _)| *index);
 
-    std::fs::create_dir_all(&job.out_dir).map_err(io_error(&job.out_dir))?;
     let mut spool = tempfile::Builder::new()
-        .prefix(".embeddings.")
-        .suffix(".spool")
+        .prefix(SPOOL_PREFIX)
+        .suffix(SPOOL_SUFFIX)
         .tempfile_in(&job.out_dir)
         .map_err(io_error(&job.out_dir))?;
     let started = Instant::now();
@@ -123,18 +150,24 @@ pub fn run(embedder: &mut Embedder, job: &EmbedJob) -> Result<EmbedSummary, Embe
     let seconds = started.elapsed().as_secs_f64();
 
     let total_rows = kept.len() + new_rows.len();
-    write_vectors(&job.out_dir, embedder.dim(), &kept, spool.as_file_mut(), total_rows)?;
+    let (vectors, embeddings_sha256) =
+        stage_vectors(&job.out_dir, embedder.dim(), &kept, spool.as_file_mut(), total_rows)?;
     let rows: Vec<ManifestRow> =
         kept.iter().map(|(_, row)| row.clone()).chain(new_rows.iter().cloned()).collect();
     let manifest = Manifest {
         format_version: MANIFEST_FORMAT_VERSION,
         toolkit_version: dim_models::TOOLKIT_VERSION.to_string(),
         model: identity,
+        embeddings_sha256: Some(embeddings_sha256),
         count: rows.len(),
         rows,
     };
-    manifest.write(&job.out_dir)?;
-    manifest::write_skipped(&job.out_dir, &skipped)?;
+    // Everything is written before anything is renamed, so a full disk or a bad value leaves
+    // the previous run's files as they were.
+    let manifest_file = manifest.stage(&job.out_dir)?;
+    let skipped_file = manifest::stage_skipped(&job.out_dir, &skipped)?;
+    atomic_file::commit_together(&job.out_dir, vec![vectors, manifest_file, skipped_file])
+        .map_err(io_error(&job.out_dir))?;
     Ok(EmbedSummary {
         embedded: new_rows.len(),
         reused: kept.len(),
@@ -142,22 +175,66 @@ pub fn run(embedder: &mut Embedder, job: &EmbedJob) -> Result<EmbedSummary, Embe
         total_rows,
         skipped,
         seconds,
+        discarded_previous,
     })
 }
 
+/// Takes the directory's lock for the life of the returned file.
+fn lock_directory(dir: &Path) -> Result<File, EmbedJobError> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_error(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(EmbedJobError::Busy { dir: dir.to_path_buf() }),
+        Err(std::fs::TryLockError::Error(source)) => Err(io_error(&path)(source)),
+    }
+}
+
+/// Removes the spool and staged files a killed run left behind (the lock says none is in use).
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let spool = name.starts_with(SPOOL_PREFIX) && name.ends_with(SPOOL_SUFFIX);
+        let staged = [EMBEDDINGS_FILE, MANIFEST_FILE, manifest::SKIPPED_FILE].iter().any(|file| {
+            name.starts_with(&format!("{}{file}.", atomic_file::TEMP_PREFIX))
+                && name.ends_with(atomic_file::TEMP_SUFFIX)
+        });
+        if spool || staged {
+            // A leftover that cannot be removed only costs disk space.
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The previous run's manifest when its rows can be reused, else why they cannot (`None`
+/// without a reason: there was no previous run, or `force`).
 fn previous_manifest(
     dir: &Path,
     identity: &ModelIdentity,
     force: bool,
-) -> Result<Option<Manifest>, EmbedJobError> {
+) -> Result<(Option<Manifest>, Option<String>), EmbedJobError> {
     if force || !dir.join(MANIFEST_FILE).exists() {
-        return Ok(None);
+        return Ok((None, None));
     }
-    let manifest = Manifest::read(dir).map_err(EmbedJobError::Previous)?;
+    let manifest = match Manifest::read(dir) {
+        Ok(manifest) => manifest,
+        // A torn or damaged previous run costs a full re-embedding, never wrong rows.
+        Err(error @ (ManifestError::Inconsistent { .. } | ManifestError::Npy(_))) => {
+            return Ok((None, Some(error.to_string())));
+        }
+        Err(error) => return Err(EmbedJobError::Previous(error)),
+    };
     if let Some(reason) = manifest.model.mismatch(identity) {
         return Err(EmbedJobError::ModelMismatch { dir: dir.to_path_buf(), reason });
     }
-    Ok(Some(manifest))
+    Ok((Some(manifest), None))
 }
 
 type DecodedChunk = Vec<(ManifestRow, Result<Vec<f32>, String>)>;
@@ -225,15 +302,15 @@ fn progress_bar(len: u64, show: bool) -> ProgressBar {
     bar
 }
 
-/// Writes `embeddings.npy`: the kept rows of the previous file (in their order), then the new
-/// rows from the spool.
-fn write_vectors(
+/// Stages `embeddings.npy`: the kept rows of the previous file (in their order), then the new
+/// rows from the spool; returns it with its sha256.
+fn stage_vectors(
     dir: &Path,
     dim: usize,
     kept: &[(usize, ManifestRow)],
     spool: &mut std::fs::File,
     total_rows: usize,
-) -> Result<(), EmbedJobError> {
+) -> Result<(StagedFile, String), EmbedJobError> {
     let path = dir.join(EMBEDDINGS_FILE);
     let mut previous = if kept.is_empty() {
         None
@@ -241,7 +318,9 @@ fn write_vectors(
         Some(npy::RowReader::open(&path).map_err(|e| EmbedJobError::Previous(e.into()))?)
     };
     spool.rewind().map_err(io_error(dir))?;
-    dim_models::atomic_file::write_atomically(&path, |out| {
+    let mut hasher = Sha256::new();
+    let staged = atomic_file::stage(&path, |file| {
+        let out = &mut HashingWriter { inner: file, hasher: &mut hasher };
         out.write_all(&npy::header(total_rows, dim))?;
         if let Some(reader) = previous.as_mut() {
             let mut row = vec![0.0f32; dim];
@@ -258,5 +337,25 @@ fn write_vectors(
         std::io::copy(&mut std::io::BufReader::new(&mut *spool), out)?;
         Ok(())
     })
-    .map_err(io_error(&path))
+    .map_err(io_error(&path))?;
+    let digest = dim_models::checkpoint::to_hex(&hasher.finalize());
+    Ok((staged, digest))
+}
+
+/// Passes writes through while hashing them.
+struct HashingWriter<'a> {
+    inner: &'a mut dyn Write,
+    hasher: &'a mut Sha256,
+}
+
+impl Write for HashingWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }

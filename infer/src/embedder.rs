@@ -7,6 +7,7 @@ use crate::session::{self, ExecutionProvider, ModelSession, SessionError, Sessio
 use dim_models::onnx_metadata::{
     INPUT_NAME, ModelMetadata, OUTPUT_CONV, OUTPUT_EMBEDDING, OUTPUT_FC, OUTPUT_Y,
 };
+use dim_models::path_record::{PathRecord, PathRecordError};
 use dim_models::preprocess::{self, ImageError, InputSpec};
 use image::DynamicImage;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions};
@@ -67,6 +68,8 @@ pub struct EmbedderOptions {
     pub strict_execution_provider: bool,
     /// Decode large JPEGs at a reduced DCT scale (see [`crate::reduced_jpeg`]).
     pub reduced_jpeg: bool,
+    /// Images with more pixels are skipped with a message saying how to raise the cap.
+    pub max_image_pixels: u64,
 }
 
 impl Default for EmbedderOptions {
@@ -78,6 +81,7 @@ impl Default for EmbedderOptions {
             execution_provider: ExecutionProvider::Cpu,
             strict_execution_provider: false,
             reduced_jpeg: true,
+            max_image_pixels: preprocess::configured_max_pixels(),
         }
     }
 }
@@ -110,11 +114,33 @@ pub enum EmbedError {
 
 /// An image that could not be embedded, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "SkippedJson", try_from = "SkippedJson")]
 pub struct Skipped {
     /// The file.
     pub path: PathBuf,
     /// Why it was skipped.
     pub reason: String,
+}
+
+/// [`Skipped`] as `skipped.json` holds it: the path losslessly ([`PathRecord`]).
+#[derive(Serialize, Deserialize)]
+struct SkippedJson {
+    #[serde(flatten)]
+    path: PathRecord,
+    reason: String,
+}
+
+impl From<Skipped> for SkippedJson {
+    fn from(skipped: Skipped) -> Self {
+        SkippedJson { path: PathRecord::of(&skipped.path), reason: skipped.reason }
+    }
+}
+
+impl TryFrom<SkippedJson> for Skipped {
+    type Error = PathRecordError;
+    fn try_from(json: SkippedJson) -> Result<Self, Self::Error> {
+        Ok(Skipped { path: json.path.to_path_buf()?, reason: json.reason })
+    }
 }
 
 /// The result of embedding a list of files.
@@ -144,6 +170,8 @@ pub struct Preprocessor {
     pub spec: InputSpec,
     /// Decode large JPEGs at a reduced DCT scale.
     pub reduced_jpeg: bool,
+    /// Pixel cap per image.
+    pub max_image_pixels: u64,
 }
 
 impl Preprocessor {
@@ -151,13 +179,13 @@ impl Preprocessor {
     pub fn prepare_file(&self, path: &Path) -> Result<Vec<f32>, ImageError> {
         let bytes = std::fs::read(path)?;
         let reduced = if self.reduced_jpeg && reduced_jpeg::is_jpeg(&bytes) {
-            reduced_jpeg::decode_reduced(&bytes, &self.spec)
+            reduced_jpeg::decode_reduced(&bytes, &self.spec, self.max_image_pixels)
         } else {
             None
         };
         let image = match reduced {
             Some(image) => image,
-            None => preprocess::decode_bytes(&bytes)?,
+            None => preprocess::decode_bytes(&bytes, self.max_image_pixels)?,
         };
         Ok(preprocess::image_to_input(&image, &self.spec))
     }
@@ -170,6 +198,7 @@ pub struct Embedder {
     feature: Feature,
     dim: usize,
     reduced_jpeg: bool,
+    max_image_pixels: u64,
     /// Asks ONNX Runtime for the chosen output only, so it skips the layers only the others need
     /// (for `conv`, the fc and Y layers).
     run_options: RunOptions<HasSelectedOutputs>,
@@ -214,6 +243,7 @@ impl Embedder {
             feature,
             dim,
             reduced_jpeg: options.reduced_jpeg,
+            max_image_pixels: options.max_image_pixels,
             run_options,
         })
     }
@@ -250,7 +280,11 @@ impl Embedder {
 
     /// The file-to-input conversion this embedder uses.
     pub fn preprocessor(&self) -> Preprocessor {
-        Preprocessor { spec: self.input_spec(), reduced_jpeg: self.reduced_jpeg }
+        Preprocessor {
+            spec: self.input_spec(),
+            reduced_jpeg: self.reduced_jpeg,
+            max_image_pixels: self.max_image_pixels,
+        }
     }
 
     /// Embeds files in chunks of `batch_size`, decoding each chunk in parallel. Files that cannot

@@ -1,11 +1,20 @@
 //! The embeddings directory contract (dim-embed → dim-search): `embeddings.npy` rows are
-//! described by `manifest.json` (model identity, feature, width, and each row's file identity),
-//! and `skipped.json` lists the files that could not be embedded.
+//! described by `manifest.json` (model identity, feature, width, the sha256 of the vectors file,
+//! and each row's file identity), and `skipped.json` lists the files that could not be embedded.
+//!
+//! Paths are written losslessly ([`dim_models::path_record`]): `path` is a string, and a name
+//! that is not UTF-8 also gets `path_bytes_hex`, its raw bytes. The three files are staged and
+//! renamed together, vectors first; the digest in the manifest tells a manifest that does not
+//! describe the vectors beside it (a run killed between the renames) from one that does.
 
 use crate::embedder::{Feature, Skipped};
 use crate::npy;
+use dim_models::atomic_file::{self, StagedFile};
 use dim_models::onnx_metadata::ModelMetadata;
+use dim_models::path_record::{PathRecord, PathRecordError};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
@@ -70,6 +79,7 @@ fn short(digest: &str) -> &str {
 
 /// One row of `embeddings.npy`: the file it came from and that file's identity when embedded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "ManifestRowJson", try_from = "ManifestRowJson")]
 pub struct ManifestRow {
     /// Absolute path.
     pub path: PathBuf,
@@ -77,6 +87,31 @@ pub struct ManifestRow {
     pub size: u64,
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: u128,
+}
+
+/// [`ManifestRow`] as JSON holds it.
+#[derive(Serialize, Deserialize)]
+struct ManifestRowJson {
+    path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    path_bytes_hex: Option<String>,
+    size: u64,
+    mtime_ns: u128,
+}
+
+impl From<ManifestRow> for ManifestRowJson {
+    fn from(row: ManifestRow) -> Self {
+        let PathRecord { path, path_bytes_hex } = PathRecord::of(&row.path);
+        ManifestRowJson { path, path_bytes_hex, size: row.size, mtime_ns: row.mtime_ns }
+    }
+}
+
+impl TryFrom<ManifestRowJson> for ManifestRow {
+    type Error = PathRecordError;
+    fn try_from(json: ManifestRowJson) -> Result<Self, Self::Error> {
+        let path = PathRecord { path: json.path, path_bytes_hex: json.path_bytes_hex }.to_path_buf()?;
+        Ok(ManifestRow { path, size: json.size, mtime_ns: json.mtime_ns })
+    }
 }
 
 impl ManifestRow {
@@ -97,6 +132,10 @@ pub struct Manifest {
     pub toolkit_version: String,
     /// The model and feature.
     pub model: ModelIdentity,
+    /// Lower-case hex sha256 of the `embeddings.npy` these rows describe (absent in manifests
+    /// written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings_sha256: Option<String>,
     /// Number of rows.
     pub count: usize,
     /// One entry per row.
@@ -136,6 +175,15 @@ pub enum ManifestError {
     /// The vectors file is unreadable.
     #[error(transparent)]
     Npy(#[from] npy::NpyError),
+    /// A value could not be turned into JSON.
+    #[error("cannot write {path} as JSON: {source}")]
+    Serialize {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl Manifest {
@@ -158,30 +206,64 @@ impl Manifest {
                 manifest.rows.len()
             )));
         }
-        let vectors = npy::RowReader::open(&dir.join(EMBEDDINGS_FILE))?;
+        let vectors_path = dir.join(EMBEDDINGS_FILE);
+        let vectors = npy::RowReader::open(&vectors_path)?;
         if vectors.rows != manifest.count || vectors.cols != manifest.model.dim {
             return Err(inconsistent(format!(
                 "{EMBEDDINGS_FILE} is [{}, {}] but the manifest describes [{}, {}]",
                 vectors.rows, vectors.cols, manifest.count, manifest.model.dim
             )));
         }
+        if let Some(expected) = &manifest.embeddings_sha256 {
+            let found = file_sha256(&vectors_path)
+                .map_err(|source| ManifestError::Io { path: vectors_path.clone(), source })?;
+            if &found != expected {
+                return Err(inconsistent(format!(
+                    "{EMBEDDINGS_FILE} is not the file the manifest describes (sha256 {} instead of {}; \
+                     was a run interrupted?)",
+                    short(&found),
+                    short(expected)
+                )));
+            }
+        }
         Ok(manifest)
     }
 
-    /// Writes `manifest.json` into `dir` atomically.
-    pub fn write(&self, dir: &Path) -> Result<(), ManifestError> {
-        write_json(&dir.join(MANIFEST_FILE), self)
+    /// Stages `manifest.json` for `dir` (see [`atomic_file::stage`]).
+    pub fn stage(&self, dir: &Path) -> Result<StagedFile, ManifestError> {
+        stage_json(&dir.join(MANIFEST_FILE), self)
     }
 }
 
-/// Writes `skipped.json` into `dir` atomically.
-pub fn write_skipped(dir: &Path, skipped: &[Skipped]) -> Result<(), ManifestError> {
-    write_json(&dir.join(SKIPPED_FILE), &skipped)
+/// Stages `skipped.json` for `dir`.
+pub fn stage_skipped(dir: &Path, skipped: &[Skipped]) -> Result<StagedFile, ManifestError> {
+    stage_json(&dir.join(SKIPPED_FILE), &skipped)
+}
+
+/// Writes `value` as pretty JSON to a staged file for `path`.
+pub fn stage_json<T: Serialize>(path: &Path, value: &T) -> Result<StagedFile, ManifestError> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|source| ManifestError::Serialize { path: path.to_path_buf(), source })?;
+    atomic_file::stage(path, |out| out.write_all(text.as_bytes()))
+        .map_err(|source| ManifestError::Io { path: path.to_path_buf(), source })
 }
 
 /// Writes `value` as pretty JSON to `path` atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ManifestError> {
-    let text = serde_json::to_string_pretty(value).expect("manifest types serialise");
-    dim_models::atomic_file::write_bytes_atomically(path, text.as_bytes())
-        .map_err(|source| ManifestError::Io { path: path.to_path_buf(), source })
+    stage_json(path, value)?.commit().map_err(|source| ManifestError::Io { path: path.to_path_buf(), source })
+}
+
+/// Lower-case hex sha256 of a file's contents, read in blocks.
+pub fn file_sha256(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut block = vec![0u8; 1 << 20];
+    loop {
+        let read = file.read(&mut block)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&block[..read]);
+    }
+    Ok(dim_models::checkpoint::to_hex(&hasher.finalize()))
 }

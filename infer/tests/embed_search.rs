@@ -9,7 +9,7 @@ use dim_infer::manifest::{EMBEDDINGS_FILE, MANIFEST_FORMAT_VERSION, Manifest, Ma
 use dim_infer::npy;
 use dim_infer::session::SessionError;
 use dim_models::onnx_metadata::{ModelMetadata, OutputInfo};
-use dim_models::preprocess::{InputSpec, ResizePolicy};
+use dim_models::preprocess::{Background, InputSpec, ResizePolicy};
 use dim_models::preset::Preset;
 use image::{DynamicImage, ImageBuffer, LumaA, Rgb, RgbImage};
 use std::collections::HashMap;
@@ -36,7 +36,7 @@ fn test_metadata(checkpoint_sha256: &str) -> ModelMetadata {
     let output = |name: &str, dim| OutputInfo { name: name.into(), dim };
     ModelMetadata {
         preset: Preset::Basic32x32,
-        input: InputSpec { channels: 1, size: 32, resize: ResizePolicy::Pad },
+        input: InputSpec { channels: 1, size: 32, resize: ResizePolicy::Pad, background: Background::White },
         outputs: vec![output("conv", 1024), output("fc", 64), output("y", 16), output("embedding", 64)],
         embedding_source: "fc".into(),
         training_digest: "test-training".into(),
@@ -272,12 +272,15 @@ fn write_embeddings(dir: &Path, dim: usize, vectors: &[f32]) {
         format_version: MANIFEST_FORMAT_VERSION,
         toolkit_version: dim_models::TOOLKIT_VERSION.into(),
         model: identity,
+        embeddings_sha256: None,
         count,
         rows: (0..count)
             .map(|i| ManifestRow { path: PathBuf::from(format!("/v/{i}.png")), size: 1, mtime_ns: 0 })
             .collect(),
     }
-    .write(dir)
+    .stage(dir)
+    .unwrap()
+    .commit()
     .unwrap();
 }
 

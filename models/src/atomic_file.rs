@@ -1,14 +1,96 @@
 //! Atomic file writes: data goes to a temporary file in the destination's directory, is synced,
 //! and is renamed over the destination, so a crash or a full disk never leaves a half-written file.
+//! Outputs that belong together are staged first ([`stage`]) and committed as one
+//! ([`commit_together`]): a journal naming every rename is written before the first rename, so a
+//! process killed halfway through is rolled forward by the next one to touch the directory
+//! ([`finish_interrupted_commit`]), and a failure while writing one file never updates the others.
 
 use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Writes `path` atomically with `write`. On any error the destination is untouched and the
-/// temporary file is removed.
-pub fn write_atomically<F>(path: &Path, write: F) -> io::Result<()>
+/// Prefix of every temporary file this module makes (then the destination's name).
+pub const TEMP_PREFIX: &str = ".";
+/// Suffix of every temporary file this module makes.
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// A fully written and synced temporary file, waiting to be renamed over its destination.
+/// Dropped without [`StagedFile::commit`], it is removed and the destination is untouched.
+#[derive(Debug)]
+pub struct StagedFile {
+    temp: tempfile::NamedTempFile,
+    path: PathBuf,
+    /// The directory holding both the staged file and its destination.
+    dir: PathBuf,
+}
+
+impl StagedFile {
+    /// Renames the staged file over its destination.
+    pub fn commit(self) -> io::Result<()> {
+        self.temp.persist(&self.path).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+/// The journal of a multi-file commit in progress: lines of `staged name<TAB>final name`.
+pub const JOURNAL_FILE: &str = ".commit-journal";
+
+/// Renames every staged file over its destination as one change: all of `files` must lie in
+/// `dir`. Killed at any point, the directory holds either the old files (plus staged leftovers)
+/// or a journal from which [`finish_interrupted_commit`] completes the change.
+pub fn commit_together(dir: &Path, files: Vec<StagedFile>) -> io::Result<()> {
+    finish_interrupted_commit(dir)?;
+    let mut renames = Vec::with_capacity(files.len());
+    for file in files {
+        if file.dir != dir {
+            return Err(io::Error::other(format!("{} is not in {}", file.path.display(), dir.display())));
+        }
+        let names = (file.temp.path().file_name(), file.path.file_name());
+        let (Some(staged), Some(final_name)) =
+            (names.0.and_then(|n| n.to_str()), names.1.and_then(|n| n.to_str()))
+        else {
+            return Err(io::Error::other("journalled file names must be UTF-8"));
+        };
+        renames.push((staged.to_string(), final_name.to_string()));
+        // From here the staged file outlives this process, and the journal owns it.
+        file.temp.into_temp_path().keep().map_err(|e| e.error)?;
+    }
+    let journal: String =
+        renames.iter().map(|(staged, final_name)| format!("{staged}\t{final_name}\n")).collect();
+    write_bytes_atomically(&dir.join(JOURNAL_FILE), journal.as_bytes())?;
+    finish_interrupted_commit(dir).map(|_| ())
+}
+
+/// Completes a [`commit_together`] that was interrupted in `dir`, if there is one; returns
+/// whether there was. Renames are redone for the staged files still present (the others were
+/// renamed before the interruption), then the journal is removed.
+pub fn finish_interrupted_commit(dir: &Path) -> io::Result<bool> {
+    let journal_path = dir.join(JOURNAL_FILE);
+    let journal = match fs::read_to_string(&journal_path) {
+        Ok(journal) => journal,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(error) => return Err(error),
+    };
+    for line in journal.lines() {
+        let Some((staged, final_name)) = line.split_once('\t') else {
+            return Err(io::Error::other(format!(
+                "{} has a malformed line {line:?}",
+                journal_path.display()
+            )));
+        };
+        match fs::rename(dir.join(staged), dir.join(final_name)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+    }
+    fs::remove_file(&journal_path)?;
+    Ok(true)
+}
+
+/// Writes the future contents of `path` to a synced temporary file beside it.
+pub fn stage<F>(path: &Path, write: F) -> io::Result<StagedFile>
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,
 {
@@ -18,7 +100,10 @@ where
     };
     fs::create_dir_all(dir)?;
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("output");
-    let temp = tempfile::Builder::new().prefix(&format!(".{file_name}.")).suffix(".tmp").tempfile_in(dir)?;
+    let temp = tempfile::Builder::new()
+        .prefix(&format!("{TEMP_PREFIX}{file_name}."))
+        .suffix(TEMP_SUFFIX)
+        .tempfile_in(dir)?;
     {
         let mut writer = BufWriter::new(temp.as_file());
         write(&mut writer)?;
@@ -27,8 +112,16 @@ where
     // Temporary files are created owner-only; the result is an ordinary shareable file.
     temp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
     temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    Ok(StagedFile { temp, path: path.to_path_buf(), dir: dir.to_path_buf() })
+}
+
+/// Writes `path` atomically with `write`. On any error the destination is untouched and the
+/// temporary file is removed.
+pub fn write_atomically<F>(path: &Path, write: F) -> io::Result<()>
+where
+    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+{
+    stage(path, write)?.commit()
 }
 
 /// Writes `bytes` to `path` atomically.
@@ -39,6 +132,34 @@ pub fn write_bytes_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_committed_together_all_change_and_an_interrupted_commit_is_rolled_forward() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.json"), dir.path().join("b.npy"));
+        write_bytes_atomically(&a, b"old a").unwrap();
+        write_bytes_atomically(&b, b"old b").unwrap();
+        let staged = vec![
+            stage(&a, |w| w.write_all(b"new a")).unwrap(),
+            stage(&b, |w| w.write_all(b"new b")).unwrap(),
+        ];
+        commit_together(dir.path(), staged).unwrap();
+        assert_eq!((fs::read(&a).unwrap(), fs::read(&b).unwrap()), (b"new a".to_vec(), b"new b".to_vec()));
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2, "no journal or staged file is left");
+
+        // A process killed after the first of two renames: the journal and one staged file remain.
+        let staged_b = stage(&b, |w| w.write_all(b"newer b")).unwrap();
+        let staged_name = staged_b.temp.path().file_name().unwrap().to_str().unwrap().to_string();
+        staged_b.temp.into_temp_path().keep().unwrap();
+        write_bytes_atomically(&a, b"newer a").unwrap();
+        let journal = format!(".a.json.gone.tmp\ta.json\n{staged_name}\tb.npy\n");
+        write_bytes_atomically(&dir.path().join(JOURNAL_FILE), journal.as_bytes()).unwrap();
+        assert!(finish_interrupted_commit(dir.path()).unwrap());
+        assert_eq!(fs::read(&b).unwrap(), b"newer b");
+        assert_eq!(fs::read(&a).unwrap(), b"newer a");
+        assert!(!finish_interrupted_commit(dir.path()).unwrap(), "nothing left to finish");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
 
     #[test]
     fn a_failed_write_leaves_neither_the_destination_nor_a_temp_file() {

@@ -2,7 +2,7 @@
 //! (tensors named by [`crate::parameters`]), `optimizer.safetensors` (for resuming) and
 //! `config.json` ([`CheckpointConfig`]).
 
-use crate::preprocess::ResizePolicy;
+use crate::preprocess::{Background, InputSpec, ResizePolicy};
 use crate::preset::EncoderConfig;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -28,6 +28,10 @@ pub struct CheckpointConfig {
     pub encoder: EncoderConfig,
     /// How images of another size were fitted to the input during training.
     pub resize: ResizePolicy,
+    /// What transparent pixels were composited over; checkpoints written before it was recorded
+    /// dropped alpha.
+    #[serde(default = "Background::legacy")]
+    pub background: Background,
     /// Number of completed epochs.
     pub epoch: usize,
     /// Number of completed optimiser steps.
@@ -86,6 +90,16 @@ impl CheckpointConfig {
         Ok(config)
     }
 
+    /// What the encoder takes as input, exactly as training fed it.
+    pub fn input_spec(&self) -> InputSpec {
+        InputSpec {
+            channels: self.encoder.in_channels,
+            size: self.encoder.input_size(),
+            resize: self.resize,
+            background: self.background,
+        }
+    }
+
     /// Short sha256 digest of the training settings, to tell models apart.
     pub fn training_digest(&self) -> String {
         let canonical = serde_json::to_vec(&self.training).expect("JSON values serialise");
@@ -95,7 +109,12 @@ impl CheckpointConfig {
 
 /// Lower-case hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    to_hex(&Sha256::digest(bytes))
+}
+
+/// `bytes` as lower-case hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -111,6 +130,7 @@ mod tests {
             toolkit_version: crate::TOOLKIT_VERSION.into(),
             encoder: EncoderConfig::new(Preset::Basic32x32, 1).unwrap(),
             resize: ResizePolicy::Pad,
+            background: Background::White,
             epoch: 3,
             step: 42,
             data_fingerprint: "abc".into(),
@@ -119,6 +139,11 @@ mod tests {
         let json = serde_json::to_vec_pretty(&config).unwrap();
         std::fs::write(dir.path().join(CONFIG_FILE), &json).unwrap();
         assert_eq!(CheckpointConfig::read(dir.path()).unwrap(), config);
+
+        let mut legacy = serde_json::to_value(&config).unwrap();
+        legacy.as_object_mut().unwrap().remove("background");
+        std::fs::write(dir.path().join(CONFIG_FILE), serde_json::to_vec(&legacy).unwrap()).unwrap();
+        assert_eq!(CheckpointConfig::read(dir.path()).unwrap().background, Background::Ignore);
 
         let mut old = config.clone();
         old.format_version = 0;

@@ -1,13 +1,16 @@
 //! The contracts every dim-toolkit crate shares, with no libtorch and no ONNX Runtime:
 //! encoder presets ([`preset`]), parameter names ([`parameters`]), the checkpoint layout
 //! ([`checkpoint`]), the exported model's metadata ([`onnx_metadata`]), image preprocessing
-//! ([`preprocess`]), the IDX format ([`idx`]) and atomic file writes ([`atomic_file`]).
+//! ([`preprocess`]), finding a collection's images ([`image_walk`]), lossless paths in JSON
+//! ([`path_record`]), the IDX format ([`idx`]) and atomic file writes ([`atomic_file`]).
 
 pub mod atomic_file;
 pub mod checkpoint;
 pub mod idx;
+pub mod image_walk;
 pub mod onnx_metadata;
 pub mod parameters;
+pub mod path_record;
 pub mod preprocess;
 pub mod preset;
 

@@ -1,7 +1,7 @@
 //! The exported-model contract (export → infer): tensor names and the `metadata_props` keys that
 //! carry everything the inference side needs to preprocess images and interpret outputs.
 
-use crate::preprocess::{InputSpec, ResizePolicy};
+use crate::preprocess::{Background, InputSpec, ResizePolicy};
 use crate::preset::Preset;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -25,6 +25,12 @@ const KEY_CHANNELS: &str = "dim.input_channels";
 const KEY_SIZE: &str = "dim.input_size";
 const KEY_RANGE: &str = "dim.input_range";
 const KEY_RESIZE: &str = "dim.resize_policy";
+/// Absent in models exported before it was recorded: those drop alpha ([`Background::legacy`]).
+const KEY_BACKGROUND: &str = "dim.background";
+/// Always `applied`: decoding turns every image upright by its EXIF orientation.
+const KEY_ORIENTATION: &str = "dim.exif_orientation";
+/// A readable account of the whole preprocessing ([`InputSpec::describe`]); informative only.
+const KEY_PREPROCESSING: &str = "dim.preprocessing";
 const KEY_OUTPUTS: &str = "dim.outputs";
 const KEY_EMBEDDING_SOURCE: &str = "dim.embedding_source";
 const KEY_TRAINING_DIGEST: &str = "dim.training_config_sha256";
@@ -82,6 +88,7 @@ pub enum MetadataError {
 impl ModelMetadata {
     /// The key/value pairs to store as the model's `metadata_props`.
     pub fn to_props(&self) -> Vec<(String, String)> {
+        // Names and widths only: serialising them cannot fail.
         let outputs = serde_json::to_string(&self.outputs).expect("outputs serialise");
         [
             (KEY_FORMAT, METADATA_FORMAT_VERSION.to_string()),
@@ -90,6 +97,9 @@ impl ModelMetadata {
             (KEY_SIZE, self.input.size.to_string()),
             (KEY_RANGE, INPUT_RANGE.to_string()),
             (KEY_RESIZE, self.input.resize.name().to_string()),
+            (KEY_BACKGROUND, self.input.background.name().to_string()),
+            (KEY_ORIENTATION, "applied".to_string()),
+            (KEY_PREPROCESSING, self.input.describe()),
             (KEY_OUTPUTS, outputs),
             (KEY_EMBEDDING_SOURCE, self.embedding_source.clone()),
             (KEY_TRAINING_DIGEST, self.training_digest.clone()),
@@ -122,11 +132,15 @@ impl ModelMetadata {
         let preset = preset_name.parse().map_err(|_| invalid(KEY_PRESET, preset_name))?;
         let resize_name = get(KEY_RESIZE)?;
         let resize: ResizePolicy = resize_name.parse().map_err(|_| invalid(KEY_RESIZE, resize_name))?;
+        let background = match props.get(KEY_BACKGROUND) {
+            Some(name) => name.parse().map_err(|_| invalid(KEY_BACKGROUND, name))?,
+            None => Background::legacy(),
+        };
         let outputs_json = get(KEY_OUTPUTS)?;
         let outputs = serde_json::from_str(outputs_json).map_err(|_| invalid(KEY_OUTPUTS, outputs_json))?;
         Ok(ModelMetadata {
             preset,
-            input: InputSpec { channels: parse(KEY_CHANNELS)?, size: parse(KEY_SIZE)?, resize },
+            input: InputSpec { channels: parse(KEY_CHANNELS)?, size: parse(KEY_SIZE)?, resize, background },
             outputs,
             embedding_source: get(KEY_EMBEDDING_SOURCE)?.clone(),
             training_digest: get(KEY_TRAINING_DIGEST)?.clone(),
@@ -149,7 +163,12 @@ mod tests {
     fn metadata_round_trips_through_props_and_missing_keys_are_named() {
         let metadata = ModelMetadata {
             preset: Preset::Basic32x32,
-            input: InputSpec { channels: 1, size: 32, resize: ResizePolicy::Pad },
+            input: InputSpec {
+                channels: 1,
+                size: 32,
+                resize: ResizePolicy::Pad,
+                background: Background::White,
+            },
             outputs: vec![
                 OutputInfo { name: OUTPUT_CONV.into(), dim: 4096 },
                 OutputInfo { name: OUTPUT_EMBEDDING.into(), dim: 4096 },
@@ -162,6 +181,12 @@ mod tests {
         let props: HashMap<_, _> = metadata.to_props().into_iter().collect();
         assert_eq!(ModelMetadata::from_props(&props).unwrap(), metadata);
         assert_eq!(metadata.output_dim(OUTPUT_EMBEDDING), Some(4096));
+
+        assert!(props["dim.preprocessing"].contains("EXIF orientation applied"));
+
+        let mut legacy = props.clone();
+        legacy.remove(KEY_BACKGROUND);
+        assert_eq!(ModelMetadata::from_props(&legacy).unwrap().input.background, Background::Ignore);
 
         let mut partial = props.clone();
         partial.remove(KEY_PRESET);

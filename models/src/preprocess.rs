@@ -1,10 +1,15 @@
-//! Image decoding and preprocessing shared by training (image folders, IDX, CIFAR) and
-//! embedding, so both sides feed the encoder identically: decode with size limits, convert to
-//! grey or RGB, fit to the input size by the model's [`ResizePolicy`], and lay out as CHW f32 in
-//! [0, 1]. The encoder itself scales [0, 1] to [−1, 1].
+//! Image decoding and preprocessing shared by training (image folders, IDX, CIFAR), embedding
+//! and every other consumer, so all sides feed the encoder identically: decode with a pixel cap,
+//! turn the image upright by its EXIF orientation, composite any alpha channel over the model's
+//! background, convert to grey or RGB, fit to the input size by the model's [`ResizePolicy`], and
+//! lay out as CHW f32 in [0, 1]. The encoder itself scales [0, 1] to [−1, 1].
 
-use image::{DynamicImage, GenericImageView, ImageReader, Limits, imageops::FilterType};
+use image::{
+    DynamicImage, GenericImageView, GrayImage, ImageDecoder, ImageReader, Limits, Rgb32FImage, RgbImage,
+    imageops::FilterType, metadata::Orientation,
+};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::io::Cursor;
 use std::path::Path;
 
@@ -40,6 +45,56 @@ impl std::str::FromStr for ResizePolicy {
     }
 }
 
+/// What transparent pixels become: images with an alpha channel are composited over this colour
+/// before anything else sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Background {
+    /// Composite over white (the default for new models: clip art, icons and logos are drawn on
+    /// white far more often than on black).
+    White,
+    /// Composite over black.
+    Black,
+    /// Drop the alpha channel, so transparent pixels show whatever colour they hide. What models
+    /// made before the background was recorded did; kept for them only.
+    Ignore,
+}
+
+impl Background {
+    /// The background's name in files and on command lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            Background::White => "white",
+            Background::Black => "black",
+            Background::Ignore => "ignore",
+        }
+    }
+
+    /// What models and checkpoints that do not record a background were made with.
+    pub fn legacy() -> Self {
+        Background::Ignore
+    }
+
+    /// The colour in [0, 1], or `None` when alpha is dropped.
+    fn level(self) -> Option<f32> {
+        match self {
+            Background::White => Some(1.0),
+            Background::Black => Some(0.0),
+            Background::Ignore => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Background {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Background::White, Background::Black, Background::Ignore]
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| format!("unknown background `{s}` (known: white, black, ignore)"))
+    }
+}
+
 /// What the encoder expects as input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InputSpec {
@@ -49,6 +104,8 @@ pub struct InputSpec {
     pub size: usize,
     /// How other sizes are fitted.
     pub resize: ResizePolicy,
+    /// What transparent pixels are composited over.
+    pub background: Background,
 }
 
 impl InputSpec {
@@ -61,12 +118,35 @@ impl InputSpec {
     pub fn is_empty(&self) -> bool {
         false
     }
+
+    /// A one-line description of the whole preprocessing, for model metadata and model cards.
+    pub fn describe(&self) -> String {
+        let alpha = match self.background {
+            Background::Ignore => "alpha dropped".to_string(),
+            other => format!("alpha composited over {}", other.name()),
+        };
+        let colour = if self.channels == 1 { "grey" } else { "RGB" };
+        let fit = match self.resize {
+            ResizePolicy::Pad => format!("shrunk to fit {0}x{0} if larger, centred on black", self.size),
+            ResizePolicy::Stretch => format!("resized to {0}x{0} (triangle filter)", self.size),
+        };
+        format!("decode; EXIF orientation applied; {alpha}; {colour}; {fit}; CHW float32 in [0,1]")
+    }
 }
 
-/// Largest accepted width or height; bigger images are refused rather than exhausting memory.
-pub const MAX_IMAGE_SIDE: u32 = 20_000;
-/// Largest decoder allocation.
-pub const MAX_DECODE_BYTES: u64 = 1 << 30;
+/// Default cap on an image's pixel count (width × height): 256 Mpx, about 1 GB as RGBA8.
+pub const DEFAULT_MAX_PIXELS: u64 = 256 * 1024 * 1024;
+/// The environment variable that sets the pixel cap for every tool.
+pub const MAX_PIXELS_VARIABLE: &str = "DIM_MAX_IMAGE_PIXELS";
+
+/// The pixel cap in force: [`MAX_PIXELS_VARIABLE`] when it holds a number, else
+/// [`DEFAULT_MAX_PIXELS`].
+pub fn configured_max_pixels() -> u64 {
+    std::env::var(MAX_PIXELS_VARIABLE).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(DEFAULT_MAX_PIXELS)
+}
+
+/// Decoders may allocate this many bytes per allowed pixel (16-bit RGBA plus working space).
+const DECODE_BYTES_PER_PIXEL: u64 = 10;
 
 /// Why an image could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -78,34 +158,84 @@ pub enum ImageError {
     /// The file is empty.
     #[error("empty file (0 bytes)")]
     Empty,
+    /// The image has more pixels than allowed.
+    #[error(
+        "image is {width}x{height} ({} Mpx), above the limit of {} Mpx; raise it with \
+         --max-image-pixels {} or DIM_MAX_IMAGE_PIXELS={2} (decoding needs about {} MB of memory)",
+        mega(u64::from(*width) * u64::from(*height)),
+        mega(*limit),
+        u64::from(*width) * u64::from(*height),
+        u64::from(*width) * u64::from(*height) * 4 / 1_000_000
+    )]
+    TooLarge {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+        /// The pixel limit in force.
+        limit: u64,
+    },
     /// The format was not recognised or the data is corrupt or truncated.
     #[error("cannot decode image: {0}")]
     Decode(#[from] image::ImageError),
 }
 
-/// Decodes an image file with size limits. The format is guessed from the content, not the name.
-pub fn decode_file(path: &Path) -> Result<DynamicImage, ImageError> {
-    decode_bytes(&std::fs::read(path)?)
+fn mega(pixels: u64) -> String {
+    format!("{:.1}", pixels as f64 / 1e6)
 }
 
-/// Decodes in-memory image bytes with size limits.
-pub fn decode_bytes(bytes: &[u8]) -> Result<DynamicImage, ImageError> {
+/// Decodes an image file upright, with at most `max_pixels` pixels. The format is guessed from
+/// the content, not the name.
+pub fn decode_file(path: &Path, max_pixels: u64) -> Result<DynamicImage, ImageError> {
+    decode_bytes(&std::fs::read(path)?, max_pixels)
+}
+
+/// Decodes in-memory image bytes upright (EXIF orientation applied), refusing images of more
+/// than `max_pixels` pixels before any pixel memory is allocated.
+pub fn decode_bytes(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, ImageError> {
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }
+    // The header alone gives the size, so an oversized image is refused with its real
+    // dimensions before a decoder reserves any pixel memory.
+    let mut probe = ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
+    probe.no_limits();
+    let (width, height) = probe.into_dimensions()?;
+    check_pixel_count(width, height, max_pixels)?;
     let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
     let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits.max_image_width = Some(width.max(1));
+    limits.max_image_height = Some(height.max(1));
+    limits.max_alloc = Some(max_pixels.saturating_mul(DECODE_BYTES_PER_PIXEL).max(64 << 20));
     reader.limits(limits);
-    Ok(reader.decode()?)
+    let mut decoder = reader.into_decoder()?;
+    // A broken EXIF block is no reason to lose an image that decodes: it is shown as stored.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder)?;
+    image.apply_orientation(orientation);
+    Ok(image)
 }
 
-/// Converts a decoded image to the encoder's input layout: CHW, f32 in [0, 1].
-/// Any pixel type works (8/16-bit, float, grey+alpha, RGBA); alpha is dropped.
+/// Refuses images of more than `max_pixels` pixels.
+pub fn check_pixel_count(width: u32, height: u32, max_pixels: u64) -> Result<(), ImageError> {
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(ImageError::TooLarge { width, height, limit: max_pixels });
+    }
+    Ok(())
+}
+
+/// The orientation an EXIF block (as stored in a JPEG APP1 segment, without the `Exif\0\0`
+/// prefix) asks for; no or unreadable EXIF means none.
+pub fn exif_orientation(exif: Option<&[u8]>) -> Orientation {
+    exif.and_then(Orientation::from_exif_chunk).unwrap_or(Orientation::NoTransforms)
+}
+
+/// Converts a decoded (upright) image to the encoder's input layout: CHW, f32 in [0, 1].
+/// Any pixel type works (8/16-bit, float, grey+alpha, RGBA); alpha is composited over
+/// `spec.background` first.
 pub fn image_to_input(image: &DynamicImage, spec: &InputSpec) -> Vec<f32> {
-    let fitted = fit(image, spec);
+    let opaque = composite_alpha(image, spec.background);
+    let fitted = fit(&opaque, spec);
     let size = spec.size;
     let mut out = vec![0.0f32; spec.len()];
     if spec.channels == 1 {
@@ -125,40 +255,84 @@ pub fn image_to_input(image: &DynamicImage, spec: &InputSpec) -> Vec<f32> {
     out
 }
 
+/// The image with its alpha channel composited over `background` (no alpha channel, or
+/// [`Background::Ignore`]: the image as it is).
+fn composite_alpha(image: &DynamicImage, background: Background) -> Cow<'_, DynamicImage> {
+    let Some(level) = background.level().filter(|_| image.color().has_alpha()) else {
+        return Cow::Borrowed(image);
+    };
+    let back = level * 255.0;
+    Cow::Owned(match image {
+        DynamicImage::ImageLumaA8(grey_alpha) => {
+            let (width, height) = grey_alpha.dimensions();
+            DynamicImage::ImageLuma8(GrayImage::from_fn(width, height, |x, y| {
+                let [value, alpha] = grey_alpha.get_pixel(x, y).0;
+                image::Luma([blend_u8(value, alpha, back)])
+            }))
+        }
+        DynamicImage::ImageRgba8(rgba) => {
+            let (width, height) = rgba.dimensions();
+            DynamicImage::ImageRgb8(RgbImage::from_fn(width, height, |x, y| {
+                let [r, g, b, alpha] = rgba.get_pixel(x, y).0;
+                image::Rgb([blend_u8(r, alpha, back), blend_u8(g, alpha, back), blend_u8(b, alpha, back)])
+            }))
+        }
+        // 16-bit and float images keep their precision through the blend.
+        other => {
+            let rgba = other.to_rgba32f();
+            let (width, height) = rgba.dimensions();
+            DynamicImage::ImageRgb32F(Rgb32FImage::from_fn(width, height, |x, y| {
+                let [r, g, b, alpha] = rgba.get_pixel(x, y).0;
+                let alpha = alpha.clamp(0.0, 1.0);
+                image::Rgb([r, g, b].map(|c| c * alpha + level * (1.0 - alpha)))
+            }))
+        }
+    })
+}
+
+fn blend_u8(value: u8, alpha: u8, background: f32) -> u8 {
+    let alpha = f32::from(alpha) / 255.0;
+    (f32::from(value) * alpha + background * (1.0 - alpha)).round() as u8
+}
+
 /// Fits an image to `spec.size` × `spec.size` by the policy.
-fn fit(image: &DynamicImage, spec: &InputSpec) -> DynamicImage {
+fn fit<'a>(image: &'a DynamicImage, spec: &InputSpec) -> Cow<'a, DynamicImage> {
     let size = spec.size as u32;
     let (width, height) = image.dimensions();
     if (width, height) == (size, size) {
-        return image.clone();
+        return Cow::Borrowed(image);
     }
-    match spec.resize {
+    Cow::Owned(match spec.resize {
         ResizePolicy::Stretch => image.resize_exact(size, size, FilterType::Triangle),
         ResizePolicy::Pad => {
             let inner = if width > size || height > size {
-                image.resize(size, size, FilterType::Triangle)
+                Cow::Owned(image.resize(size, size, FilterType::Triangle))
             } else {
-                image.clone()
+                Cow::Borrowed(image)
             };
             let mut canvas = DynamicImage::new(size, size, inner.color());
             let x = (size - inner.width()) / 2;
             let y = (size - inner.height()) / 2;
-            image::imageops::overlay(&mut canvas, &inner, i64::from(x), i64::from(y));
+            image::imageops::overlay(&mut canvas, inner.as_ref(), i64::from(x), i64::from(y));
             canvas
         }
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::{GrayImage, Luma, Rgb, RgbImage};
+    use image::{GrayAlphaImage, ImageFormat, LumaA, Rgb, Rgba, RgbaImage};
+
+    const GREY_32: InputSpec =
+        InputSpec { channels: 1, size: 32, resize: ResizePolicy::Pad, background: Background::White };
+    const RGB_4: InputSpec =
+        InputSpec { channels: 3, size: 4, resize: ResizePolicy::Stretch, background: Background::White };
 
     #[test]
     fn pad_centres_a_28x28_image_with_a_black_border() {
-        let image = DynamicImage::ImageLuma8(GrayImage::from_pixel(28, 28, Luma([255])));
-        let spec = InputSpec { channels: 1, size: 32, resize: ResizePolicy::Pad };
-        let input = image_to_input(&image, &spec);
+        let image = DynamicImage::ImageLuma8(GrayImage::from_pixel(28, 28, image::Luma([255])));
+        let input = image_to_input(&image, &GREY_32);
         assert_eq!(input.len(), 1024);
         assert_eq!(input[0], 0.0);
         assert_eq!(input[2 * 32 + 2], 1.0);
@@ -170,16 +344,62 @@ mod tests {
     #[test]
     fn rgb_is_laid_out_channel_first_and_scaled_to_unit_range() {
         let image = DynamicImage::ImageRgb8(RgbImage::from_pixel(4, 4, Rgb([255, 0, 51])));
-        let spec = InputSpec { channels: 3, size: 4, resize: ResizePolicy::Stretch };
-        let input = image_to_input(&image, &spec);
+        let input = image_to_input(&image, &RGB_4);
         assert!(input[..16].iter().all(|&v| v == 1.0));
         assert!(input[16..32].iter().all(|&v| v == 0.0));
         assert!(input[32..].iter().all(|&v| (v - 0.2).abs() < 1e-6));
     }
 
     #[test]
-    fn empty_and_garbage_bytes_are_errors() {
-        assert!(matches!(decode_bytes(&[]), Err(ImageError::Empty)));
-        assert!(matches!(decode_bytes(b"this is not an image"), Err(ImageError::Decode(_))));
+    fn empty_garbage_and_oversized_images_are_typed_errors_that_say_how_to_raise_the_limit() {
+        assert!(matches!(decode_bytes(&[], DEFAULT_MAX_PIXELS), Err(ImageError::Empty)));
+        assert!(matches!(
+            decode_bytes(b"this is not an image", DEFAULT_MAX_PIXELS),
+            Err(ImageError::Decode(_))
+        ));
+        let png = encode(&DynamicImage::ImageRgb8(RgbImage::new(100, 60)), ImageFormat::Png);
+        let error = decode_bytes(&png, 5_999).unwrap_err();
+        assert!(matches!(error, ImageError::TooLarge { width: 100, height: 60, limit: 5_999 }));
+        let message = error.to_string();
+        assert!(message.contains("100x60") && message.contains("--max-image-pixels 6000"), "{message}");
+        assert_eq!(decode_bytes(&png, 6_000).unwrap().dimensions(), (100, 60));
+    }
+
+    #[test]
+    fn alpha_is_composited_over_the_background_and_ignore_keeps_the_hidden_colour() {
+        // Left column fully transparent red, right column opaque blue; at the input size, so
+        // nothing is resized and plane R reads [left, right] on each row.
+        let rgba =
+            RgbaImage::from_fn(
+                2,
+                2,
+                |x, _| if x == 0 { Rgba([255, 0, 0, 0]) } else { Rgba([0, 0, 255, 255]) },
+            );
+        let image = DynamicImage::ImageRgba8(rgba);
+        let spec = InputSpec { size: 2, ..RGB_4 };
+        let white = image_to_input(&image, &spec);
+        assert_eq!(&white[..2], &[1.0, 0.0], "R: white background, then blue's 0");
+        assert_eq!(&white[8..10], &[1.0, 1.0], "B: white, then blue");
+        let black = image_to_input(&image, &InputSpec { background: Background::Black, ..spec });
+        assert_eq!(&black[..2], &[0.0, 0.0]);
+        let ignored = image_to_input(&image, &InputSpec { background: Background::Ignore, ..spec });
+        assert_eq!(&ignored[..2], &[1.0, 0.0], "the hidden red shows when alpha is dropped");
+
+        let half = DynamicImage::ImageLumaA8(GrayAlphaImage::from_pixel(1, 1, LumaA([0, 128])));
+        let grey = InputSpec { channels: 1, size: 1, ..RGB_4 };
+        let value = image_to_input(&half, &grey)[0];
+        assert!(
+            (value - 127.0 / 255.0).abs() < 1e-6,
+            "half-transparent black over white is mid grey: {value}"
+        );
+
+        let deep = DynamicImage::ImageRgba16(image::ImageBuffer::from_pixel(1, 1, Rgba([0u16, 0, 0, 0])));
+        assert_eq!(image_to_input(&deep, &InputSpec { size: 1, ..RGB_4 }), [1.0, 1.0, 1.0]);
+    }
+
+    fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        image.write_to(&mut Cursor::new(&mut bytes), format).unwrap();
+        bytes
     }
 }

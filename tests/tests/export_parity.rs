@@ -8,7 +8,7 @@ use dim_export::{EmbeddingSource, EncoderCheckpoint, ExportOptions, export};
 use dim_models::checkpoint::{CHECKPOINT_FORMAT_VERSION, CheckpointConfig};
 use dim_models::onnx_metadata::{INPUT_NAME, OUTPUT_CONV, OUTPUT_EMBEDDING, OUTPUT_FC, OUTPUT_Y};
 use dim_models::parameters::ENCODER_PREFIX;
-use dim_models::preprocess::{InputSpec, ResizePolicy, image_to_input};
+use dim_models::preprocess::{Background, InputSpec, ResizePolicy, image_to_input};
 use dim_models::{EncoderConfig, Preset};
 use dim_train::checkpoint::save_checkpoint;
 use dim_train::critics::LocalCritic;
@@ -55,12 +55,13 @@ fn write_checkpoint(dir: &Path, store: &nn::VarStore, config: EncoderConfig) {
         toolkit_version: dim_models::TOOLKIT_VERSION.into(),
         encoder: config,
         resize: ResizePolicy::Pad,
+        background: dim_models::preprocess::Background::White,
         epoch: 1,
         step: 4,
         data_fingerprint: "generated".into(),
         training: serde_json::json!({"objective": "parity test"}),
     };
-    save_checkpoint(dir, store, &[], &checkpoint_config).unwrap();
+    save_checkpoint(dir, store, &[], &checkpoint_config, vec![]).unwrap();
 }
 
 /// Images with real structure (gradients, stripes, a disc, flat fields) and sizes other than
@@ -202,7 +203,7 @@ fn check_preset(preset: Preset, channels: usize, source: EmbeddingSource, layout
     // The inference side reads back exactly the metadata the exporter wrote.
     assert_eq!(dim_infer::session::read_metadata(&session).unwrap(), summary.metadata);
     let size = config.input_size();
-    let spec = InputSpec { channels, size, resize: ResizePolicy::Pad };
+    let spec = InputSpec { channels, size, resize: ResizePolicy::Pad, background: Background::White };
     for batch in [1, 7] {
         let shape = [batch, channels, size, size];
         let random = tensor_values(&Tensor::rand(shape.map(|d| d as i64), (Kind::Float, Device::Cpu)));

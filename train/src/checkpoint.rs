@@ -4,7 +4,7 @@
 //! config.json last, so a directory with a config always holds a complete checkpoint.
 
 use crate::encoder::Encoder;
-use dim_models::atomic_file::write_bytes_atomically;
+use dim_models::atomic_file;
 use dim_models::checkpoint::{CONFIG_FILE, CheckpointConfig, CheckpointError, OPTIMIZER_FILE, WEIGHTS_FILE};
 use dim_models::parameters::ENCODER_PREFIX;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -157,17 +157,35 @@ pub fn save_checkpoint(
     store: &nn::VarStore,
     optimizer_state: &[(String, Tensor)],
     config: &CheckpointConfig,
+    also_commit: Vec<atomic_file::StagedFile>,
 ) -> Result<(), CheckpointIoError> {
-    let write = |file: &str, bytes: &[u8]| {
+    let stage = |file: &str, bytes: &[u8]| {
         let path = dir.join(file);
-        write_bytes_atomically(&path, bytes).map_err(|source| CheckpointIoError::Io { path, source })
+        atomic_file::stage(&path, |out| out.write_all(bytes))
+            .map_err(|source| CheckpointIoError::Io { path, source })
     };
     let mut variables: Vec<(String, Tensor)> = store.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
-    write(WEIGHTS_FILE, &safetensors_bytes(&variables)?)?;
-    write(OPTIMIZER_FILE, &safetensors_bytes(optimizer_state)?)?;
-    let config_json = serde_json::to_vec_pretty(config).expect("the checkpoint config serialises");
-    write(CONFIG_FILE, &config_json)
+    let config_json = serde_json::to_vec_pretty(config)
+        .map_err(|source| CheckpointIoError::Io { path: dir.join(CONFIG_FILE), source: source.into() })?;
+    let mut staged = vec![
+        stage(WEIGHTS_FILE, &safetensors_bytes(&variables)?)?,
+        stage(OPTIMIZER_FILE, &safetensors_bytes(optimizer_state)?)?,
+        stage(CONFIG_FILE, &config_json)?,
+    ];
+    staged.extend(also_commit);
+    // One change for all the files: a kill between the renames is finished by the next run
+    // ([`finish_interrupted_commit`]), so weights, optimiser state, config and whatever else
+    // belongs to this checkpoint (the training log) never disagree.
+    atomic_file::commit_together(dir, staged)
+        .map_err(|source| CheckpointIoError::Io { path: dir.to_path_buf(), source })
+}
+
+/// Completes a checkpoint save that a killed run left halfway through its renames.
+pub fn finish_interrupted_commit(dir: &Path) -> Result<(), CheckpointIoError> {
+    atomic_file::finish_interrupted_commit(dir)
+        .map(|_| ())
+        .map_err(|source| CheckpointIoError::Io { path: dir.to_path_buf(), source })
 }
 
 /// Loads every variable of `store` from the checkpoint in `dir`.
@@ -207,6 +225,7 @@ mod tests {
             toolkit_version: dim_models::TOOLKIT_VERSION.into(),
             encoder,
             resize: ResizePolicy::Pad,
+            background: dim_models::preprocess::Background::White,
             epoch: 1,
             step: 10,
             data_fingerprint: "test".into(),
@@ -225,7 +244,7 @@ mod tests {
         let images = Tensor::rand([4, 1, 32, 32], (Kind::Float, Device::Cpu));
         let _ = encoder.forward_taps(&images, true);
         let state = vec![("opt.step".to_string(), Tensor::from(7i64))];
-        save_checkpoint(dir.path(), &store, &state, &config(encoder_config)).unwrap();
+        save_checkpoint(dir.path(), &store, &state, &config(encoder_config), vec![]).unwrap();
 
         let (_loaded_store, loaded, loaded_config) = load_encoder(dir.path(), Device::Cpu).unwrap();
         assert_eq!(loaded_config, config(encoder_config));
@@ -245,7 +264,7 @@ mod tests {
         let encoder_config = EncoderConfig::new(Preset::Basic32x32, 1).unwrap();
         let store = nn::VarStore::new(Device::Cpu);
         let _encoder = Encoder::new(&store.root(), encoder_config);
-        save_checkpoint(dir.path(), &store, &[], &config(encoder_config)).unwrap();
+        save_checkpoint(dir.path(), &store, &[], &config(encoder_config), vec![]).unwrap();
         let weights = dir.path().join(WEIGHTS_FILE);
         let bytes = std::fs::read(&weights).unwrap();
         std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();

@@ -296,11 +296,7 @@ pub fn evaluate(
     };
     drop(weights);
 
-    let spec = InputSpec {
-        channels: config.encoder.in_channels,
-        size: config.encoder.input_size(),
-        resize: config.resize,
-    };
+    let spec = config.input_spec();
     let Splits { train: train_set, test: test_set } = open_splits(settings, spec)?;
     let train =
         read_split(&*train_set, settings.limit_train, settings.seed, "reading train split", progress)?;
@@ -578,12 +574,13 @@ mod tests {
             toolkit_version: dim_models::TOOLKIT_VERSION.into(),
             encoder,
             resize: ResizePolicy::Pad,
+            background: dim_models::preprocess::Background::White,
             epoch: 0,
             step: 0,
             data_fingerprint: "generated".into(),
             training: serde_json::json!({"objective": "none"}),
         };
-        save_checkpoint(dir, &store, &[], &config).unwrap();
+        save_checkpoint(dir, &store, &[], &config, vec![]).unwrap();
     }
 
     fn quick(schedule: TrainingSchedule) -> TrainingSchedule {

@@ -213,7 +213,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::data::{DataError, Sample};
     use dim_models::Preset;
-    use dim_models::preprocess::{InputSpec, ResizePolicy};
+    use dim_models::preprocess::{Background, InputSpec, ResizePolicy};
 
     /// A generated in-memory dataset: class 1 images are bright in the top half, class 0 in the
     /// bottom half, plus noise; `broken` lists indices that fail to decode.
@@ -226,7 +226,7 @@ pub(crate) mod tests {
     impl GeneratedImages {
         pub fn new(channels: usize, size: usize, len: usize) -> Self {
             GeneratedImages {
-                spec: InputSpec { channels, size, resize: ResizePolicy::Pad },
+                spec: InputSpec { channels, size, resize: ResizePolicy::Pad, background: Background::White },
                 len,
                 broken: vec![],
             }

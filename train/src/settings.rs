@@ -5,7 +5,7 @@ use crate::estimators::Estimator;
 use crate::objective::{Mode, ObjectiveWeights};
 use crate::optim::AdamConfig;
 use dim_models::Preset;
-use dim_models::preprocess::ResizePolicy;
+use dim_models::preprocess::{Background, ResizePolicy};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -22,6 +22,10 @@ pub struct TrainSettings {
     pub channels: usize,
     /// How images are fitted to the input size.
     pub resize: ResizePolicy,
+    /// What transparent pixels are composited over (runs saved before it was recorded dropped
+    /// alpha, and resume that way).
+    #[serde(default = "Background::legacy")]
+    pub background: Background,
     /// Total number of epochs to train.
     pub epochs: usize,
     /// Images per batch (every other image in the batch provides negatives).
@@ -60,7 +64,7 @@ pub enum SettingsError {
 }
 
 impl TrainSettings {
-    /// Settings with the official defaults for `data`: basic32x32, grey, pad, DIM(L), JSD,
+    /// Settings with the official defaults for `data`: basic32x32, grey, pad, alpha over white, DIM(L), JSD,
     /// U = 2048, batch 64, Adam 1e-4 (0.5, 0.999), seed 0.
     pub fn new(data: PathBuf) -> Self {
         let adam = AdamConfig::dim_default();
@@ -70,6 +74,7 @@ impl TrainSettings {
             preset: Preset::Basic32x32,
             channels: 1,
             resize: ResizePolicy::Pad,
+            background: Background::White,
             epochs: 1,
             batch_size: 64,
             mode: Mode::DimL,

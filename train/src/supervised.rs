@@ -14,7 +14,7 @@ use crate::features::{FeatureError, read_labelled_images};
 use dim_models::EncoderConfig;
 use dim_models::checkpoint::CONFIG_FILE;
 use dim_models::checkpoint::{CHECKPOINT_FORMAT_VERSION, CheckpointConfig};
-use dim_models::preprocess::{InputSpec, ResizePolicy};
+use dim_models::preprocess::{Background, InputSpec, ResizePolicy};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -244,7 +244,7 @@ impl SupervisedModel {
     pub fn save_checkpoint(
         &self,
         dir: &Path,
-        resize: ResizePolicy,
+        spec: InputSpec,
         data_fingerprint: String,
         training: serde_json::Value,
     ) -> Result<(), SupervisedError> {
@@ -252,13 +252,14 @@ impl SupervisedModel {
             format_version: CHECKPOINT_FORMAT_VERSION,
             toolkit_version: dim_models::TOOLKIT_VERSION.into(),
             encoder: *self.encoder.config(),
-            resize,
+            resize: spec.resize,
+            background: spec.background,
             epoch: self.epochs,
             step: self.steps,
             data_fingerprint,
             training,
         };
-        Ok(save_checkpoint(dir, &self.store, &[], &config)?)
+        Ok(save_checkpoint(dir, &self.store, &[], &config, vec![])?)
     }
 }
 
@@ -274,6 +275,8 @@ pub struct SupervisedJob {
     pub encoder: EncoderConfig,
     /// How images are fitted to the encoder's input.
     pub resize: ResizePolicy,
+    /// What transparent pixels are composited over.
+    pub background: Background,
     /// Optimisation settings.
     pub options: SupervisedOptions,
     /// Checkpoint directory to write.
@@ -300,8 +303,12 @@ pub fn run_supervised_job(
     if job.out.join(CONFIG_FILE).exists() {
         return Err(SupervisedError::OutputExists(job.out.clone()));
     }
-    let spec =
-        InputSpec { channels: job.encoder.in_channels, size: job.encoder.input_size(), resize: job.resize };
+    let spec = InputSpec {
+        channels: job.encoder.in_channels,
+        size: job.encoder.input_size(),
+        resize: job.resize,
+        background: job.background,
+    };
     let open = |split: Split, name: &'static str| {
         open_dataset(&job.data, job.format, split, spec).map_err(|source| SupervisedError::Data {
             path: job.data.clone(),
@@ -345,7 +352,7 @@ pub fn run_supervised_job(
         "final_mean_loss": model.history().last().map(|e| e.mean_loss),
         "test_accuracy": test_accuracy,
     });
-    model.save_checkpoint(&job.out, job.resize, train.fingerprint(), training)?;
+    model.save_checkpoint(&job.out, spec, train.fingerprint(), training)?;
     Ok(SupervisedReport {
         history: model.history().to_vec(),
         test_accuracy,
@@ -383,7 +390,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("supervised");
         model
-            .save_checkpoint(&out, ResizePolicy::Pad, "generated".into(), serde_json::json!({"x": 1}))
+            .save_checkpoint(
+                &out,
+                InputSpec { channels: 1, size: 32, resize: ResizePolicy::Pad, background: Background::White },
+                "generated".into(),
+                serde_json::json!({"x": 1}),
+            )
             .unwrap();
         let saved = CheckpointConfig::read(&out).unwrap();
         assert_eq!((saved.encoder, saved.epoch, saved.step), (config, 2, 8));

@@ -10,7 +10,7 @@ use crate::optim::{Adam, OptimizerStateError};
 use crate::prior::PRIOR_PREFIX;
 use crate::settings::{SettingsError, TrainSettings, TrainingState};
 use dim_models::EncoderConfig;
-use dim_models::atomic_file::write_bytes_atomically;
+use dim_models::atomic_file::{self, StagedFile};
 use dim_models::checkpoint::{CHECKPOINT_FORMAT_VERSION, CheckpointConfig};
 use dim_models::preprocess::InputSpec;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -77,6 +77,9 @@ pub enum TrainError {
         /// Optimiser step (1-based) that produced it.
         step: u64,
     },
+    /// The settings cannot be recorded in the checkpoint's JSON config.
+    #[error("cannot record the settings in the checkpoint (is the --data path valid UTF-8?): {0}")]
+    RecordSettings(#[source] serde_json::Error),
     /// The log could not be written.
     #[error("cannot write {path}")]
     Log {
@@ -281,7 +284,8 @@ impl Session {
         state
     }
 
-    fn save(&self, dir: &Path) -> Result<(), TrainError> {
+    /// Checkpoints into `dir`, with `record` appended to the training log in the same commit.
+    fn save(&self, dir: &Path, record: Option<&EpochRecord>) -> Result<(), TrainError> {
         let state =
             TrainingState { settings: self.settings.clone(), batches_into_epoch: self.batches_into_epoch };
         let config = CheckpointConfig {
@@ -289,12 +293,20 @@ impl Session {
             toolkit_version: dim_models::TOOLKIT_VERSION.into(),
             encoder: self.encoder_config,
             resize: self.settings.resize,
+            background: self.settings.background,
             epoch: self.epoch,
             step: self.step,
             data_fingerprint: self.data_fingerprint.clone(),
-            training: serde_json::to_value(&state).expect("settings serialise"),
+            training: serde_json::to_value(&state).map_err(TrainError::RecordSettings)?,
         };
-        checkpoint::save_checkpoint(dir, &self.store, &self.optimizer_state(), &config)?;
+        let log = record.map(|record| stage_log_with(&dir.join(LOG_FILE), record)).transpose()?;
+        checkpoint::save_checkpoint(
+            dir,
+            &self.store,
+            &self.optimizer_state(),
+            &config,
+            log.into_iter().collect(),
+        )?;
         Ok(())
     }
 
@@ -372,6 +384,7 @@ pub fn open_training_data(settings: &TrainSettings) -> Result<Arc<dyn Dataset>, 
         channels: settings.channels,
         size: settings.preset.input_size(),
         resize: settings.resize,
+        background: settings.background,
     };
     let dataset = crate::data::open_dataset(&settings.data, format, crate::data::Split::Train, spec)
         .map_err(TrainError::Data)?;
@@ -383,6 +396,7 @@ pub fn open_training_data(settings: &TrainSettings) -> Result<Arc<dyn Dataset>, 
 
 /// Reads the settings saved in a checkpoint directory, to resume it.
 pub fn resume_settings(dir: &Path) -> Result<TrainSettings, TrainError> {
+    checkpoint::finish_interrupted_commit(dir)?;
     let config = CheckpointConfig::read(dir).map_err(CheckpointIoError::from)?;
     let state: TrainingState = serde_json::from_value(config.training).map_err(TrainError::ResumeSettings)?;
     Ok(state.settings)
@@ -413,6 +427,7 @@ pub fn train(
     let mut session =
         Session::new(settings.clone(), options.device, options.channels_last, dataset.fingerprint())?;
     if let Some(dir) = resume {
+        checkpoint::finish_interrupted_commit(dir)?;
         let config = CheckpointConfig::read(dir).map_err(CheckpointIoError::from)?;
         if config.data_fingerprint != session.data_fingerprint {
             return Err(TrainError::DataChanged {
@@ -473,7 +488,7 @@ pub fn train(
         drop(bar);
         let skipped = batches.skipped();
         if interrupted && session.batches_into_epoch < batch_count {
-            session.save(&options.out_dir)?;
+            session.save(&options.out_dir, None)?;
             outcome.skipped.extend(skipped);
             outcome.end = RunEnd::Interrupted;
             return Ok(outcome);
@@ -481,8 +496,7 @@ pub fn train(
         session.epoch += 1;
         session.batches_into_epoch = 0;
         let record = epoch_record(&session, &totals, epoch_started.elapsed().as_secs_f64(), skipped.len());
-        session.save(&options.out_dir)?;
-        append_log(&options.out_dir.join(LOG_FILE), &record)?;
+        session.save(&options.out_dir, Some(&record))?;
         outcome.skipped.extend(skipped);
         outcome.epochs.push(record);
         if interrupted {
@@ -535,17 +549,18 @@ fn epoch_record(session: &Session, totals: &EpochTotals, seconds: f64, skipped: 
     }
 }
 
-/// Appends a record by rewriting the (small) log atomically, so a crash never leaves a torn line.
-fn append_log(path: &Path, record: &EpochRecord) -> Result<(), TrainError> {
+/// Stages the (small) log with `record` appended, to be committed with the epoch's checkpoint, so
+/// a crash never leaves a torn line nor a log that disagrees with the checkpoint.
+fn stage_log_with(path: &Path, record: &EpochRecord) -> Result<StagedFile, TrainError> {
     let log_error = |source| TrainError::Log { path: path.into(), source };
     let mut text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(error) => return Err(log_error(error)),
     };
-    text.push_str(&serde_json::to_string(record).expect("records serialise"));
+    text.push_str(&serde_json::to_string(record).map_err(|e| log_error(e.into()))?);
     text.push('\n');
-    write_bytes_atomically(path, text.as_bytes()).map_err(log_error)
+    atomic_file::stage(path, |out| out.write_all(text.as_bytes())).map_err(log_error)
 }
 
 /// Reads `train_log.jsonl` back.

@@ -3,7 +3,7 @@
 //! good checkpoint, and the discriminator's step leaves the encoder alone.
 
 use dim_models::checkpoint::{CheckpointConfig, WEIGHTS_FILE};
-use dim_models::preprocess::{InputSpec, ResizePolicy};
+use dim_models::preprocess::{Background, InputSpec, ResizePolicy};
 use dim_models::{EncoderConfig, Preset};
 use dim_train::data::{DataError, Dataset, Sample};
 use dim_train::estimators::Estimator;
@@ -34,7 +34,7 @@ impl Dataset for Blobs {
         self.count
     }
     fn input_spec(&self) -> InputSpec {
-        InputSpec { channels: 1, size: 32, resize: ResizePolicy::Pad }
+        InputSpec { channels: 1, size: 32, resize: ResizePolicy::Pad, background: Background::White }
     }
     fn num_classes(&self) -> Option<usize> {
         Some(2)
@@ -245,4 +245,83 @@ fn dim_g_with_infonce_and_dim_l_with_dv_train_without_error() {
         assert_eq!(weights.keys().any(|name| name.starts_with("global_critic.")), mode == Mode::DimG);
         assert_eq!(weights.keys().any(|name| name.starts_with("local_critic.")), mode == Mode::DimL);
     }
+}
+
+/// Writes `count` grey 32×32 PNGs into class folders, one with a Latin-1 (not UTF-8) name.
+fn write_image_folder(dir: &Path, count: usize) {
+    use std::os::unix::ffi::OsStringExt;
+    for i in 0..count {
+        let class = if i % 2 == 0 {
+            std::ffi::OsString::from("squares")
+        } else {
+            std::ffi::OsString::from_vec(b"caf\xe9".to_vec())
+        };
+        let folder = dir.join(class);
+        std::fs::create_dir_all(&folder).unwrap();
+        let corner = if i % 2 == 0 { 0 } else { 16 };
+        let image = image::GrayImage::from_fn(32, 32, |x, y| {
+            let inside = (corner..corner + 16).contains(&x) && (corner..corner + 16).contains(&y);
+            image::Luma([if inside { 220 } else { ((x * 7 + y * 3 + i as u32 * 11) % 60) as u8 }])
+        });
+        image.save(folder.join(format!("{i:03}.png"))).unwrap();
+    }
+}
+
+#[test]
+fn dim_train_killed_with_sigkill_resumes_from_its_last_checkpoint_to_the_uninterrupted_result() {
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("images");
+    write_image_folder(&data, 64);
+    let train = |out: &Path, resume: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_dim-train"));
+        if resume {
+            command.arg("--resume").arg(out);
+        } else {
+            command.arg("--data").arg(&data).arg("--out").arg(out);
+        }
+        command
+            .args(["--epochs", "6", "--batch", "16", "--critic-width", "32", "--lr", "1e-3"])
+            .args(["--device", "cpu", "--threads", "1", "--quiet"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let straight = temp.path().join("straight");
+    let finished = train(&straight, false).wait_with_output().unwrap();
+    assert!(finished.status.success(), "{}", String::from_utf8_lossy(&finished.stderr));
+    assert_eq!(CheckpointConfig::read(&straight).unwrap().epoch, 6);
+
+    let killed = temp.path().join("killed");
+    let epoch_saved = || CheckpointConfig::read(&killed).map_or(0, |config| config.epoch);
+    let mut kills = 0;
+    // Each attempt is killed a different moment after it has saved one more epoch, so the kills
+    // fall in training, in saving and between the renames of a commit; then it is resumed.
+    for (attempt, delay_ms) in [0u64, 3, 11, 29, 53, 97, 151, 0, 7, 19].into_iter().enumerate() {
+        let at_start = epoch_saved();
+        if at_start == 6 {
+            break;
+        }
+        let mut child = train(&killed, at_start > 0);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "attempt {attempt} failed");
+                break;
+            }
+            if epoch_saved() > at_start {
+                std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+                child.kill().unwrap();
+                child.wait().unwrap();
+                kills += 1;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    assert!(kills >= 1, "the run was never killed");
+    assert_eq!(CheckpointConfig::read(&killed).unwrap().epoch, 6, "never finished after {kills} kills");
+    let difference = trainer::max_weight_difference(&straight, &killed).unwrap();
+    assert!(difference < 1e-6, "after {kills} kills the weights differ by {difference}");
+    let epochs: Vec<usize> = trainer::read_log(&killed).unwrap().iter().map(|record| record.epoch).collect();
+    assert_eq!(epochs, [1, 2, 3, 4, 5, 6], "each epoch logged once, with its checkpoint");
 }

@@ -47,6 +47,10 @@ struct Args {
     /// Decode every JPEG at full size (default: large JPEGs are decoded at a reduced DCT scale).
     #[arg(long)]
     full_jpeg_decode: bool,
+    /// Skip images with more pixels than this (width × height), before decoding them. Default:
+    /// DIM_MAX_IMAGE_PIXELS if set, else 268435456 (256 Mpx, about 1 GB decoded).
+    #[arg(long)]
+    max_image_pixels: Option<u64>,
 }
 
 fn main() {
@@ -68,6 +72,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         execution_provider: args.ep,
         strict_execution_provider: args.strict_ep,
         reduced_jpeg: !args.full_jpeg_decode,
+        max_image_pixels: args.max_image_pixels.unwrap_or_else(dim_models::preprocess::configured_max_pixels),
     })
     .context("cannot load the model")?;
     if let (provider, Some(reason)) = embedder.execution_provider() {
@@ -82,6 +87,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         show_progress: std::io::stderr().is_terminal(),
     };
     let summary = embed_job::run(&mut embedder, &job)?;
+    if let Some(reason) = &summary.discarded_previous {
+        eprintln!(
+            "dim-embed: the previous run's vectors were not reused ({reason}); embedded everything again"
+        );
+    }
     println!(
         "embedded {} images in {:.1} s ({:.0} images/s), kept {} unchanged, dropped {}; {} rows of {} `{}` \
          values in {}",
@@ -93,7 +103,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         summary.total_rows,
         embedder.dim(),
         embedder.feature().output_name(),
-        args.out.display()
+        dim_models::path_record::display(&args.out)
     );
     if !summary.skipped.is_empty() {
         let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();

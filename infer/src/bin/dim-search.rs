@@ -1,12 +1,15 @@
-//! dim-search: builds an HNSW index over an embeddings directory, answers similarity queries,
-//! and measures recall against exact search.
+//! dim-search: builds an HNSW index over an embeddings directory (optionally on PCA-reduced,
+//! whitened vectors), answers similarity queries, measures recall against exact search, and
+//! measures the retrieval quality of a labelled embeddings directory.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
 use dim_infer::embedder::{Embedder, EmbedderOptions};
 use dim_infer::index::{self, Hit, IndexFiles, IndexParams, Metric};
-use dim_infer::manifest::ModelIdentity;
+use dim_infer::manifest::{Manifest, ModelIdentity};
 use dim_infer::npy;
+use dim_infer::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
+use dim_infer::retrieval::{self, Labels, RetrievalRun};
 use dim_infer::session::ExecutionProvider;
 use std::path::PathBuf;
 
@@ -40,6 +43,8 @@ enum Command {
         /// Rows to leave out of the graph as unseen queries for `eval`.
         #[arg(long, default_value_t = 0)]
         hold_out: usize,
+        #[command(flatten)]
+        post_process: PostProcessArgs,
     },
     /// Find the nearest images to query images, rows or vectors.
     Query {
@@ -89,6 +94,52 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Measure retrieval quality over a labelled embeddings directory by exact search (every
+    /// row queries all the others): precision@k (micro and macro), mAP@k and k-NN accuracy,
+    /// as embedded and, with --pca, after PCA fitted on the same rows.
+    #[command(group(ArgGroup::new("label_source").required(true).args(["labels_from_folder", "labels"])))]
+    Retrieval {
+        /// The dim-embed output directory.
+        #[arg(long)]
+        embeddings: PathBuf,
+        /// Label each row by the name of the folder holding its file.
+        #[arg(long)]
+        labels_from_folder: bool,
+        /// Label each row by a line of this text file (one line per manifest row, in order).
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Neighbours per query.
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        /// cosine or l2.
+        #[arg(long, default_value = "cosine")]
+        metric: Metric,
+        #[command(flatten)]
+        post_process: PostProcessArgs,
+        /// Where to save the JSON report.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+/// The collection-fitted post-processing of vectors.
+#[derive(ClapArgs, Debug)]
+struct PostProcessArgs {
+    /// Centre and project onto the top D principal components of the vectors.
+    #[arg(long, value_name = "D")]
+    pca: Option<usize>,
+    /// Also divide each component by the square root of its variance + --whiten-eps.
+    #[arg(long, requires = "pca")]
+    whiten: bool,
+    /// Added to each variance before whitening.
+    #[arg(long, default_value_t = DEFAULT_WHITEN_EPS, requires = "whiten")]
+    whiten_eps: f64,
+}
+
+impl PostProcessArgs {
+    fn spec(&self) -> Option<PcaSpec> {
+        self.pca.map(|dims| PcaSpec { dims, whiten: self.whiten, eps: self.whiten_eps })
+    }
 }
 
 fn main() {
@@ -100,13 +151,24 @@ fn main() {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Build { embeddings, out, metric, m, ef_construction, hold_out } => {
-            let params = IndexParams { metric, m, ef_construction, hold_out };
+        Command::Build { embeddings, out, metric, m, ef_construction, hold_out, post_process } => {
+            let params =
+                IndexParams { metric, m, ef_construction, hold_out, post_process: post_process.spec() };
             let info = index::build(&embeddings, &out, &params).context("cannot build the index")?;
+            let dims = match &info.post_process {
+                Some(pca) => format!(
+                    "{}-d PCA{} of {}-d, {:.1}% of the variance, fitted in {:.2} s",
+                    pca.dims,
+                    if pca.whiten { " whitened" } else { "" },
+                    pca.input_dim,
+                    100.0 * pca.retained_variance,
+                    pca.fit_seconds
+                ),
+                None => format!("{}-d", info.model.dim),
+            };
             println!(
-                "indexed {} vectors ({}-d, {}) in {:.2} s, held out {}; index in {}",
+                "indexed {} vectors ({dims}, {}) in {:.2} s, held out {}; index in {}",
                 info.count,
-                info.model.dim,
                 metric.name(),
                 info.build_seconds,
                 info.held_out.len(),
@@ -156,8 +218,70 @@ fn run(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot write {}", path.display()))?;
             println!("{report}");
         }
+        Command::Retrieval { embeddings, labels_from_folder, labels, k, metric, post_process, json } => {
+            let labels = match labels {
+                Some(path) => Labels::from_file(&path, Manifest::read(&embeddings)?.count)?,
+                None if labels_from_folder => Labels::from_parent_folders(&Manifest::read(&embeddings)?),
+                None => anyhow::bail!("give a label source: --labels-from-folder or --labels FILE"),
+            };
+            let runs =
+                retrieval::evaluate_embeddings(&embeddings, &labels, k, metric, post_process.spec().as_ref())
+                    .context("cannot evaluate retrieval")?;
+            print_retrieval(&runs, &labels, metric);
+            if let Some(path) = json {
+                let report = serde_json::json!({
+                    "embeddings": embeddings.display().to_string(),
+                    "metric": metric,
+                    "k_requested": k,
+                    "classes": labels.names,
+                    "runs": runs,
+                });
+                dim_models::atomic_file::write_bytes_atomically(
+                    &path,
+                    serde_json::to_string_pretty(&report)?.as_bytes(),
+                )
+                .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("report in {}", path.display());
+            }
+        }
     }
     Ok(())
+}
+
+fn print_retrieval(runs: &[RetrievalRun], labels: &Labels, metric: Metric) {
+    let Some(first) = runs.first() else { return };
+    let scores = &first.scores;
+    println!(
+        "{} queries, {} classes, {} search, k = {}",
+        scores.queries,
+        labels.names.len(),
+        metric.name(),
+        scores.k
+    );
+    let k = scores.k;
+    println!(
+        "{:<24} {:>5} {:>10} {:>10} {:>8} {:>8} {:>9}",
+        "vectors",
+        "dims",
+        format!("P@{k} micro"),
+        format!("P@{k} macro"),
+        format!("mAP@{k}"),
+        format!("{k}-NN acc"),
+        "search s"
+    );
+    for run in runs {
+        let s = &run.scores;
+        println!(
+            "{:<24} {:>5} {:>10.4} {:>10.4} {:>8.4} {:>8.4} {:>9.2}",
+            run.vectors,
+            run.dims,
+            s.precision_at_k_micro,
+            s.precision_at_k_macro,
+            s.map_at_k,
+            s.knn_accuracy,
+            run.search_seconds
+        );
+    }
 }
 
 /// Embeds the query images with the model, refusing a model that is not the index's.

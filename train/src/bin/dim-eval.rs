@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use dim_models::preprocess::ResizePolicy;
+use dim_models::preprocess::{Background, ResizePolicy};
 use dim_models::{EncoderConfig, Preset};
 use dim_train::data::DataFormat;
 use dim_train::device::DeviceRequest;
@@ -156,6 +156,9 @@ struct SupervisedArgs {
     /// How images of another size are fitted to the input: pad or stretch.
     #[arg(long, default_value = "pad")]
     resize: ResizePolicy,
+    /// What transparent pixels are composited over: white, black or ignore (drop alpha).
+    #[arg(long, default_value = "white")]
+    background: Background,
     /// Passes over the training split (match the DIM run's for a like-for-like comparison).
     #[arg(long, default_value_t = 10)]
     epochs: usize,
@@ -246,6 +249,7 @@ fn train_supervised(args: SupervisedArgs) -> anyhow::Result<()> {
         format: args.format,
         encoder: EncoderConfig::new(args.preset, args.channels)?,
         resize: args.resize,
+        background: args.background,
         options: SupervisedOptions {
             epochs: args.epochs,
             batch_size: args.batch,

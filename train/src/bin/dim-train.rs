@@ -4,7 +4,7 @@
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use dim_models::Preset;
-use dim_models::preprocess::ResizePolicy;
+use dim_models::preprocess::{Background, ResizePolicy};
 use dim_train::data::DataFormat;
 use dim_train::device::DeviceRequest;
 use dim_train::estimators::Estimator;
@@ -37,6 +37,11 @@ struct Args {
     /// How images of another size are fitted to the input: pad or stretch.
     #[arg(long, default_value = "pad")]
     resize: ResizePolicy,
+    /// What transparent pixels (PNG/WebP/TIFF alpha) are composited over: white, black, or
+    /// ignore (drop alpha, as models before this option did). Recorded in the checkpoint and the
+    /// exported model, and applied identically by dim-embed.
+    #[arg(long, default_value = "white")]
+    background: Background,
     /// Checkpoint directory (default with --resume: the resumed directory).
     #[arg(long, required_unless_present = "resume")]
     out: Option<PathBuf>,
@@ -119,6 +124,7 @@ fn settings_from(args: &Args) -> anyhow::Result<TrainSettings> {
         preset: args.preset,
         channels: args.channels,
         resize: args.resize,
+        background: args.background,
         epochs: args.epochs.unwrap_or(10),
         batch_size: args.batch,
         mode: args.mode,

@@ -191,9 +191,10 @@ impl Dataset for CifarDataset {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dim_models::preprocess::ResizePolicy;
+    use dim_models::preprocess::{Background, ResizePolicy};
 
-    const RGB_32: InputSpec = InputSpec { channels: 3, size: 32, resize: ResizePolicy::Pad };
+    const RGB_32: InputSpec =
+        InputSpec { channels: 3, size: 32, resize: ResizePolicy::Pad, background: Background::White };
 
     /// Records whose red plane is `seed`, green `seed + 1` and blue `seed + 2`, with the given
     /// label bytes in front.

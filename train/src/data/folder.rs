@@ -1,14 +1,15 @@
-//! Image-folder datasets: every image file under a directory, found by a sorted recursive scan,
-//! labelled by first-level subfolder when every image sits in one, decoded on demand.
+//! Image-folder datasets: every image file under a directory, found by the toolkit's one
+//! collection walk ([`dim_models::image_walk`]: sorted, links followed, each directory and file
+//! once), labelled by first-level subfolder when every image sits in one, decoded on demand.
 
 use super::fingerprint::Fingerprint;
 use super::{DataError, Dataset, Sample};
-use dim_models::preprocess::{InputSpec, decode_file, image_to_input};
+use dim_models::image_walk::{IMAGE_EXTENSIONS, ImageWalk, WalkProblem};
+use dim_models::path_record;
+use dim_models::preprocess::{InputSpec, configured_max_pixels, decode_file, image_to_input};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
-
-/// File extensions (lower case) taken as images.
-const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"];
 
 /// The image files under a directory, decoded when asked for.
 #[derive(Debug)]
@@ -21,15 +22,20 @@ pub struct FolderDataset {
     class_names: Vec<String>,
     spec: InputSpec,
     fingerprint: String,
+    /// Paths the walk left out (dangling or looping links, second paths to the same file).
+    left_out: Vec<WalkProblem>,
 }
 
 impl FolderDataset {
     /// Scans `root` recursively. Fails if `root` cannot be read or holds no image files; single
     /// unreadable images are found later, by [`Dataset::get`].
     pub fn open(root: &Path, spec: InputSpec) -> Result<Self, DataError> {
-        let mut files = Vec::new();
-        collect_images(root, &mut files)?;
-        files.sort();
+        if let Err(source) = std::fs::read_dir(root) {
+            return Err(DataError::Io { path: root.into(), source });
+        }
+        let mut walk = ImageWalk::new();
+        walk.add_dir(root);
+        let (files, left_out) = walk.finish();
         if files.is_empty() {
             return Err(DataError::Format {
                 path: root.into(),
@@ -40,10 +46,11 @@ impl FolderDataset {
         let first_folders: Vec<Option<String>> = files
             .iter()
             .map(|file| {
-                let relative = file.strip_prefix(root).expect("scanned below root");
+                let relative = file.strip_prefix(root).ok()?;
                 let mut components = relative.components();
                 let first = components.next()?;
-                components.next().map(|_| first.as_os_str().to_string_lossy().into_owned())
+                // Escaped, not lossy: two non-UTF-8 folder names stay two classes.
+                components.next().map(|_| path_record::display(Path::new(first.as_os_str())))
             })
             .collect();
         let (labels, class_names) = if first_folders.iter().all(Option::is_some) {
@@ -63,8 +70,8 @@ impl FolderDataset {
         let mut fingerprint = Fingerprint::new("folder");
         fingerprint.add_number(files.len() as u64);
         for file in &files {
-            let relative = file.strip_prefix(root).expect("scanned below root");
-            fingerprint.add_bytes(relative.to_string_lossy().as_bytes());
+            let relative = file.strip_prefix(root).unwrap_or(file);
+            fingerprint.add_bytes(relative.as_os_str().as_bytes());
             // Size and modification time stand in for the content, which would mean reading
             // every image; a file that cannot be stat'ed now just contributes zeros.
             let metadata = std::fs::metadata(file).ok();
@@ -77,7 +84,15 @@ impl FolderDataset {
         }
         let fingerprint = fingerprint.finish();
 
-        Ok(FolderDataset { root: root.to_path_buf(), files, labels, class_names, spec, fingerprint })
+        Ok(FolderDataset {
+            root: root.to_path_buf(),
+            files,
+            labels,
+            class_names,
+            spec,
+            fingerprint,
+            left_out,
+        })
     }
 
     /// Class names (the first-level subfolders, sorted); empty when unlabelled.
@@ -88,6 +103,11 @@ impl FolderDataset {
     /// The image files, in dataset index order.
     pub fn files(&self) -> &[PathBuf] {
         &self.files
+    }
+
+    /// Paths the walk left out, with reasons.
+    pub fn left_out(&self) -> &[WalkProblem] {
+        &self.left_out
     }
 }
 
@@ -109,7 +129,8 @@ impl Dataset for FolderDataset {
             path: self.root.clone(),
             reason: format!("example {index} requested but the folder holds {}", self.files.len()),
         })?;
-        let image = decode_file(path).map_err(|source| DataError::Image { path: path.clone(), source })?;
+        let image = decode_file(path, configured_max_pixels())
+            .map_err(|source| DataError::Image { path: path.clone(), source })?;
         let pixels = image_to_input(&image, &self.spec);
         let label = self.labels.as_ref().map(|labels| labels[index]);
         Ok(Sample { pixels, label })
@@ -124,41 +145,31 @@ impl Dataset for FolderDataset {
             Some(_) => format!("{} classes", self.class_names.len()),
             None => "unlabelled".to_string(),
         };
-        format!("image folder {} ({} images, {classes})", self.root.display(), self.files.len())
+        let left_out = match self.left_out.first() {
+            None => String::new(),
+            Some(first) => format!(
+                "; {} paths left out, e.g. {}: {}",
+                self.left_out.len(),
+                path_record::display(&first.path),
+                first.reason
+            ),
+        };
+        format!(
+            "image folder {} ({} images, {classes}{left_out})",
+            path_record::display(&self.root),
+            self.files.len()
+        )
     }
-}
-
-fn is_image_file(path: &Path) -> bool {
-    path.extension()
-        .and_then(|extension| extension.to_str())
-        .is_some_and(|extension| IMAGE_EXTENSIONS.contains(&extension.to_ascii_lowercase().as_str()))
-}
-
-/// Adds the image files under `dir` to `files`, following subdirectories.
-fn collect_images(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), DataError> {
-    let io_error = |source| DataError::Io { path: dir.into(), source };
-    for entry in std::fs::read_dir(dir).map_err(io_error)? {
-        let entry = entry.map_err(io_error)?;
-        let path = entry.path();
-        let file_type = entry.file_type().map_err(|source| DataError::Io { path: path.clone(), source })?;
-        // Symlinks are followed through `metadata` so linked class folders work.
-        let is_dir = file_type.is_dir() || (file_type.is_symlink() && path.is_dir());
-        if is_dir {
-            collect_images(&path, files)?;
-        } else if is_image_file(&path) {
-            files.push(path);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dim_models::preprocess::ResizePolicy;
+    use dim_models::preprocess::{Background, ResizePolicy};
     use image::{Rgb, RgbImage};
 
-    const RGB_8: InputSpec = InputSpec { channels: 3, size: 8, resize: ResizePolicy::Stretch };
+    const RGB_8: InputSpec =
+        InputSpec { channels: 3, size: 8, resize: ResizePolicy::Stretch, background: Background::White };
 
     fn write_png(path: &Path, value: u8) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -135,11 +135,12 @@ pub(crate) fn split_prefix(split: Split) -> &'static str {
 mod tests {
     use super::*;
     use dim_models::idx::{IMAGES_MAGIC, LABELS_MAGIC};
-    use dim_models::preprocess::ResizePolicy;
+    use dim_models::preprocess::{Background, ResizePolicy};
     use flate2::{Compression, write::GzEncoder};
     use std::io::Write;
 
-    const GREY_32: InputSpec = InputSpec { channels: 1, size: 32, resize: ResizePolicy::Pad };
+    const GREY_32: InputSpec =
+        InputSpec { channels: 1, size: 32, resize: ResizePolicy::Pad, background: Background::White };
 
     fn images_bytes(count: usize, rows: usize, cols: usize) -> Vec<u8> {
         let mut bytes = Vec::new();

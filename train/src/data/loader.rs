@@ -253,7 +253,7 @@ fn augment_in_place(pixels: &mut [f32], channels: usize, size: usize, augment: &
 mod tests {
     use super::*;
     use crate::data::{DataError, Sample};
-    use dim_models::preprocess::{InputSpec, ResizePolicy};
+    use dim_models::preprocess::{Background, InputSpec, ResizePolicy};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// Example i is a 1×4×4 image with pixel p = (i * 16 + p) / 1000, labelled i % 3; listed
@@ -269,7 +269,7 @@ mod tests {
             self.len
         }
         fn input_spec(&self) -> InputSpec {
-            InputSpec { channels: 1, size: 4, resize: ResizePolicy::Stretch }
+            InputSpec { channels: 1, size: 4, resize: ResizePolicy::Stretch, background: Background::White }
         }
         fn num_classes(&self) -> Option<usize> {
             Some(3)

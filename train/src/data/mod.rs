@@ -168,10 +168,11 @@ fn detect_format(path: &Path) -> Result<DataFormat, DataError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dim_models::preprocess::ResizePolicy;
+    use dim_models::preprocess::{Background, ResizePolicy};
     use image::{Luma, Rgb, RgbImage};
 
-    const GREY_32: InputSpec = InputSpec { channels: 1, size: 32, resize: ResizePolicy::Pad };
+    const GREY_32: InputSpec =
+        InputSpec { channels: 1, size: 32, resize: ResizePolicy::Pad, background: Background::White };
 
     fn idx_images(count: u32) -> Vec<u8> {
         let mut bytes = Vec::new();
@@ -228,7 +229,8 @@ mod tests {
             }
         }
         std::fs::write(dir.path().join("pear/zz-corrupt.png"), b"\x89PNG\r\n\x1a\n truncated").unwrap();
-        let spec = InputSpec { channels: 3, size: 8, resize: ResizePolicy::Pad };
+        let spec =
+            InputSpec { channels: 3, size: 8, resize: ResizePolicy::Pad, background: Background::White };
         let data = open_dataset(dir.path(), DataFormat::Folder, Split::Train, spec).unwrap();
         assert_eq!((data.len(), data.num_classes()), (8, Some(2)));
 
