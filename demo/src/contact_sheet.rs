@@ -4,6 +4,7 @@
 use crate::fashion_png::CLASS_NAMES;
 use crate::neighbours::{Precision, QueryResult};
 use base64::Engine;
+use dim_infer::retrieval::RetrievalScores;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -11,6 +12,8 @@ use std::path::Path;
 pub struct Sheet<'a> {
     /// Model file shown in the header.
     pub model: &'a Path,
+    /// Exact-search scores of the model's vectors beside raw pixels', by name.
+    pub comparison: &'a [(&'a str, &'a RetrievalScores)],
     /// Precision@k over all queries.
     pub precision: &'a Precision,
     /// The query rows to draw.
@@ -62,6 +65,21 @@ pub fn render(sheet: &Sheet<'_>) -> std::io::Result<String> {
     );
     for (label, value) in p.per_class.iter().enumerate() {
         let _ = write!(html, "<tr><td>{}</td><td>{value:.4}</td></tr>", CLASS_NAMES[label]);
+    }
+    html.push_str(
+        "</table><h2>What the model adds over raw pixels</h2><p>Exact search over the same queries \
+         (cosine, every test image a query).</p><table><tr><th>features</th><th>precision@k</th>\
+         <th>macro</th><th>k-NN accuracy</th></tr>",
+    );
+    for (name, scores) in sheet.comparison {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td></tr>",
+            escape(name),
+            scores.precision_at_k_micro,
+            scores.precision_at_k_macro,
+            scores.knn_accuracy
+        );
     }
     html.push_str("</table>");
     for query in sheet.queries {

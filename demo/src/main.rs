@@ -1,7 +1,9 @@
 //! `dim-demo`, the main job: writes the Fashion-MNIST test images as PNG files (first run only),
-//! embeds them with the shipped model, builds an HNSW index, queries every image against it,
-//! prints a few queries with their neighbours and the mean precision@10, and writes a contact
-//! sheet (`index.html`) and a JSON summary.
+//! embeds them with the shipped model, builds an HNSW index with the default post-processing
+//! (centring + PCA-whitening fitted on the collection), queries every image against it, prints a
+//! few queries with their neighbours and the mean precision@10, sets the model's exact-search
+//! precision@10 beside raw pixels' on the same queries (as embedded and post-processed alike),
+//! and writes a contact sheet (`index.html`) and a JSON summary.
 
 mod contact_sheet;
 mod fashion_png;
@@ -11,9 +13,13 @@ use anyhow::Context;
 use clap::Parser;
 use dim_infer::embed_job::{self, EmbedJob};
 use dim_infer::embedder::{Embedder, EmbedderOptions, Feature};
-use dim_infer::index::{self, IndexFiles, IndexParams};
+use dim_infer::index::{self, IndexFiles, IndexParams, Metric};
+use dim_infer::post_process::{Pca, PcaSpec};
+use dim_infer::retrieval::{self, RetrievalScores};
 use dim_models::atomic_file::write_bytes_atomically;
+use dim_models::preprocess;
 use fashion_png::CLASS_NAMES;
+use rayon::prelude::*;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -49,6 +55,21 @@ struct Args {
     /// ONNX Runtime threads (0: its choice).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Principal components kept by the index's post-processing (0: none, search as embedded).
+    #[arg(long, default_value_t = 256)]
+    pca: usize,
+    /// Keep the PCA's variances instead of whitening the components.
+    #[arg(long)]
+    no_whiten: bool,
+}
+
+/// One line of the comparison: a representation's exact-search retrieval scores.
+#[derive(serde::Serialize)]
+struct ComparisonRow {
+    features: String,
+    dims: usize,
+    #[serde(flatten)]
+    scores: RetrievalScores,
 }
 
 fn main() -> ExitCode {
@@ -105,7 +126,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
 
     let index_dir = args.out.join("index");
-    let info = index::build(&embeddings_dir, &index_dir, &IndexParams::default())?;
+    let post_process =
+        (args.pca > 0).then_some(PcaSpec { dims: args.pca, whiten: !args.no_whiten, eps: 1e-6 });
+    let params = IndexParams { post_process, ..IndexParams::default() };
+    let info = index::build(&embeddings_dir, &index_dir, &params)?;
     eprintln!("indexed {} vectors in {:.1} s", info.count, info.build_seconds);
 
     let mut files = IndexFiles::open(&index_dir)?;
@@ -154,8 +178,23 @@ fn run(args: &Args) -> anyhow::Result<()> {
         precision.queries as f64 / query_seconds
     );
 
+    let comparison = compare_with_pixels(&index, &labels, &embedder, args)?;
+    println!("\nexact search, every test image a query (cosine):");
+    println!("{:<44} {:>5} {:>8} {:>8} {:>8}", "features", "dims", "p@10", "macro", "k-NN");
+    for row in &comparison {
+        println!(
+            "{:<44} {:>5} {:>8.4} {:>8.4} {:>8.4}",
+            row.features,
+            row.dims,
+            row.scores.precision_at_k_micro,
+            row.scores.precision_at_k_macro,
+            row.scores.knn_accuracy
+        );
+    }
+
     let html = contact_sheet::render(&contact_sheet::Sheet {
         model: &model_path,
+        comparison: &comparison.iter().map(|row| (row.features.as_str(), &row.scores)).collect::<Vec<_>>(),
         precision: &precision,
         queries: &shown,
         files: &index.manifest.rows.iter().map(|row| row.path.clone()).collect::<Vec<_>>(),
@@ -171,8 +210,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
         "images": collection.files.len(),
         "skipped": summary.skipped.len(),
         "precision": precision,
+        "exact_search_comparison": comparison,
         "classes": CLASS_NAMES,
-        "index": { "m": info.params.m, "ef_construction": info.params.ef_construction, "ef": args.ef },
+        "index": {
+            "m": info.params.m,
+            "ef_construction": info.params.ef_construction,
+            "ef": args.ef,
+            "post_process": info.post_process,
+        },
         "queries_per_second": precision.queries as f64 / query_seconds,
     });
     write_bytes_atomically(
@@ -181,4 +226,62 @@ fn run(args: &Args) -> anyhow::Result<()> {
     )?;
     println!("contact sheet: {}", html_path.display());
     Ok(())
+}
+
+/// Exact-search retrieval of the model's vectors and of the raw pixels the model sees (its own
+/// preprocessing of the same files), each as embedded and through the same kind of
+/// post-processing as the index (fitted on this collection), so the page shows what the model adds.
+fn compare_with_pixels(
+    index: &dim_infer::index::SearchIndex<'_>,
+    labels: &[usize],
+    embedder: &Embedder,
+    args: &Args,
+) -> anyhow::Result<Vec<ComparisonRow>> {
+    let labels: Vec<u32> = labels.iter().map(|&label| label as u32).collect();
+    let spec = embedder.input_spec();
+    let pixels: Vec<Vec<f32>> = index
+        .manifest
+        .rows
+        .par_iter()
+        .map(|row| {
+            let image = preprocess::decode_file(&row.path, preprocess::configured_max_pixels())
+                .with_context(|| format!("cannot read {}", row.path.display()))?;
+            Ok(preprocess::image_to_input(&image, &spec))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let pixels = pixels.concat();
+    let model = index.vectors.values.as_slice();
+    let mut sets = vec![
+        (
+            format!("model `{}` as embedded", embedder.metadata().embedding_source),
+            model.to_vec(),
+            index.vectors.cols,
+        ),
+        ("raw pixels as the model sees them".to_string(), pixels.clone(), spec.len()),
+    ];
+    if let Some(pca) = index.post_process {
+        let description = pca.description();
+        let name = format!("PCA {}{}", description.dims, if description.whiten { " whitened" } else { "" });
+        let pixel_pca = Pca::fit(
+            &pixels,
+            spec.len(),
+            &PcaSpec {
+                dims: description.dims.min(spec.len() - 1),
+                whiten: description.whiten,
+                eps: description.eps,
+            },
+        )?;
+        sets.insert(1, (format!("model + {name} (the index)"), pca.apply_rows(model)?, description.dims));
+        sets.push((
+            format!("raw pixels + {name}"),
+            pixel_pca.apply_rows(&pixels)?,
+            pixel_pca.description().dims,
+        ));
+    }
+    sets.into_iter()
+        .map(|(features, values, dims)| {
+            let scores = retrieval::evaluate(&values, dims, &labels, args.k, Metric::Cosine)?;
+            Ok(ComparisonRow { features, dims, scores })
+        })
+        .collect()
 }

@@ -477,8 +477,10 @@ impl IndexFiles {
     }
 }
 
-/// One search result.
+/// One search result. In JSON the path is written losslessly: `path`, plus `path_bytes_hex`
+/// for a name that is not UTF-8 ([`dim_models::path_record`]).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(into = "HitJson")]
 pub struct Hit {
     /// 1-based rank.
     pub rank: usize,
@@ -488,6 +490,27 @@ pub struct Hit {
     pub score: f32,
     /// The image file.
     pub path: PathBuf,
+}
+
+/// [`Hit`] as JSON holds it.
+#[derive(Serialize)]
+struct HitJson {
+    rank: usize,
+    row: usize,
+    score: f32,
+    #[serde(flatten)]
+    path: dim_models::path_record::PathRecord,
+}
+
+impl From<Hit> for HitJson {
+    fn from(hit: Hit) -> Self {
+        HitJson {
+            rank: hit.rank,
+            row: hit.row,
+            score: hit.score,
+            path: dim_models::path_record::PathRecord::of(&hit.path),
+        }
+    }
 }
 
 /// A loaded, searchable index.

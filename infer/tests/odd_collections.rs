@@ -172,6 +172,41 @@ fn an_odd_collection_embeds_every_valid_image_once_and_lists_the_rest_with_reaso
     assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
     assert_eq!(String::from_utf8_lossy(&checked.stdout).trim(), "2 14", "two byte-named rows, 14 vectors");
 
+    // dim-search reports the Latin-1 row losslessly too.
+    let index = temp.path().join("index");
+    let search = env!("CARGO_BIN_EXE_dim-search");
+    let built = Command::new(search)
+        .args([
+            "build".as_ref(),
+            "--embeddings".as_ref(),
+            out.as_os_str(),
+            "--out".as_ref(),
+            index.as_os_str(),
+        ])
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let cafe_row = rows.iter().position(|p| *p == cafe).unwrap().to_string();
+    let query = Command::new(search)
+        .args([
+            "query".as_ref(),
+            "--index".as_ref(),
+            index.as_os_str(),
+            "--row".as_ref(),
+            cafe_row.as_ref(),
+            "-k".as_ref(),
+            "1".as_ref(),
+            "--json".as_ref(),
+        ])
+        .output()
+        .unwrap();
+    assert!(query.status.success(), "{}", String::from_utf8_lossy(&query.stderr));
+    let results: serde_json::Value = serde_json::from_slice(&query.stdout).unwrap();
+    let hit = &results[0]["results"][0];
+    let record: dim_models::path_record::PathRecord = serde_json::from_value(hit.clone()).unwrap();
+    assert_eq!(record.to_path_buf().unwrap(), cafe, "{hit}");
+    assert!(record.path.ends_with("caf\\xe9.png"), "{hit}");
+
     // A rerun reuses every row and reports the same skips.
     let rerun = dim_embed(&[root.as_os_str(), "--out".as_ref(), out.as_os_str()]);
     assert!(rerun.status.success());

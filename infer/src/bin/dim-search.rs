@@ -308,13 +308,17 @@ fn embed_queries(
     }
     let embeddings = embedder.embed(images, 64)?;
     if let Some(skipped) = embeddings.skipped.first() {
-        anyhow::bail!("cannot use query image {}: {}", skipped.path.display(), skipped.reason);
+        anyhow::bail!(
+            "cannot use query image {}: {}",
+            dim_models::path_record::display(&skipped.path),
+            skipped.reason
+        );
     }
     Ok(embeddings
         .paths
         .iter()
         .enumerate()
-        .map(|(i, path)| (path.display().to_string(), embeddings.row(i).to_vec()))
+        .map(|(i, path)| (dim_models::path_record::display(path), embeddings.row(i).to_vec()))
         .collect())
 }
 
@@ -331,7 +335,7 @@ fn print_results(results: &[(String, Vec<Hit>)], json: bool) -> anyhow::Result<(
         println!("query: {query}");
         println!("{:>4}  {:>9}  path", "rank", "score");
         for hit in hits {
-            println!("{:>4}  {:>9.5}  {}", hit.rank, hit.score, hit.path.display());
+            println!("{:>4}  {:>9.5}  {}", hit.rank, hit.score, dim_models::path_record::display(&hit.path));
         }
     }
     Ok(())
