@@ -165,7 +165,8 @@ mod tests {
     #[test]
     fn a_valid_checkpoint_exports_a_model_with_metadata_and_ignores_critic_tensors() {
         let dir = tempfile::tempdir().unwrap();
-        write_checkpoint(dir.path(), &serde_json::to_value(config()).unwrap(), &contract_tensors());
+        let black = CheckpointConfig { background: dim_models::preprocess::Background::Black, ..config() };
+        write_checkpoint(dir.path(), &serde_json::to_value(&black).unwrap(), &contract_tensors());
         let out_dir = tempfile::tempdir().unwrap();
         let out = out_dir.path().join("model.onnx");
         let options = ExportOptions {
@@ -186,11 +187,14 @@ mod tests {
         let metadata = ModelMetadata::from_props(&props).unwrap();
         assert_eq!(metadata, summary.metadata);
         assert_eq!(metadata.embedding_source, "y");
+        assert_eq!(props["dim.background"], "black", "the checkpoint's background reaches dim-embed");
+        assert_eq!(metadata.input.background, dim_models::preprocess::Background::Black);
+        assert!(props["dim.preprocessing"].contains("EXIF orientation applied; alpha composited over black"));
         assert_eq!(metadata.output_dim("embedding"), Some(64));
         assert_eq!(metadata.output_dim("conv"), Some(4096));
         let weights = std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap();
         assert_eq!(metadata.checkpoint_sha256, sha256_hex(&weights));
-        assert_eq!(metadata.training_digest, config().training_digest());
+        assert_eq!(metadata.training_digest, black.training_digest());
     }
 
     #[test]
