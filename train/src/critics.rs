@@ -75,11 +75,24 @@ impl LocalCritic {
 
     /// Scores `[N, N, L]` for local maps `[N, C, h, w]` and global vectors `[N, Y]`.
     pub fn scores(&self, local: &Tensor, y: &Tensor, train: bool) -> Tensor {
+        let mut scores = self.scores_for_each(local, std::slice::from_ref(y), train);
+        scores.swap_remove(0)
+    }
+
+    /// Scores `[N, N, L]` of each of several sets of global vectors `[N, Y]` against the same
+    /// local maps `[N, C, h, w]`, embedding the (far more numerous) locations only once. Each set
+    /// is embedded on its own, so BatchNorm sees one kind of global vector at a time.
+    pub fn scores_for_each(&self, local: &Tensor, globals: &[Tensor], train: bool) -> Vec<Tensor> {
         let [n, c, h, w] = local.size()[..] else { panic!("local map must be [N, C, h, w]") };
         let rows = local.permute([0, 2, 3, 1]).reshape([n * h * w, c]);
-        let local_embedded = self.local_block.forward(&rows, train); // [N·L, U]
-        let global_embedded = self.global_block.forward(y, train); // [N, U]
-        global_embedded.matmul(&local_embedded.transpose(0, 1)).reshape([n, n, h * w])
+        let local_embedded = self.local_block.forward(&rows, train).transpose(0, 1); // [U, N·L]
+        globals
+            .iter()
+            .map(|global| {
+                let global_embedded = self.global_block.forward(global, train); // [N, U]
+                global_embedded.matmul(&local_embedded).reshape([n, n, h * w])
+            })
+            .collect()
     }
 }
 

@@ -4,7 +4,7 @@
 
 use dim_models::parameters::{BATCH_NORM_EPSILON, ENCODER_PREFIX};
 use dim_models::{EncoderConfig, Layer, LayerKind};
-use tch::{Tensor, nn, nn::ModuleT};
+use tch::{Tensor, nn};
 
 /// One layer of the convolutional trunk.
 // A model holds a handful of these, so the size gap between variants costs nothing.
@@ -48,13 +48,54 @@ impl TrunkLayer {
 
     /// Applies the layer (conv → BatchNorm → ReLU, or max-pool).
     pub(crate) fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.forward_with(x, Statistics::of_mode(train))
+    }
+
+    /// Applies the layer with BatchNorm normalising by `statistics`.
+    fn forward_with(&self, x: &Tensor, statistics: Statistics) -> Tensor {
         match self {
-            TrunkLayer::Conv { conv, batch_norm } => {
-                conv.forward_t(x, train).apply_t(batch_norm, train).relu()
-            }
+            TrunkLayer::Conv { conv, batch_norm } => statistics.normalise(batch_norm, &x.apply(conv)).relu(),
             TrunkLayer::MaxPool { kernel, stride, padding } => {
                 x.max_pool2d([*kernel, *kernel], [*stride, *stride], [*padding, *padding], [1, 1], false)
             }
+        }
+    }
+}
+
+/// Which statistics the encoder's BatchNorm layers normalise with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statistics {
+    /// The running statistics (evaluation).
+    Running,
+    /// The batch's own, folded into the running statistics (training).
+    Batch,
+    /// The batch's own, leaving the running statistics alone: for a training view that the
+    /// exported encoder never sees (an occluded one), whose statistics must not leak into it.
+    BatchUntracked,
+}
+
+impl Statistics {
+    /// `Batch` in training mode, `Running` otherwise.
+    pub fn of_mode(train: bool) -> Self {
+        if train { Statistics::Batch } else { Statistics::Running }
+    }
+
+    fn normalise(self, batch_norm: &nn::BatchNorm, x: &Tensor) -> Tensor {
+        match self {
+            Statistics::Running => x.apply_t(batch_norm, false),
+            Statistics::Batch => x.apply_t(batch_norm, true),
+            // Without running buffers libtorch normalises by the batch and updates nothing.
+            Statistics::BatchUntracked => Tensor::batch_norm(
+                x,
+                batch_norm.ws.as_ref(),
+                batch_norm.bs.as_ref(),
+                None::<&Tensor>,
+                None::<&Tensor>,
+                true,
+                0.0,
+                BATCH_NORM_EPSILON,
+                true,
+            ),
         }
     }
 }
@@ -128,10 +169,15 @@ impl Encoder {
     /// Runs the encoder on images `[N, C, H, W]` with values in [0, 1] (scaled to [−1, 1] here,
     /// exactly as the exported ONNX graph does). `train` selects BatchNorm's batch statistics.
     pub fn forward_taps(&self, images: &Tensor, train: bool) -> Taps {
+        self.forward_taps_with(images, Statistics::of_mode(train))
+    }
+
+    /// [`Encoder::forward_taps`] with BatchNorm normalising by `statistics`.
+    pub fn forward_taps_with(&self, images: &Tensor, statistics: Statistics) -> Taps {
         let mut x = images * 2.0 - 1.0;
         let mut local = None;
         for (index, layer) in self.trunk.iter().enumerate() {
-            x = layer.forward_t(&x, train);
+            x = layer.forward_with(&x, statistics);
             if index == self.config.local_layer_index() {
                 local = Some(x.shallow_clone());
             }
@@ -143,7 +189,7 @@ impl Encoder {
         for (index, layer) in self.head.iter().enumerate() {
             h = h.apply(&layer.linear);
             if let Some(batch_norm) = &layer.batch_norm {
-                h = h.apply_t(batch_norm, train).relu();
+                h = statistics.normalise(batch_norm, &h).relu();
             }
             if index + 1 == last {
                 fc = Some(h.shallow_clone());
@@ -191,5 +237,27 @@ mod tests {
             assert_eq!(taps.fc.size(), [2, dims.fc as i64]);
             assert_eq!(taps.y.size(), [2, dims.y as i64]);
         }
+    }
+
+    #[test]
+    fn untracked_batch_statistics_normalise_like_training_but_leave_the_running_ones_alone() {
+        let _turn = crate::torch_generator::exclusive();
+        let config = EncoderConfig::new(Preset::Basic32x32, 1).unwrap();
+        let store = nn::VarStore::new(Device::Cpu);
+        let encoder = Encoder::new(&store.root(), config);
+        let running = || {
+            let variables = store.variables();
+            ["encoder.conv1.bn.running_mean", "encoder.fc1.bn.running_var"].map(|name| variables[name].copy())
+        };
+        let images = Tensor::rand([4, 1, 32, 32], (Kind::Float, Device::Cpu));
+        let before = running();
+        let untracked = encoder.forward_taps_with(&images, Statistics::BatchUntracked);
+        for (after, before) in running().iter().zip(&before) {
+            assert!(after.equal(before), "running statistics moved");
+        }
+        let tracked = encoder.forward_taps_with(&images, Statistics::Batch);
+        assert!(untracked.y.allclose(&tracked.y, 1e-5, 1e-5, false));
+        assert!(untracked.local.allclose(&tracked.local, 1e-5, 1e-5, false));
+        assert!(running().iter().zip(&before).all(|(after, before)| !after.equal(before)));
     }
 }

@@ -8,11 +8,15 @@ pub mod device;
 pub mod encoder;
 pub mod estimators;
 pub mod evaluation;
+pub mod extra_globals;
 pub mod features;
 pub mod objective;
+pub mod occlusion;
 pub mod optim;
 pub mod prior;
 pub mod probes;
 pub mod settings;
 pub mod supervised;
+#[cfg(test)]
+mod torch_generator;
 pub mod trainer;

@@ -1,9 +1,12 @@
 //! The DIM objective: the encoder with its critics and prior discriminator, and the loss
-//! `α·global + β·local + γ·prior` for the encoder side.
+//! `α·global + β·local + γ·prior` for the encoder side, with the paper's optional levers
+//! (occlusion of the global view, extra global vectors).
 
 use crate::critics::{GlobalCritic, LocalCritic};
-use crate::encoder::Encoder;
+use crate::encoder::{Encoder, Statistics};
 use crate::estimators::{Estimator, MiEstimate};
+use crate::extra_globals::ExtraGlobals;
+use crate::occlusion::Occlusion;
 use crate::prior::Discriminator;
 use dim_models::EncoderConfig;
 use serde::{Deserialize, Serialize};
@@ -40,6 +43,16 @@ impl Mode {
     }
 }
 
+/// The DIM paper's optional levers on the MI terms; the default turns both off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Levers {
+    /// Side in pixels of the square blanked in each image before the global side (Y for the MI
+    /// terms, and the extra globals) is computed; 0 = no occlusion.
+    pub occlusion_size: usize,
+    /// Global vectors computed from M besides Y, scored by the local critic (β > 0); 0 = only Y.
+    pub extra_globals: usize,
+}
+
 /// The encoder side's loss for one batch and its parts (scalars).
 #[derive(Debug)]
 pub struct EncoderLoss {
@@ -47,11 +60,11 @@ pub struct EncoderLoss {
     pub total: Tensor,
     /// The global critic's estimate when α > 0.
     pub global: Option<MiEstimate>,
-    /// The local critic's estimate when β > 0.
+    /// The local critic's estimate when β > 0 (averaged over Y and the extra globals).
     pub local: Option<MiEstimate>,
     /// The generator loss when γ > 0.
     pub prior: Option<Tensor>,
-    /// The batch's Y, for the discriminator's step.
+    /// The batch's Y (of the whole images), for the discriminator's step.
     pub y: Tensor,
 }
 
@@ -67,50 +80,204 @@ pub struct DimModel {
     pub global_critic: Option<GlobalCritic>,
     /// Prior discriminator, when γ > 0.
     pub discriminator: Option<Discriminator>,
+    /// Extra global vectors, when asked for and β > 0.
+    pub extra_globals: Option<ExtraGlobals>,
+    occlusion: Option<Occlusion>,
     weights: ObjectiveWeights,
     estimator: Estimator,
 }
 
 impl DimModel {
-    /// Creates every module's variables under `root`.
+    /// Creates every module's variables under `root` (the occlusion size must be smaller than
+    /// the input, as `TrainSettings::validate` checks).
     pub fn new(
         root: &nn::Path,
         config: EncoderConfig,
         weights: ObjectiveWeights,
         estimator: Estimator,
         critic_width: usize,
+        levers: Levers,
     ) -> Self {
         let dims = config.tap_dims();
+        let local_term = weights.beta != 0.0;
         DimModel {
             encoder: Encoder::new(root, config),
-            local_critic: (weights.beta != 0.0)
-                .then(|| LocalCritic::new(root, dims.local[0], dims.y, critic_width)),
+            local_critic: local_term.then(|| LocalCritic::new(root, dims.local[0], dims.y, critic_width)),
             global_critic: (weights.alpha != 0.0).then(|| GlobalCritic::new(root, &config, critic_width)),
             discriminator: (weights.gamma != 0.0).then(|| Discriminator::new(root, dims.y)),
+            extra_globals: (local_term && levers.extra_globals > 0)
+                .then(|| ExtraGlobals::new(root, dims.local[0], dims.y, levers.extra_globals)),
+            occlusion: Occlusion::new(levers.occlusion_size),
             weights,
             estimator,
         }
     }
 
-    /// The encoder side's loss on images `[N, C, H, W]` in [0, 1] (training mode).
+    /// The encoder side's loss on images `[N, C, H, W]` in [0, 1] (training mode), with the
+    /// global side computed from randomly occluded copies when occlusion is on.
     pub fn encoder_loss(&self, images: &Tensor) -> EncoderLoss {
-        let taps = self.encoder.forward_taps(images, true);
+        let global_view = self.occlusion.map(|occlusion| occlusion.occlude(images));
+        self.encoder_loss_on_views(images, global_view.as_ref())
+    }
+
+    /// The encoder side's loss with the global side of the MI terms (Y and the extra globals)
+    /// computed from `global_view` when given, else from `images`. The local maps, and the Y that
+    /// the prior shapes, always come from `images`: they are what the exported encoder sees.
+    pub fn encoder_loss_on_views(&self, images: &Tensor, global_view: Option<&Tensor>) -> EncoderLoss {
+        let whole = self.encoder.forward_taps_with(images, Statistics::Batch);
+        let viewed = global_view.map(|view| self.encoder.forward_taps_with(view, Statistics::BatchUntracked));
+        let global_side = viewed.as_ref().unwrap_or(&whole);
         let mut total = Tensor::zeros([], (Kind::Float, images.device()));
         let global = self.global_critic.as_ref().map(|critic| {
-            let estimate = self.estimator.estimate(&critic.scores(&taps.local, &taps.y, true));
+            let estimate = self.estimator.estimate(&critic.scores(&whole.local, &global_side.y, true));
             total += &estimate.loss * self.weights.alpha;
             estimate
         });
         let local = self.local_critic.as_ref().map(|critic| {
-            let estimate = self.estimator.estimate(&critic.scores(&taps.local, &taps.y, true));
+            let mut globals = vec![global_side.y.shallow_clone()];
+            if let Some(extra_globals) = &self.extra_globals {
+                globals.extend(extra_globals.forward(&global_side.local, true));
+            }
+            let estimates = critic
+                .scores_for_each(&whole.local, &globals, true)
+                .iter()
+                .map(|scores| self.estimator.estimate(scores))
+                .collect();
+            let estimate = mean_estimate(estimates);
             total += &estimate.loss * self.weights.beta;
             estimate
         });
         let prior = self.discriminator.as_ref().map(|discriminator| {
-            let loss = discriminator.generator_loss(&taps.y);
+            let loss = discriminator.generator_loss(&whole.y);
             total += &loss * self.weights.gamma;
             loss
         });
-        EncoderLoss { total, global, local, prior, y: taps.y }
+        EncoderLoss { total, global, local, prior, y: whole.y }
+    }
+}
+
+/// The mean loss and MI estimate of one term's estimates (one per global vector).
+fn mean_estimate(estimates: Vec<MiEstimate>) -> MiEstimate {
+    let (losses, mis): (Vec<Tensor>, Vec<Tensor>) =
+        estimates.into_iter().map(|estimate| (estimate.loss, estimate.mi)).unzip();
+    MiEstimate {
+        loss: Tensor::stack(&losses, 0).mean(Kind::Float),
+        mi: Tensor::stack(&mis, 0).mean(Kind::Float),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dim_models::Preset;
+    use dim_models::parameters::encoder_parameters;
+    use std::collections::BTreeSet;
+    use tch::Device;
+
+    const LOCAL_ONLY: ObjectiveWeights = ObjectiveWeights { alpha: 0.0, beta: 1.0, gamma: 0.0 };
+
+    fn model(store: &nn::VarStore, weights: ObjectiveWeights, levers: Levers) -> DimModel {
+        let config = EncoderConfig::new(Preset::Basic32x32, 1).unwrap();
+        DimModel::new(&store.root(), config, weights, Estimator::Jsd, 32, levers)
+    }
+
+    fn images() -> Tensor {
+        Tensor::rand([4, 1, 32, 32], (Kind::Float, Device::Cpu))
+    }
+
+    fn has_gradient(tensor: &Tensor) -> bool {
+        let grad = tensor.grad();
+        grad.defined() && grad.abs().sum(Kind::Float).double_value(&[]) > 0.0
+    }
+
+    #[test]
+    fn gradients_reach_the_encoder_through_the_occluded_and_the_whole_view() {
+        let _turn = crate::torch_generator::exclusive();
+        for weights in [LOCAL_ONLY, ObjectiveWeights { alpha: 1.0, beta: 0.0, gamma: 0.0 }] {
+            let store = nn::VarStore::new(Device::Cpu);
+            let model = model(&store, weights, Levers { occlusion_size: 8, ..Levers::default() });
+            let whole = images().set_requires_grad(true);
+            let occluded = model.occlusion.unwrap().occlude(&whole.detach()).set_requires_grad(true);
+            let loss = model.encoder_loss_on_views(&whole, Some(&occluded));
+            loss.total.backward();
+            // The whole images reach the loss only through M, the occluded ones only through Y.
+            assert!(has_gradient(&whole), "{weights:?}");
+            assert!(has_gradient(&occluded), "{weights:?}");
+            let variables = store.variables();
+            assert!(has_gradient(&variables["encoder.conv1.conv.weight"]));
+            assert!(has_gradient(&variables["encoder.y.linear.weight"]), "Y's layer gets no gradient");
+        }
+    }
+
+    #[test]
+    fn occlusion_changes_only_the_global_side() {
+        let _turn = crate::torch_generator::exclusive();
+        let store = nn::VarStore::new(Device::Cpu);
+        let model = model(&store, LOCAL_ONLY, Levers { occlusion_size: 16, ..Levers::default() });
+        let images = images();
+        let plain = model.encoder_loss_on_views(&images, None);
+        let same_view = model.encoder_loss_on_views(&images, Some(&images));
+        let occluded = model.encoder_loss(&images);
+        let local_loss = |loss: &EncoderLoss| loss.local.as_ref().unwrap().loss.double_value(&[]);
+        assert!((local_loss(&plain) - local_loss(&same_view)).abs() < 1e-5);
+        assert!((local_loss(&plain) - local_loss(&occluded)).abs() > 1e-6);
+        assert!(plain.y.allclose(&occluded.y, 1e-5, 1e-5, false), "the prior's Y must be the whole image's");
+    }
+
+    #[test]
+    fn extra_globals_get_gradients_and_leave_the_encoder_names_alone() {
+        let _turn = crate::torch_generator::exclusive();
+        for extra_globals in [1, 3] {
+            let store = nn::VarStore::new(Device::Cpu);
+            let model = model(&store, Mode::DimL.weights(), Levers { extra_globals, ..Levers::default() });
+            let loss = model.encoder_loss(&images());
+            assert!(loss.total.double_value(&[]).is_finite());
+            assert_eq!(loss.local.as_ref().unwrap().loss.size(), Vec::<i64>::new());
+            loss.total.backward();
+            let variables = store.variables();
+            assert!(has_gradient(&variables["extra_globals.conv.weight"]), "{extra_globals}");
+            assert!(has_gradient(&variables["encoder.conv1.conv.weight"]));
+            let config = model.encoder.config();
+            let contract: BTreeSet<String> =
+                encoder_parameters(config).into_iter().map(|spec| spec.name).collect();
+            let encoder_names: BTreeSet<String> =
+                variables.into_keys().filter(|name| name.starts_with("encoder.")).collect();
+            assert_eq!(encoder_names, contract);
+        }
+    }
+
+    #[test]
+    fn the_local_term_averages_the_estimates_of_y_and_the_extra_globals() {
+        let _turn = crate::torch_generator::exclusive();
+        let store = nn::VarStore::new(Device::Cpu);
+        let model = model(&store, LOCAL_ONLY, Levers { extra_globals: 2, ..Levers::default() });
+        let images = images();
+        // Run in evaluation mode so repeated passes give the same numbers.
+        let taps = model.encoder.forward_taps(&images, false);
+        let critic = model.local_critic.as_ref().unwrap();
+        let mut globals = vec![taps.y.shallow_clone()];
+        globals.extend(model.extra_globals.as_ref().unwrap().forward(&taps.local, false));
+        let each: Vec<f64> = critic
+            .scores_for_each(&taps.local, &globals, false)
+            .iter()
+            .map(|scores| Estimator::Jsd.estimate(scores).loss.double_value(&[]))
+            .collect();
+        let alone =
+            Estimator::Jsd.estimate(&critic.scores(&taps.local, &taps.y, false)).loss.double_value(&[]);
+        assert!((each[0] - alone).abs() < 1e-6);
+        let estimates = each
+            .iter()
+            .map(|&loss| MiEstimate { loss: Tensor::from(loss), mi: Tensor::from(-loss) })
+            .collect();
+        let mean = mean_estimate(estimates);
+        assert!((mean.loss.double_value(&[]) - each.iter().sum::<f64>() / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn extra_globals_need_the_local_term() {
+        let _turn = crate::torch_generator::exclusive();
+        let store = nn::VarStore::new(Device::Cpu);
+        let model = model(&store, Mode::DimG.weights(), Levers { extra_globals: 2, ..Levers::default() });
+        assert!(model.extra_globals.is_none());
     }
 }

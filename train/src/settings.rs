@@ -2,7 +2,7 @@
 //! saved in every checkpoint's config so a run can be resumed or reproduced exactly.
 
 use crate::estimators::Estimator;
-use crate::objective::{Mode, ObjectiveWeights};
+use crate::objective::{Levers, Mode, ObjectiveWeights};
 use crate::optim::AdamConfig;
 use dim_models::Preset;
 use dim_models::preprocess::{Background, ResizePolicy};
@@ -52,6 +52,14 @@ pub struct TrainSettings {
     pub crop_padding: usize,
     /// Use only the first this-many examples.
     pub limit: Option<usize>,
+    /// Side in pixels of the random square blanked before the global vector is computed
+    /// (0 = none; runs saved before it existed had none).
+    #[serde(default)]
+    pub occlusion_size: usize,
+    /// Global vectors computed from the local map besides Y for the local term (0 = only Y; runs
+    /// saved before it existed had none).
+    #[serde(default)]
+    pub extra_globals: usize,
 }
 
 /// Why settings are unusable.
@@ -88,6 +96,8 @@ impl TrainSettings {
             flip: false,
             crop_padding: 0,
             limit: None,
+            occlusion_size: 0,
+            extra_globals: 0,
         }
     }
 
@@ -126,7 +136,22 @@ impl TrainSettings {
         if !matches!(self.channels, 1 | 3) {
             return invalid(format!("channels must be 1 or 3, got {}", self.channels));
         }
+        let input_size = self.preset.input_size();
+        if self.occlusion_size >= input_size {
+            return invalid(format!(
+                "the occlusion size must be smaller than the {input_size}-pixel input, got {}",
+                self.occlusion_size
+            ));
+        }
+        if self.extra_globals > 0 && beta == 0.0 {
+            return invalid("extra global vectors are scored by the local term, but beta is 0".into());
+        }
         Ok(())
+    }
+
+    /// The optional levers on the MI terms.
+    pub fn levers(&self) -> Levers {
+        Levers { occlusion_size: self.occlusion_size, extra_globals: self.extra_globals }
     }
 
     /// The optimisers' hyper-parameters.
@@ -162,6 +187,13 @@ mod tests {
                 ..settings.clone()
             },
             TrainSettings { limit: Some(0), ..settings.clone() },
+            TrainSettings { occlusion_size: 32, ..settings.clone() },
+            TrainSettings {
+                mode: Mode::DimG,
+                weights: Mode::DimG.weights(),
+                extra_globals: 2,
+                ..settings.clone()
+            },
         ];
         for bad in broken {
             let SettingsError::Invalid(message) = bad.validate().unwrap_err();
@@ -172,5 +204,25 @@ mod tests {
         assert_eq!(json["estimator"], "jsd");
         assert_eq!(json["mode"], "dim-l");
         assert_eq!(serde_json::from_value::<TrainingState>(json).unwrap(), state);
+    }
+
+    #[test]
+    fn the_levers_round_trip_and_settings_saved_without_them_still_load() {
+        let settings =
+            TrainSettings { occlusion_size: 8, extra_globals: 3, ..TrainSettings::new("data".into()) };
+        settings.validate().unwrap();
+        assert_eq!(settings.levers(), Levers { occlusion_size: 8, extra_globals: 3 });
+        let state = TrainingState { settings, batches_into_epoch: 0 };
+        let json = serde_json::to_value(&state).unwrap();
+        assert_eq!((json["occlusion_size"].as_u64(), json["extra_globals"].as_u64()), (Some(8), Some(3)));
+        assert_eq!(serde_json::from_value::<TrainingState>(json.clone()).unwrap(), state);
+
+        let mut old = json;
+        let fields = old.as_object_mut().unwrap();
+        fields.remove("occlusion_size");
+        fields.remove("extra_globals");
+        let loaded = serde_json::from_value::<TrainingState>(old).unwrap();
+        assert_eq!(loaded.settings.levers(), Levers::default());
+        assert_eq!(loaded.settings, TrainSettings { occlusion_size: 0, extra_globals: 0, ..state.settings });
     }
 }

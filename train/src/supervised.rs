@@ -369,6 +369,8 @@ mod tests {
 
     #[test]
     fn training_on_two_generated_classes_raises_accuracy_and_writes_a_checkpoint() {
+        // Seeded initial weights: no other test may draw from the generator meanwhile.
+        let _turn = crate::torch_generator::exclusive();
         let dataset: Arc<dyn Dataset> = Arc::new(GeneratedImages::new(1, 32, 32));
         let hidden = indicatif::ProgressBar::hidden();
         let split = read_labelled_images(&*dataset, None, 0, &hidden).unwrap();

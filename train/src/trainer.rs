@@ -244,6 +244,7 @@ impl Session {
             settings.weights,
             settings.estimator,
             settings.critic_width,
+            settings.levers(),
         );
         if channels_last {
             for (_, mut variable) in store.variables() {

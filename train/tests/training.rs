@@ -7,7 +7,7 @@ use dim_models::preprocess::{Background, InputSpec, ResizePolicy};
 use dim_models::{EncoderConfig, Preset};
 use dim_train::data::{DataError, Dataset, Sample};
 use dim_train::estimators::Estimator;
-use dim_train::objective::{DimModel, Mode};
+use dim_train::objective::{DimModel, Levers, Mode};
 use dim_train::optim::{Adam, AdamConfig};
 use dim_train::settings::TrainSettings;
 use dim_train::trainer::{self, RunEnd, RunOptions, TrainError};
@@ -191,7 +191,8 @@ fn resuming_on_other_data_is_refused() {
 fn the_discriminator_step_changes_only_the_discriminator() {
     let store = nn::VarStore::new(Device::Cpu);
     let config = EncoderConfig::new(Preset::Basic32x32, 1).unwrap();
-    let model = DimModel::new(&store.root(), config, Mode::DimL.weights(), Estimator::Jsd, 16);
+    let model =
+        DimModel::new(&store.root(), config, Mode::DimL.weights(), Estimator::Jsd, 16, Levers::default());
     let prior: Vec<(String, Tensor)> = store
         .variables()
         .into_iter()
@@ -244,6 +245,45 @@ fn dim_g_with_infonce_and_dim_l_with_dv_train_without_error() {
         let weights = dim_train::checkpoint::read_tensors(&dir.path().join(WEIGHTS_FILE)).unwrap();
         assert_eq!(weights.keys().any(|name| name.starts_with("global_critic.")), mode == Mode::DimG);
         assert_eq!(weights.keys().any(|name| name.starts_with("local_critic.")), mode == Mode::DimL);
+    }
+}
+
+#[test]
+fn occlusion_and_extra_globals_each_and_together_lower_the_loss_and_are_saved() {
+    let _turn = exclusive_torch();
+    tch::set_num_threads(2);
+    for (occlusion_size, extra_globals) in [(8, 0), (0, 2), (8, 2)] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = TrainSettings { occlusion_size, extra_globals, ..settings(2) };
+        trainer::train(&run, Arc::new(Blobs::new(48)), None, &options(dir.path())).unwrap();
+        let log = trainer::read_log(dir.path()).unwrap();
+        let (first, last) = (&log[0], &log[1]);
+        let lever = format!("occlusion {occlusion_size}, extra globals {extra_globals}");
+        eprintln!(
+            "{lever}: {} → {}, local {:?} → {:?}",
+            first.loss, last.loss, first.local_loss, last.local_loss
+        );
+        assert!(last.loss < first.loss, "{lever}: loss did not fall: {} → {}", first.loss, last.loss);
+        assert!(last.local_loss < first.local_loss, "{lever}");
+
+        let config = CheckpointConfig::read(dir.path()).unwrap();
+        assert_eq!(config.training["occlusion_size"], occlusion_size);
+        assert_eq!(config.training["extra_globals"], extra_globals);
+        assert_eq!(trainer::resume_settings(dir.path()).unwrap(), run);
+        let weights = dim_train::checkpoint::read_tensors(&dir.path().join(WEIGHTS_FILE)).unwrap();
+        assert_eq!(
+            weights.keys().any(|name| name.starts_with("extra_globals.")),
+            extra_globals > 0,
+            "{lever}"
+        );
+        // The exported encoder's tensors are exactly the parameter-name contract's.
+        let contract = dim_models::parameters::encoder_parameters(&config.encoder);
+        let mut expected: Vec<String> = contract.into_iter().map(|spec| spec.name).collect();
+        let mut saved: Vec<String> =
+            weights.into_keys().filter(|name| name.starts_with("encoder.")).collect();
+        expected.sort();
+        saved.sort();
+        assert_eq!(saved, expected, "{lever}");
     }
 }
 

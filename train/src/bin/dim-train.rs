@@ -8,7 +8,7 @@ use dim_models::preprocess::{Background, ResizePolicy};
 use dim_train::data::DataFormat;
 use dim_train::device::DeviceRequest;
 use dim_train::estimators::Estimator;
-use dim_train::objective::Mode;
+use dim_train::objective::{Levers, Mode};
 use dim_train::settings::TrainSettings;
 use dim_train::trainer::{self, RunEnd, RunOptions};
 use std::path::PathBuf;
@@ -90,6 +90,16 @@ struct Args {
     /// Continue the run saved in this checkpoint directory (its settings are used).
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Compute the global vector from a copy of each image with a random PIXELS×PIXELS square
+    /// blanked (mid-grey), while the local features still see the whole image: the DIM paper's
+    /// occlusion, a harder local MI task. 0 = off.
+    #[arg(long, value_name = "PIXELS", default_value_t = 0)]
+    occlusion_size: usize,
+    /// Score N more global vectors, from a 3×3 conv over the local map and average pooling,
+    /// against every location besides Y, averaging the local losses: the DIM paper's multiple
+    /// globals. A training aid outside the exported encoder. 0 = only Y.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    extra_globals: usize,
     /// Use only the first N examples (for quick runs).
     #[arg(long)]
     limit: Option<usize>,
@@ -136,6 +146,8 @@ fn settings_from(args: &Args) -> anyhow::Result<TrainSettings> {
         flip: args.flip,
         crop_padding: args.crop_padding,
         limit: args.limit,
+        occlusion_size: args.occlusion_size,
+        extra_globals: args.extra_globals,
         ..TrainSettings::new(data.clone())
     })
 }
@@ -166,6 +178,12 @@ fn run(args: &Args) -> anyhow::Result<RunEnd> {
         settings.critic_width,
         device
     );
+    if settings.levers() != Levers::default() {
+        eprintln!(
+            "levers: occlusion {} px, {} extra global vector(s)",
+            settings.occlusion_size, settings.extra_globals
+        );
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let handler_flag = Arc::clone(&stop);
