@@ -8,8 +8,6 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-pub use dim_models::image_walk::IMAGE_EXTENSIONS;
-
 /// Errors gathering inputs: only a list file that cannot be read stops the run.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -197,16 +197,15 @@ fn lock_directory(dir: &Path) -> Result<File, EmbedJobError> {
 
 /// Removes the spool and staged files a killed run left behind (the lock says none is in use).
 fn remove_leftovers(dir: &Path) {
+    atomic_file::remove_abandoned_staged_files(
+        dir,
+        &[EMBEDDINGS_FILE, MANIFEST_FILE, manifest::SKIPPED_FILE],
+    );
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let spool = name.starts_with(SPOOL_PREFIX) && name.ends_with(SPOOL_SUFFIX);
-        let staged = [EMBEDDINGS_FILE, MANIFEST_FILE, manifest::SKIPPED_FILE].iter().any(|file| {
-            name.starts_with(&format!("{}{file}.", atomic_file::TEMP_PREFIX))
-                && name.ends_with(atomic_file::TEMP_SUFFIX)
-        });
-        if spool || staged {
+        if name.starts_with(SPOOL_PREFIX) && name.ends_with(SPOOL_SUFFIX) {
             // A leftover that cannot be removed only costs disk space.
             let _ = std::fs::remove_file(entry.path());
         }

@@ -197,8 +197,7 @@ pub struct Embedder {
     model_path: PathBuf,
     feature: Feature,
     dim: usize,
-    reduced_jpeg: bool,
-    max_image_pixels: u64,
+    preprocessor: Preprocessor,
     /// Asks ONNX Runtime for the chosen output only, so it skips the layers only the others need
     /// (for `conv`, the fc and Y layers).
     run_options: RunOptions<HasSelectedOutputs>,
@@ -237,15 +236,12 @@ impl Embedder {
         let run_options = RunOptions::new()
             .map_err(|e| EmbedError::Run(e.to_string()))?
             .with_outputs(OutputSelector::no_default().with(feature.output_name()));
-        Ok(Embedder {
-            model,
-            model_path: options.model,
-            feature,
-            dim,
+        let preprocessor = Preprocessor {
+            spec: model.metadata.input,
             reduced_jpeg: options.reduced_jpeg,
             max_image_pixels: options.max_image_pixels,
-            run_options,
-        })
+        };
+        Ok(Embedder { model, model_path: options.model, feature, dim, preprocessor, run_options })
     }
 
     /// The model's metadata.
@@ -280,11 +276,7 @@ impl Embedder {
 
     /// The file-to-input conversion this embedder uses.
     pub fn preprocessor(&self) -> Preprocessor {
-        Preprocessor {
-            spec: self.input_spec(),
-            reduced_jpeg: self.reduced_jpeg,
-            max_image_pixels: self.max_image_pixels,
-        }
+        self.preprocessor
     }
 
     /// Embeds files in chunks of `batch_size`, decoding each chunk in parallel. Files that cannot

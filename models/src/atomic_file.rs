@@ -11,9 +11,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Prefix of every temporary file this module makes (then the destination's name).
-pub const TEMP_PREFIX: &str = ".";
+const TEMP_PREFIX: &str = ".";
 /// Suffix of every temporary file this module makes.
-pub const TEMP_SUFFIX: &str = ".tmp";
+const TEMP_SUFFIX: &str = ".tmp";
 
 /// A fully written and synced temporary file, waiting to be renamed over its destination.
 /// Dropped without [`StagedFile::commit`], it is removed and the destination is untouched.
@@ -60,6 +60,23 @@ pub fn commit_together(dir: &Path, files: Vec<StagedFile>) -> io::Result<()> {
         renames.iter().map(|(staged, final_name)| format!("{staged}\t{final_name}\n")).collect();
     write_bytes_atomically(&dir.join(JOURNAL_FILE), journal.as_bytes())?;
     finish_interrupted_commit(dir).map(|_| ())
+}
+
+/// Removes the files staged for `destinations` (file names in `dir`) that no commit will use:
+/// what a process killed before committing left behind. Call it after
+/// [`finish_interrupted_commit`] and only while no other process writes `dir`. A file that cannot
+/// be removed only costs disk space, so failures are ignored.
+pub fn remove_abandoned_staged_files(dir: &Path, destinations: &[&str]) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let abandoned = name.ends_with(TEMP_SUFFIX)
+            && destinations.iter().any(|file| name.starts_with(&format!("{TEMP_PREFIX}{file}.")));
+        if abandoned {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Completes a [`commit_together`] that was interrupted in `dir`, if there is one; returns
@@ -159,6 +176,20 @@ mod tests {
         assert_eq!(fs::read(&a).unwrap(), b"newer a");
         assert!(!finish_interrupted_commit(dir.path()).unwrap(), "nothing left to finish");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+
+        // A process killed before its commit leaves staged files that nothing will rename.
+        let abandoned = stage(&b, |w| w.write_all(b"never committed")).unwrap();
+        abandoned.temp.into_temp_path().keep().unwrap();
+        let other = stage(&dir.path().join("c.txt"), |w| w.write_all(b"not ours")).unwrap();
+        other.temp.into_temp_path().keep().unwrap();
+        remove_abandoned_staged_files(dir.path(), &["a.json", "b.npy"]);
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(names[0].starts_with(".c.txt.") && names[1] == "a.json" && names[2] == "b.npy", "{names:?}");
     }
 
     #[test]

@@ -69,24 +69,13 @@ impl ImageWalk {
         }
     }
 
-    /// Records a path that is not usable, for the caller's own reasons.
-    pub fn problem(&mut self, path: &Path, reason: String) {
-        self.problems.push(WalkProblem { path: path.to_path_buf(), reason });
-    }
-
-    /// The image files, in walk order.
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
-    }
-
-    /// What was left out, in walk order.
-    pub fn problems(&self) -> &[WalkProblem] {
-        &self.problems
-    }
-
-    /// The files and the problems.
+    /// The image files and what was left out, both in walk order.
     pub fn finish(self) -> (Vec<PathBuf>, Vec<WalkProblem>) {
         (self.files, self.problems)
+    }
+
+    fn problem(&mut self, path: &Path, reason: String) {
+        self.problems.push(WalkProblem { path: path.to_path_buf(), reason });
     }
 
     fn take(&mut self, path: &Path, id: FileId) -> bool {
@@ -164,7 +153,7 @@ fn describe_error(error: &std::io::Error) -> String {
 }
 
 /// Whether `path` ends in one of [`IMAGE_EXTENSIONS`] (any case).
-pub fn has_image_extension(path: &Path) -> bool {
+fn has_image_extension(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))

@@ -64,7 +64,7 @@ impl PathRecord {
 }
 
 /// The text of `bytes` with every byte outside valid UTF-8 sequences written as `\xNN`.
-pub fn escaped(bytes: &[u8]) -> String {
+fn escaped(bytes: &[u8]) -> String {
     let mut text = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         text.push_str(chunk.valid());
@@ -75,7 +75,8 @@ pub fn escaped(bytes: &[u8]) -> String {
     text
 }
 
-/// `path` for messages and tables: exact when UTF-8, escaped as in [`escaped`] otherwise.
+/// `path` for messages and tables: exact when UTF-8, otherwise with every byte outside valid
+/// UTF-8 sequences written as `\xNN`.
 pub fn display(path: &Path) -> String {
     escaped(path.as_os_str().as_bytes())
 }

@@ -104,11 +104,6 @@ impl FolderDataset {
     pub fn files(&self) -> &[PathBuf] {
         &self.files
     }
-
-    /// Paths the walk left out, with reasons.
-    pub fn left_out(&self) -> &[WalkProblem] {
-        &self.left_out
-    }
 }
 
 impl Dataset for FolderDataset {
