@@ -175,17 +175,24 @@ pub fn save_checkpoint(
     ];
     staged.extend(also_commit);
     // One change for all the files: a kill between the renames is finished by the next run
-    // ([`finish_interrupted_commit`]), so weights, optimiser state, config and whatever else
+    // ([`recover_interrupted_save`]), so weights, optimiser state, config and whatever else
     // belongs to this checkpoint (the training log) never disagree.
     atomic_file::commit_together(dir, staged)
         .map_err(|source| CheckpointIoError::Io { path: dir.to_path_buf(), source })
 }
 
-/// Completes a checkpoint save that a killed run left halfway through its renames.
-pub fn finish_interrupted_commit(dir: &Path) -> Result<(), CheckpointIoError> {
+/// Cleans up after a killed run: completes a checkpoint save it left halfway through its
+/// renames, then removes the files it had staged for a save it never committed (the checkpoint's
+/// own and `also_committed`, the names given to [`save_checkpoint`]'s `also_commit`).
+pub fn recover_interrupted_save(dir: &Path, also_committed: &[&str]) -> Result<(), CheckpointIoError> {
     atomic_file::finish_interrupted_commit(dir)
-        .map(|_| ())
-        .map_err(|source| CheckpointIoError::Io { path: dir.to_path_buf(), source })
+        .map_err(|source| CheckpointIoError::Io { path: dir.to_path_buf(), source })?;
+    let staged: Vec<&str> = [WEIGHTS_FILE, OPTIMIZER_FILE, CONFIG_FILE]
+        .into_iter()
+        .chain(also_committed.iter().copied())
+        .collect();
+    atomic_file::remove_abandoned_staged_files(dir, &staged);
+    Ok(())
 }
 
 /// Loads every variable of `store` from the checkpoint in `dir`.

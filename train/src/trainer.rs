@@ -397,7 +397,7 @@ pub fn open_training_data(settings: &TrainSettings) -> Result<Arc<dyn Dataset>, 
 
 /// Reads the settings saved in a checkpoint directory, to resume it.
 pub fn resume_settings(dir: &Path) -> Result<TrainSettings, TrainError> {
-    checkpoint::finish_interrupted_commit(dir)?;
+    checkpoint::recover_interrupted_save(dir, &[LOG_FILE])?;
     let config = CheckpointConfig::read(dir).map_err(CheckpointIoError::from)?;
     let state: TrainingState = serde_json::from_value(config.training).map_err(TrainError::ResumeSettings)?;
     Ok(state.settings)
@@ -428,7 +428,7 @@ pub fn train(
     let mut session =
         Session::new(settings.clone(), options.device, options.channels_last, dataset.fingerprint())?;
     if let Some(dir) = resume {
-        checkpoint::finish_interrupted_commit(dir)?;
+        checkpoint::recover_interrupted_save(dir, &[LOG_FILE])?;
         let config = CheckpointConfig::read(dir).map_err(CheckpointIoError::from)?;
         if config.data_fingerprint != session.data_fingerprint {
             return Err(TrainError::DataChanged {

@@ -359,9 +359,18 @@ fn dim_train_killed_with_sigkill_resumes_from_its_last_checkpoint_to_the_uninter
         }
     }
     assert!(kills >= 1, "the run was never killed");
+    // A kill can fall after the last save's config rename but before its log rename; what a user
+    // runs next (`dim-train --resume`) finishes that save and removes abandoned staged files.
+    trainer::resume_settings(&killed).unwrap();
     assert_eq!(CheckpointConfig::read(&killed).unwrap().epoch, 6, "never finished after {kills} kills");
     let difference = trainer::max_weight_difference(&straight, &killed).unwrap();
     assert!(difference < 1e-6, "after {kills} kills the weights differ by {difference}");
     let epochs: Vec<usize> = trainer::read_log(&killed).unwrap().iter().map(|record| record.epoch).collect();
     assert_eq!(epochs, [1, 2, 3, 4, 5, 6], "each epoch logged once, with its checkpoint");
+    let leftovers: Vec<String> = std::fs::read_dir(&killed)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp") || name.contains("journal"))
+        .collect();
+    assert!(leftovers.is_empty(), "files staged by killed runs remain: {leftovers:?}");
 }
