@@ -458,6 +458,92 @@ pub fn evaluate_embeddings(
     Ok(runs)
 }
 
+/// Where the labels of an embeddings directory's rows come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelSource {
+    /// The name of the folder holding each row's file.
+    ParentFolders,
+    /// A text file with one label per manifest row, in order.
+    File(PathBuf),
+}
+
+/// [`evaluate_embeddings`] with its inputs: what `dim-search retrieval` and
+/// `dim-eval retrieval --embeddings` print and save.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EmbeddingsReport {
+    /// The dim-embed output directory.
+    pub embeddings: String,
+    /// How vectors were compared.
+    pub metric: Metric,
+    /// Neighbours asked for per query.
+    pub k_requested: usize,
+    /// Label names, by label number.
+    pub classes: Vec<String>,
+    /// As embedded, then post-processed when asked.
+    pub runs: Vec<RetrievalRun>,
+}
+
+impl EmbeddingsReport {
+    /// Labels the rows of `embeddings` from `source` and scores them by [`evaluate_embeddings`].
+    pub fn evaluate(
+        embeddings: &Path,
+        source: &LabelSource,
+        k: usize,
+        metric: Metric,
+        post_process: Option<&PcaSpec>,
+    ) -> Result<Self, RetrievalError> {
+        let manifest = Manifest::read(embeddings)?;
+        let labels = match source {
+            LabelSource::ParentFolders => Labels::from_parent_folders(&manifest),
+            LabelSource::File(path) => Labels::from_file(path, manifest.count)?,
+        };
+        let runs = evaluate_embeddings(embeddings, &labels, k, metric, post_process)?;
+        Ok(EmbeddingsReport {
+            embeddings: embeddings.display().to_string(),
+            metric,
+            k_requested: k,
+            classes: labels.names,
+            runs,
+        })
+    }
+
+    /// A plain-text table, one row per run.
+    pub fn table(&self) -> String {
+        let Some(first) = self.runs.first() else { return String::new() };
+        let k = first.scores.k;
+        let mut out = format!(
+            "{} queries, {} classes, {} search, k = {k}\n",
+            first.scores.queries,
+            self.classes.len(),
+            self.metric.name()
+        );
+        out.push_str(&format!(
+            "{:<24} {:>5} {:>10} {:>10} {:>8} {:>8} {:>9}\n",
+            "vectors",
+            "dims",
+            format!("P@{k} micro"),
+            format!("P@{k} macro"),
+            format!("mAP@{k}"),
+            format!("{k}-NN acc"),
+            "search s"
+        ));
+        for run in &self.runs {
+            let s = &run.scores;
+            out.push_str(&format!(
+                "{:<24} {:>5} {:>10.4} {:>10.4} {:>8.4} {:>8.4} {:>9.2}\n",
+                run.vectors,
+                run.dims,
+                s.precision_at_k_micro,
+                s.precision_at_k_macro,
+                s.map_at_k,
+                s.knn_accuracy,
+                run.search_seconds
+            ));
+        }
+        out
+    }
+}
+
 fn run(
     vectors: String,
     values: &[f32],

@@ -76,7 +76,7 @@ pub struct EvalSettings {
 }
 
 /// Serde for [`DataFormat`] by its command-line name, so the JSON says `"idx"`, not a debug name.
-mod data_format_name {
+pub(crate) mod data_format_name {
     use crate::data::DataFormat;
     use clap::ValueEnum;
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
@@ -285,16 +285,7 @@ pub fn evaluate(
     }
     let checkpoint_error = |source| EvalError::Checkpoint { path: settings.checkpoint.clone(), source };
     let (_store, encoder, config) = load_encoder(&settings.checkpoint, device).map_err(checkpoint_error)?;
-    let weights_path = settings.checkpoint.join(WEIGHTS_FILE);
-    let weights =
-        std::fs::read(&weights_path).map_err(|source| EvalError::Io { path: weights_path, source })?;
-    let checkpoint = CheckpointSummary {
-        path: settings.checkpoint.clone(),
-        weights_sha256: sha256_hex(&weights),
-        training_digest: config.training_digest(),
-        config: config.clone(),
-    };
-    drop(weights);
+    let checkpoint = checkpoint_summary(&settings.checkpoint, &config)?;
 
     let spec = config.input_spec();
     let Splits { train: train_set, test: test_set } = open_splits(settings, spec)?;
@@ -386,6 +377,22 @@ pub fn evaluate(
     })
 }
 
+/// The identity of the checkpoint in `dir`, whose config has been read as `config`.
+pub(crate) fn checkpoint_summary(
+    dir: &Path,
+    config: &CheckpointConfig,
+) -> Result<CheckpointSummary, EvalError> {
+    let weights_path = dir.join(WEIGHTS_FILE);
+    let weights =
+        std::fs::read(&weights_path).map_err(|source| EvalError::Io { path: weights_path, source })?;
+    Ok(CheckpointSummary {
+        path: dir.to_path_buf(),
+        weights_sha256: sha256_hex(&weights),
+        training_digest: config.training_digest(),
+        config: config.clone(),
+    })
+}
+
 /// Random before raw, whatever order they were asked in, so the table reads from learned to
 /// unlearned representations.
 fn baselines_in_order(baselines: &[Baseline]) -> Vec<Baseline> {
@@ -422,7 +429,7 @@ fn open_splits(settings: &EvalSettings, spec: InputSpec) -> Result<Splits, EvalE
 }
 
 /// Reads one split into memory with a progress bar.
-fn read_split(
+pub(crate) fn read_split(
     dataset: &dyn Dataset,
     limit: Option<usize>,
     seed: u64,
@@ -510,7 +517,7 @@ impl EvalReport {
 
 /// `time` as RFC 3339 in UTC, e.g. `2026-11-23T19:20:05Z` (days to civil date after Howard
 /// Hinnant's public-domain algorithm, to avoid a date-time dependency for one field).
-fn utc_timestamp(time: std::time::SystemTime) -> String {
+pub(crate) fn utc_timestamp(time: std::time::SystemTime) -> String {
     let seconds = time.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
     let (days, of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
     let z = days + 719_468;
@@ -531,7 +538,7 @@ fn utc_timestamp(time: std::time::SystemTime) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::checkpoint::save_checkpoint;
     use crate::probes::knn::Vote;
@@ -541,7 +548,7 @@ mod tests {
 
     /// Writes an uncompressed IDX pair: class 1 images have a bright top half, class 0 a bright
     /// bottom half, with varying brightness.
-    fn write_idx(dir: &Path, prefix: &str, count: usize) {
+    pub(crate) fn write_idx(dir: &Path, prefix: &str, count: usize) {
         let side = 28usize;
         let mut images = Vec::new();
         for word in [0x0803u32, count as u32, side as u32, side as u32] {
@@ -566,8 +573,13 @@ mod tests {
         std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), labels).unwrap();
     }
 
-    fn write_checkpoint(dir: &Path) {
-        let encoder = EncoderConfig::new(Preset::Basic32x32, 1).unwrap();
+    pub(crate) fn write_checkpoint(dir: &Path) {
+        write_checkpoint_with_channels(dir, 1);
+    }
+
+    /// A seeded random basic32x32 checkpoint taking `channels` input channels.
+    pub(crate) fn write_checkpoint_with_channels(dir: &Path, channels: usize) {
+        let encoder = EncoderConfig::new(Preset::Basic32x32, channels).unwrap();
         let (store, _encoder) = random_encoder(encoder, 11, Device::Cpu);
         let config = CheckpointConfig {
             format_version: CHECKPOINT_FORMAT_VERSION,
@@ -651,7 +663,7 @@ mod tests {
     }
 
     /// Writes `count` 10×10 PNGs per class folder, class `b` bright on top and `a` below.
-    fn write_folder(root: &Path, count: u32) {
+    pub(crate) fn write_folder(root: &Path, count: u32) {
         for (class, bright_top) in [("a", false), ("b", true)] {
             std::fs::create_dir_all(root.join(class)).unwrap();
             for index in 0..count {

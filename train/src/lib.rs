@@ -15,6 +15,7 @@ pub mod occlusion;
 pub mod optim;
 pub mod prior;
 pub mod probes;
+pub mod retrieval_evaluation;
 pub mod settings;
 pub mod supervised;
 #[cfg(test)]

@@ -6,10 +6,10 @@ use anyhow::Context;
 use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
 use dim_infer::embedder::{Embedder, EmbedderOptions};
 use dim_infer::index::{self, Hit, IndexFiles, IndexParams, Metric};
-use dim_infer::manifest::{Manifest, ModelIdentity};
+use dim_infer::manifest::ModelIdentity;
 use dim_infer::npy;
 use dim_infer::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
-use dim_infer::retrieval::{self, Labels, RetrievalRun};
+use dim_infer::retrieval::{EmbeddingsReport, LabelSource};
 use dim_infer::session::ExecutionProvider;
 use std::path::PathBuf;
 
@@ -219,23 +219,16 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!("{report}");
         }
         Command::Retrieval { embeddings, labels_from_folder, labels, k, metric, post_process, json } => {
-            let labels = match labels {
-                Some(path) => Labels::from_file(&path, Manifest::read(&embeddings)?.count)?,
-                None if labels_from_folder => Labels::from_parent_folders(&Manifest::read(&embeddings)?),
+            let source = match labels {
+                Some(path) => LabelSource::File(path),
+                None if labels_from_folder => LabelSource::ParentFolders,
                 None => anyhow::bail!("give a label source: --labels-from-folder or --labels FILE"),
             };
-            let runs =
-                retrieval::evaluate_embeddings(&embeddings, &labels, k, metric, post_process.spec().as_ref())
+            let report =
+                EmbeddingsReport::evaluate(&embeddings, &source, k, metric, post_process.spec().as_ref())
                     .context("cannot evaluate retrieval")?;
-            print_retrieval(&runs, &labels, metric);
+            print!("{}", report.table());
             if let Some(path) = json {
-                let report = serde_json::json!({
-                    "embeddings": embeddings.display().to_string(),
-                    "metric": metric,
-                    "k_requested": k,
-                    "classes": labels.names,
-                    "runs": runs,
-                });
                 dim_models::atomic_file::write_bytes_atomically(
                     &path,
                     serde_json::to_string_pretty(&report)?.as_bytes(),
@@ -246,42 +239,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn print_retrieval(runs: &[RetrievalRun], labels: &Labels, metric: Metric) {
-    let Some(first) = runs.first() else { return };
-    let scores = &first.scores;
-    println!(
-        "{} queries, {} classes, {} search, k = {}",
-        scores.queries,
-        labels.names.len(),
-        metric.name(),
-        scores.k
-    );
-    let k = scores.k;
-    println!(
-        "{:<24} {:>5} {:>10} {:>10} {:>8} {:>8} {:>9}",
-        "vectors",
-        "dims",
-        format!("P@{k} micro"),
-        format!("P@{k} macro"),
-        format!("mAP@{k}"),
-        format!("{k}-NN acc"),
-        "search s"
-    );
-    for run in runs {
-        let s = &run.scores;
-        println!(
-            "{:<24} {:>5} {:>10.4} {:>10.4} {:>8.4} {:>8.4} {:>9.2}",
-            run.vectors,
-            run.dims,
-            s.precision_at_k_micro,
-            s.precision_at_k_macro,
-            s.map_at_k,
-            s.knn_accuracy,
-            run.search_seconds
-        );
-    }
 }
 
 /// Embeds the query images with the model, refusing a model that is not the index's.

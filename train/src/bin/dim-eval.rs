@@ -1,8 +1,12 @@
 //! `dim-eval`: scores frozen encoders with probes (linear, the paper's MLP, k-NN) on each tap
-//! against raw-pixel and random-encoder baselines, and trains the supervised baseline.
+//! against raw-pixel and random-encoder baselines, measures nearest-neighbour retrieval the same
+//! way, and trains the supervised baseline.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use dim_infer::index::Metric;
+use dim_infer::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
+use dim_infer::retrieval::{EmbeddingsReport, LabelSource};
 use dim_models::preprocess::{Background, ResizePolicy};
 use dim_models::{EncoderConfig, Preset};
 use dim_train::data::DataFormat;
@@ -11,6 +15,7 @@ use dim_train::evaluation::{Baseline, EvalSettings, Progress, evaluate};
 use dim_train::features::Tap;
 use dim_train::probes::knn::{KnnOptions, Vote};
 use dim_train::probes::{ProbeKind, TrainingSchedule, linear, mlp};
+use dim_train::retrieval_evaluation::{RetrievalSettings, evaluate_retrieval};
 use dim_train::supervised::{SupervisedJob, SupervisedOptions, run_supervised_job};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +48,12 @@ enum Command {
     /// write JSON (the default).
     #[command(after_long_help = PROBE_NOTES)]
     Probe(ProbeArgs),
+    /// Measure nearest-neighbour retrieval: every test image queries all the others
+    /// (precision@k micro and macro, mAP@k, k-NN accuracy) for each tap of the checkpoint and of
+    /// the baselines, as extracted and after PCA whitening fitted on the train split. With
+    /// --embeddings, scores an existing dim-embed output instead.
+    #[command(after_long_help = RETRIEVAL_NOTES)]
+    Retrieval(RetrievalArgs),
     /// Train the same encoder end to end with labels (linear classifier on Y, cross-entropy,
     /// Adam betas 0.5/0.999 as in DIM runs) and write a checkpoint that `probe` reads.
     TrainSupervised(SupervisedArgs),
@@ -59,6 +70,89 @@ Notes:
   Features are standardised with the train split's mean and std before every probe; k-NN then
   uses cosine similarity. Both splits are held in memory as f32 (60,000 32x32 grey images take
   250 MB, their conv features 1 GB).";
+
+/// Notes shown after the retrieval options in `--help`.
+const RETRIEVAL_NOTES: &str = "\
+Examples:
+  dim-eval retrieval --checkpoint runs/fmnist --data /usr/share/datasets/fashion-mnist \\
+      --supervised runs/supervised --out retrieval.json
+  dim-eval retrieval --embeddings out/ --labels-from-folder
+
+Notes:
+  The searched split is the test split (or --test-data); the PCA is fitted on up to --limit-fit
+  train images, or on the searched images when the data has no separate train split. A tap
+  narrower than --pca keeps all its directions. Scores are those of `dim-search retrieval`: the
+  query is excluded from its own neighbours, and ties rank the lower row first.";
+
+/// Retrieval run settings.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["checkpoint", "embeddings"])))]
+struct RetrievalArgs {
+    /// Checkpoint directory of the DIM encoder to score.
+    #[arg(long, requires = "data", conflicts_with = "embeddings")]
+    checkpoint: Option<PathBuf>,
+    /// Labelled dataset (IDX or CIFAR directory, or a folder of class subfolders).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Separate dataset to search, for sources without a test split.
+    #[arg(long)]
+    test_data: Option<PathBuf>,
+    /// Data format.
+    #[arg(long, value_enum, default_value_t = DataFormat::Auto)]
+    format: DataFormat,
+    /// Encoder taps to score, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "conv,fc,y")]
+    taps: Vec<Tap>,
+    /// Baselines, comma-separated: raw (pixels) and random (untrained encoder, seeded). Give
+    /// `--baselines` with no value for none.
+    #[arg(long, value_enum, value_delimiter = ',', num_args = 0.., default_value = "raw,random")]
+    baselines: Vec<Baseline>,
+    /// Checkpoint of a supervised encoder (`dim-eval train-supervised`) scored as a baseline.
+    #[arg(long)]
+    supervised: Option<PathBuf>,
+    /// An existing dim-embed output to score instead of a checkpoint.
+    #[arg(long)]
+    embeddings: Option<PathBuf>,
+    /// With --embeddings: label each row by the folder holding its file.
+    #[arg(long, requires = "embeddings", conflicts_with = "labels")]
+    labels_from_folder: bool,
+    /// With --embeddings: label each row by a line of this file (one per manifest row).
+    #[arg(long, requires = "embeddings")]
+    labels: Option<PathBuf>,
+    /// Neighbours per query.
+    #[arg(short, long, default_value_t = 10)]
+    k: usize,
+    /// cosine or l2.
+    #[arg(long, default_value = "cosine")]
+    metric: Metric,
+    /// Post-processing scored beside the raw features: centring + PCA to D dimensions (0: none).
+    #[arg(long, value_name = "D", default_value_t = 256)]
+    pca: usize,
+    /// Keep the PCA's variances (no whitening).
+    #[arg(long)]
+    no_whiten: bool,
+    /// Train images the PCA is fitted on (a seeded subset).
+    #[arg(long, default_value_t = 10_000)]
+    limit_fit: usize,
+    /// Use a seeded random subset of this many searched images.
+    #[arg(long)]
+    limit_test: Option<usize>,
+    /// Seed for subsets and the random encoder.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// CPU threads for libtorch, decoding and search (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceRequest,
+    /// Images per encoder pass during feature extraction.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// JSON report path (written atomically).
+    #[arg(long, default_value = "retrieval.json")]
+    out: PathBuf,
+}
 
 /// Probe run settings.
 #[derive(Debug, Args)]
@@ -242,6 +336,59 @@ fn probe(args: ProbeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn retrieval(args: RetrievalArgs) -> anyhow::Result<()> {
+    set_threads(args.threads)?;
+    let post_process = (args.pca > 0).then_some(PcaSpec {
+        dims: args.pca,
+        whiten: !args.no_whiten,
+        eps: DEFAULT_WHITEN_EPS,
+    });
+    if let Some(embeddings) = args.embeddings {
+        let source = match args.labels {
+            Some(path) => LabelSource::File(path),
+            None if args.labels_from_folder => LabelSource::ParentFolders,
+            None => anyhow::bail!("--embeddings needs a label source: --labels-from-folder or --labels FILE"),
+        };
+        let report =
+            EmbeddingsReport::evaluate(&embeddings, &source, args.k, args.metric, post_process.as_ref())
+                .context("cannot evaluate retrieval")?;
+        print!("{}", report.table());
+        let json = serde_json::to_vec_pretty(&report)?;
+        dim_models::atomic_file::write_bytes_atomically(&args.out, &json)
+            .with_context(|| format!("cannot write {}", args.out.display()))?;
+        println!("wrote {}", args.out.display());
+        return Ok(());
+    }
+    anyhow::ensure!(args.k > 0, "-k must be at least 1");
+    let settings = RetrievalSettings {
+        checkpoint: args.checkpoint.context("--checkpoint or --embeddings is required")?,
+        data: args.data.context("--data is required")?,
+        test_data: args.test_data,
+        format: args.format,
+        taps: args.taps,
+        baselines: args.baselines,
+        supervised: args.supervised,
+        k: args.k,
+        metric: args.metric,
+        post_process,
+        limit_fit: Some(args.limit_fit),
+        limit_test: args.limit_test,
+        seed: args.seed,
+        batch_size: args.batch,
+    };
+    let report = evaluate_retrieval(&settings, args.device.resolve()?, Progress { visible: true })?;
+    if !report.searched.skipped.is_empty() {
+        eprintln!("skipped {} unreadable searched examples:", report.searched.skipped.len());
+        for skipped in &report.searched.skipped {
+            eprintln!("  #{}: {}", skipped.index, skipped.reason);
+        }
+    }
+    print!("{}", report.table());
+    report.write_json(&args.out)?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
+
 fn train_supervised(args: SupervisedArgs) -> anyhow::Result<()> {
     set_threads(args.threads)?;
     let job = SupervisedJob {
@@ -276,6 +423,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Probe(args)) => probe(args),
+        Some(Command::Retrieval(args)) => retrieval(args),
         Some(Command::TrainSupervised(args)) => train_supervised(args),
         None => probe(cli.probe),
     };

@@ -1,0 +1,551 @@
+//! The retrieval evaluation behind `dim-eval retrieval`: every image of a labelled test split
+//! queries all the others by exact nearest-neighbour search, for each tap of the checkpoint and
+//! of the baselines (the supervised encoder, a random encoder, raw pixels), as extracted and
+//! after a centring + PCA (+ whitening) transform fitted on the train split's features. Scores
+//! are dim-infer's precision@k (micro and macro), mAP@k and k-NN accuracy, so they are the
+//! numbers `dim-search retrieval` gives for the same vectors.
+
+use crate::checkpoint::load_encoder;
+use crate::data::{DataError, DataFormat, Split, open_dataset};
+use crate::encoder::Encoder;
+use crate::evaluation::{
+    Baseline, CheckpointSummary, EvalError, Progress, SplitSummary, checkpoint_summary, read_split,
+    utc_timestamp,
+};
+use crate::features::{LabelledImages, Tap, encoder_features, pixel_features, random_encoder};
+use dim_infer::index::Metric;
+use dim_infer::post_process::{Pca, PcaDescription, PcaSpec, PostProcessError};
+use dim_infer::retrieval::{self, RetrievalError, RetrievalScores};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+/// Everything a retrieval run needs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetrievalSettings {
+    /// The DIM checkpoint.
+    pub checkpoint: PathBuf,
+    /// Dataset: its test split is searched, its train split fits the post-processing.
+    pub data: PathBuf,
+    /// A separate dataset to search, for sources without a test split (image folders).
+    pub test_data: Option<PathBuf>,
+    /// Dataset format.
+    #[serde(with = "crate::evaluation::data_format_name")]
+    pub format: DataFormat,
+    /// Encoder taps to score.
+    pub taps: Vec<Tap>,
+    /// Unlearned baselines scored beside the checkpoint.
+    pub baselines: Vec<Baseline>,
+    /// A supervised checkpoint (`dim-eval train-supervised`) scored as a further baseline.
+    pub supervised: Option<PathBuf>,
+    /// Neighbours per query.
+    pub k: usize,
+    /// How vectors are compared.
+    pub metric: Metric,
+    /// The post-processing scored beside the raw features, if any.
+    pub post_process: Option<PcaSpec>,
+    /// Train examples the post-processing is fitted on (a seeded subset); all when `None`.
+    pub limit_fit: Option<usize>,
+    /// Test examples searched (a seeded subset); all when `None`.
+    pub limit_test: Option<usize>,
+    /// Seeds the subsets and the random encoder.
+    pub seed: u64,
+    /// Images per encoder forward pass.
+    pub batch_size: usize,
+}
+
+/// Why a retrieval evaluation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetrievalEvalError {
+    /// Loading the checkpoint, the data or the features failed.
+    #[error(transparent)]
+    Eval(#[from] EvalError),
+    /// The supervised checkpoint's input differs from the DIM checkpoint's.
+    #[error(
+        "the supervised checkpoint {path} takes {found} input, the DIM checkpoint {expected}; train it with the same --channels and preset"
+    )]
+    SupervisedInput {
+        /// The supervised checkpoint.
+        path: PathBuf,
+        /// The DIM checkpoint's input.
+        expected: String,
+        /// The supervised checkpoint's input.
+        found: String,
+    },
+    /// Scoring failed.
+    #[error("retrieval on {model}/{tap}")]
+    Retrieval {
+        /// The model.
+        model: String,
+        /// The tap.
+        tap: Tap,
+        /// The cause.
+        source: RetrievalError,
+    },
+    /// The post-processing could not be fitted.
+    #[error("post-processing of {model}/{tap}")]
+    PostProcess {
+        /// The model.
+        model: String,
+        /// The tap.
+        tap: Tap,
+        /// The cause.
+        source: PostProcessError,
+    },
+}
+
+/// One tap of one model, searched with one post-processing.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetrievalEntry {
+    /// "checkpoint", "supervised", "random" or "raw".
+    pub model: String,
+    /// The tap.
+    pub tap: Tap,
+    /// "none", or e.g. "pca 256 + whitening".
+    pub post: String,
+    /// Width of the searched vectors.
+    pub dims: usize,
+    /// The fitted transform, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_process: Option<PcaDescription>,
+    /// Seconds the exact search took.
+    pub search_seconds: f64,
+    /// The measures.
+    #[serde(flatten)]
+    pub scores: RetrievalScores,
+}
+
+/// A finished retrieval evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetrievalReport {
+    /// The settings it ran with.
+    pub settings: RetrievalSettings,
+    /// The DIM checkpoint.
+    pub checkpoint: CheckpointSummary,
+    /// The supervised checkpoint, when one was scored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supervised: Option<CheckpointSummary>,
+    /// The searched split: every example queries all the others.
+    pub searched: SplitSummary,
+    /// What the post-processing was fitted on: the train split, or the searched split itself
+    /// when the data has no separate train split.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fitted_on: Option<SplitSummary>,
+    /// Device the encoders ran on.
+    pub device: String,
+    /// When the evaluation finished (UTC, RFC 3339).
+    pub date: String,
+    /// Toolkit version.
+    pub toolkit_version: String,
+    /// Every result, in run order.
+    pub entries: Vec<RetrievalEntry>,
+}
+
+/// Runs the retrieval evaluation described by `settings` on `device`.
+pub fn evaluate_retrieval(
+    settings: &RetrievalSettings,
+    device: Device,
+    progress: Progress,
+) -> Result<RetrievalReport, RetrievalEvalError> {
+    let taps: Vec<Tap> = settings.taps.iter().copied().filter(|&t| t != Tap::Pixels).collect();
+    let checkpoint_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EvalError::Checkpoint { path, source }
+    };
+    let (_store, encoder, config) =
+        load_encoder(&settings.checkpoint, device).map_err(checkpoint_error(&settings.checkpoint))?;
+    let checkpoint = checkpoint_summary(&settings.checkpoint, &config)?;
+    let supervised = match &settings.supervised {
+        Some(path) => {
+            let (store, model, supervised_config) =
+                load_encoder(path, device).map_err(checkpoint_error(path))?;
+            let (expected, found) = (config.input_spec(), supervised_config.input_spec());
+            if (expected.channels, expected.size) != (found.channels, found.size) {
+                return Err(RetrievalEvalError::SupervisedInput {
+                    path: path.clone(),
+                    expected: format!("{}x{}x{}", expected.channels, expected.size, expected.size),
+                    found: format!("{}x{}x{}", found.channels, found.size, found.size),
+                });
+            }
+            Some((store, model, checkpoint_summary(path, &supervised_config)?))
+        }
+        None => None,
+    };
+
+    let spec = config.input_spec();
+    let open = |path: &Path, split: Split, name: &'static str| {
+        open_dataset(path, settings.format, split, spec).map_err(|source: DataError| EvalError::Data {
+            path: path.into(),
+            split: name,
+            source: Box::new(source),
+        })
+    };
+    let searched_set = open(settings.test_data.as_deref().unwrap_or(&settings.data), Split::Test, "test")?;
+    let (searched_summary, searched) =
+        read_split(&*searched_set, settings.limit_test, settings.seed, "reading searched split", progress)?;
+    let fit = match settings.post_process {
+        None => None,
+        Some(_) => {
+            let train_set = open(&settings.data, Split::Train, "train")?;
+            if train_set.fingerprint() == searched_set.fingerprint() {
+                progress.note(format!(
+                    "{} has no separate train split: the post-processing is fitted on the searched images",
+                    train_set.describe()
+                ));
+                Some((searched_summary.clone(), None))
+            } else {
+                let (summary, images) = read_split(
+                    &*train_set,
+                    settings.limit_fit,
+                    settings.seed,
+                    "reading train split",
+                    progress,
+                )?;
+                Some((summary, Some(images)))
+            }
+        }
+    };
+    let fit_images = fit.as_ref().map(|(_, images)| images.as_ref().unwrap_or(&searched));
+    let labels: Vec<u32> = Vec::<i64>::try_from(&searched.labels)
+        .map_err(|error| EvalError::Nothing(format!("labels of the searched split are unreadable: {error}")))?
+        .into_iter()
+        .map(|label| label as u32)
+        .collect();
+
+    let mut entries = Vec::new();
+    let mut score_model = |model: &str, encoder: Option<&Encoder>| -> Result<(), RetrievalEvalError> {
+        let model_taps: Vec<Tap> = match encoder {
+            Some(_) => taps.clone(),
+            None => vec![Tap::Pixels],
+        };
+        let features = |images: &LabelledImages, split: &str| -> Result<Vec<(Tap, Tensor)>, EvalError> {
+            match encoder {
+                Some(encoder) => {
+                    let bar = progress.bar(format!("{model} features, {split}"));
+                    let features = encoder_features(
+                        encoder,
+                        &images.images,
+                        &model_taps,
+                        settings.batch_size,
+                        device,
+                        &bar,
+                    );
+                    bar.finish_and_clear();
+                    Ok(features?)
+                }
+                None => Ok(vec![(Tap::Pixels, pixel_features(&images.images))]),
+            }
+        };
+        let searched_features = features(&searched, "searched")?;
+        let fit_features = match fit_images {
+            Some(images) => Some(features(images, "fit")?),
+            None => None,
+        };
+        for (index, (tap, values)) in searched_features.into_iter().enumerate() {
+            let (values, dims) = to_rows(&values);
+            let retrieval_error = |source| RetrievalEvalError::Retrieval { model: model.into(), tap, source };
+            let started = Instant::now();
+            let scores = retrieval::evaluate(&values, dims, &labels, settings.k, settings.metric)
+                .map_err(retrieval_error)?;
+            let entry = RetrievalEntry {
+                model: model.into(),
+                tap,
+                post: "none".into(),
+                dims,
+                post_process: None,
+                search_seconds: started.elapsed().as_secs_f64(),
+                scores,
+            };
+            progress.note(entry.summary_line(settings.k));
+            entries.push(entry);
+            let (Some(spec), Some(fit_features)) = (settings.post_process, &fit_features) else {
+                continue;
+            };
+            let (fit_values, _) = to_rows(&fit_features[index].1);
+            let post_process_error =
+                |source| RetrievalEvalError::PostProcess { model: model.into(), tap, source };
+            // A tap narrower than the requested width keeps all its directions; a fit on few
+            // rows keeps what they span.
+            let fit_rows = fit_values.len() / dims;
+            let spec = PcaSpec { dims: spec.dims.min(dims).min(fit_rows.saturating_sub(1)).max(1), ..spec };
+            let pca = Pca::fit(&fit_values, dims, &spec).map_err(post_process_error)?;
+            let transformed = pca.apply_rows(&values).map_err(post_process_error)?;
+            let started = Instant::now();
+            let scores = retrieval::evaluate(&transformed, spec.dims, &labels, settings.k, settings.metric)
+                .map_err(retrieval_error)?;
+            let entry = RetrievalEntry {
+                model: model.into(),
+                tap,
+                post: post_label(&spec),
+                dims: spec.dims,
+                post_process: Some(pca.description().clone()),
+                search_seconds: started.elapsed().as_secs_f64(),
+                scores,
+            };
+            progress.note(entry.summary_line(settings.k));
+            entries.push(entry);
+        }
+        Ok(())
+    };
+
+    if !taps.is_empty() {
+        score_model("checkpoint", Some(&encoder))?;
+        if let Some((_, supervised_encoder, _)) = &supervised {
+            score_model("supervised", Some(supervised_encoder))?;
+        }
+    }
+    let mut baselines = settings.baselines.clone();
+    baselines.sort_by_key(|b| matches!(b, Baseline::Raw));
+    baselines.dedup();
+    for baseline in baselines {
+        match baseline {
+            Baseline::Random if !taps.is_empty() => {
+                let (_random_store, random) = random_encoder(config.encoder, settings.seed, device);
+                score_model("random", Some(&random))?;
+            }
+            Baseline::Random => {}
+            Baseline::Raw => score_model("raw", None)?,
+        }
+    }
+    if entries.is_empty() {
+        return Err(EvalError::Nothing("no encoder taps and no raw-pixel baseline selected".into()).into());
+    }
+    Ok(RetrievalReport {
+        settings: settings.clone(),
+        checkpoint,
+        supervised: supervised.map(|(_, _, summary)| summary),
+        searched: searched_summary,
+        fitted_on: fit.map(|(summary, _)| summary),
+        device: format!("{device:?}"),
+        date: utc_timestamp(std::time::SystemTime::now()),
+        toolkit_version: dim_models::TOOLKIT_VERSION.into(),
+        entries,
+    })
+}
+
+/// A `[N, D]` feature tensor as row-major f32 values and its width.
+fn to_rows(features: &Tensor) -> (Vec<f32>, usize) {
+    let dims = features.size()[1] as usize;
+    let flat = features.to_kind(Kind::Float).contiguous().view(-1);
+    (Vec::<f32>::try_from(&flat).expect("a CPU f32 tensor converts to a Vec"), dims)
+}
+
+fn post_label(spec: &PcaSpec) -> String {
+    format!("pca {}{}", spec.dims, if spec.whiten { " + whitening" } else { "" })
+}
+
+impl RetrievalEntry {
+    fn summary_line(&self, k: usize) -> String {
+        format!(
+            "{}/{} {} ({}d): precision@{k} {:.4} micro, {:.4} macro",
+            self.model,
+            self.tap,
+            self.post,
+            self.dims,
+            self.scores.precision_at_k_micro,
+            self.scores.precision_at_k_macro
+        )
+    }
+}
+
+impl RetrievalReport {
+    /// A plain-text table, one row per entry.
+    pub fn table(&self) -> String {
+        let k = self.settings.k;
+        let header = [
+            "model/tap".to_string(),
+            "post-processing".to_string(),
+            "dims".to_string(),
+            format!("p@{k} micro"),
+            format!("p@{k} macro"),
+            format!("mAP@{k}"),
+            format!("{k}-NN acc"),
+        ];
+        let rows: Vec<[String; 7]> = self
+            .entries
+            .iter()
+            .map(|entry| {
+                [
+                    format!("{}/{}", entry.model, entry.tap),
+                    entry.post.clone(),
+                    entry.dims.to_string(),
+                    format!("{:.4}", entry.scores.precision_at_k_micro),
+                    format!("{:.4}", entry.scores.precision_at_k_macro),
+                    format!("{:.4}", entry.scores.map_at_k),
+                    format!("{:.4}", entry.scores.knn_accuracy),
+                ]
+            })
+            .collect();
+        let widths: Vec<usize> = (0..header.len())
+            .map(|column| {
+                rows.iter().map(|row| row[column].len()).chain([header[column].len()]).max().unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: &[String]| {
+            let mut out = String::new();
+            for (column, (cell, width)) in cells.iter().zip(&widths).enumerate() {
+                if column < 2 {
+                    out.push_str(&format!("{cell:<width$}  "));
+                } else {
+                    out.push_str(&format!("{cell:>width$}  "));
+                }
+            }
+            out.truncate(out.trim_end().len());
+            out.push('\n');
+            out
+        };
+        let mut out = line(&header);
+        for row in &rows {
+            out.push_str(&line(row));
+        }
+        out.push_str(&format!(
+            "{} queries over {} classes, {} search; each query excluded from its own neighbours\n",
+            self.searched.examples,
+            self.entries.first().map_or(0, |entry| entry.scores.classes),
+            self.settings.metric.name()
+        ));
+        out
+    }
+
+    /// Writes the report as pretty JSON, atomically.
+    pub fn write_json(&self, path: &Path) -> Result<(), EvalError> {
+        let json = serde_json::to_vec_pretty(self).expect("reports serialise");
+        dim_models::atomic_file::write_bytes_atomically(path, &json)
+            .map_err(|source| EvalError::Write { path: path.into(), source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evaluation::tests::{
+        write_checkpoint, write_checkpoint_with_channels, write_folder, write_idx,
+    };
+    use dim_infer::post_process::DEFAULT_WHITEN_EPS;
+
+    fn settings(checkpoint: PathBuf, data: PathBuf) -> RetrievalSettings {
+        RetrievalSettings {
+            checkpoint,
+            data,
+            test_data: None,
+            format: DataFormat::Auto,
+            taps: vec![Tap::Conv, Tap::Fc, Tap::Y],
+            baselines: vec![Baseline::Raw, Baseline::Random],
+            supervised: None,
+            k: 5,
+            metric: Metric::Cosine,
+            post_process: Some(PcaSpec { dims: 16, whiten: true, eps: DEFAULT_WHITEN_EPS }),
+            limit_fit: Some(40),
+            limit_test: None,
+            seed: 0,
+            batch_size: 16,
+        }
+    }
+
+    #[test]
+    fn every_tap_of_every_model_is_scored_raw_and_post_processed() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        write_idx(&data, "train", 48);
+        write_idx(&data, "t10k", 20);
+        let (checkpoint, supervised) = (dir.path().join("dim"), dir.path().join("supervised"));
+        write_checkpoint(&checkpoint);
+        write_checkpoint(&supervised);
+        let mut settings = settings(checkpoint, data.clone());
+        settings.supervised = Some(supervised);
+        let report = evaluate_retrieval(&settings, Device::Cpu, Progress { visible: false }).unwrap();
+
+        let rows: Vec<(&str, Tap, &str, usize)> =
+            report.entries.iter().map(|e| (e.model.as_str(), e.tap, e.post.as_str(), e.dims)).collect();
+        let mut expected = Vec::new();
+        for model in ["checkpoint", "supervised", "random"] {
+            for (tap, dims) in [(Tap::Conv, 4096), (Tap::Fc, 1024), (Tap::Y, 64)] {
+                expected.push((model, tap, "none", dims));
+                expected.push((model, tap, "pca 16 + whitening", 16));
+            }
+        }
+        expected.push(("raw", Tap::Pixels, "none", 1024));
+        expected.push(("raw", Tap::Pixels, "pca 16 + whitening", 16));
+        assert_eq!(rows, expected);
+        assert_eq!(report.searched.examples, 20);
+        assert_eq!(report.fitted_on.as_ref().unwrap().examples, 40);
+        assert!(report.entries.iter().all(|e| e.scores.queries == 20 && e.scores.k == 5));
+        let fitted = report.entries[1].post_process.as_ref().unwrap();
+        assert_eq!((fitted.input_dim, fitted.dims, fitted.fitted_rows), (4096, 16, 40));
+
+        // The raw-pixel row is dim-infer's score of the test images themselves, in file order.
+        let test_set =
+            open_dataset(&data, DataFormat::Auto, Split::Test, report.checkpoint.config.input_spec())
+                .unwrap();
+        let mut pixels = Vec::new();
+        let mut labels = Vec::new();
+        for index in 0..test_set.len() {
+            let sample = test_set.get(index).unwrap();
+            pixels.extend(sample.pixels);
+            labels.push(sample.label.unwrap());
+        }
+        let direct = retrieval::evaluate(&pixels, 1024, &labels, 5, Metric::Cosine).unwrap();
+        let raw = &report.entries[report.entries.len() - 2];
+        assert_eq!(raw.scores, direct);
+        // Bright top half against bright bottom half: pixels separate the two classes.
+        assert!(raw.scores.precision_at_k_micro > 0.9, "{raw:?}");
+
+        let table = report.table();
+        assert_eq!(table.lines().count(), 1 + 20 + 1, "{table}");
+        assert!(
+            table.lines().any(|l| l.starts_with("raw/pixels") && l.contains("pca 16 + whitening")),
+            "{table}"
+        );
+        let json = dir.path().join("out").join("retrieval.json");
+        report.write_json(&json).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(value["entries"].as_array().unwrap().len(), 20);
+        assert_eq!(
+            value["entries"][0]["precision_at_k_micro"],
+            report.entries[0].scores.precision_at_k_micro
+        );
+        assert_eq!(value["settings"]["format"], "auto");
+        assert_eq!(value["settings"]["metric"], "cosine");
+        assert!(value["supervised"]["path"].as_str().unwrap().ends_with("supervised"), "{value}");
+    }
+
+    #[test]
+    fn a_folder_without_a_train_split_fits_on_the_searched_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("folder");
+        write_folder(&folder, 6);
+        let checkpoint = dir.path().join("dim");
+        write_checkpoint(&checkpoint);
+        let mut settings = settings(checkpoint, folder);
+        settings.taps = vec![Tap::Y];
+        settings.baselines = vec![Baseline::Raw];
+        // The generated images vary along two directions only.
+        settings.post_process = Some(PcaSpec { dims: 2, whiten: false, eps: DEFAULT_WHITEN_EPS });
+        let report = evaluate_retrieval(&settings, Device::Cpu, Progress { visible: false }).unwrap();
+        assert_eq!(report.searched.examples, 12);
+        assert_eq!(report.fitted_on.as_ref().unwrap(), &report.searched);
+        assert_eq!(report.entries.iter().map(|e| e.dims).collect::<Vec<_>>(), [64, 2, 1024, 2]);
+        assert_eq!(report.entries[1].post, "pca 2");
+        assert_eq!(report.entries[2].scores.precision_at_k_micro, 1.0, "{:?}", report.entries[2]);
+    }
+
+    #[test]
+    fn a_supervised_encoder_of_another_input_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        write_idx(&data, "train", 8);
+        write_idx(&data, "t10k", 8);
+        let (checkpoint, supervised) = (dir.path().join("dim"), dir.path().join("supervised"));
+        write_checkpoint(&checkpoint);
+        write_checkpoint_with_channels(&supervised, 3);
+        let mut settings = settings(checkpoint, data);
+        settings.supervised = Some(supervised);
+        let err = evaluate_retrieval(&settings, Device::Cpu, Progress { visible: false }).unwrap_err();
+        assert!(matches!(err, RetrievalEvalError::SupervisedInput { .. }), "{err}");
+        assert!(err.to_string().contains("3x32x32"), "{err}");
+    }
+}
