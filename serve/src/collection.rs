@@ -1,0 +1,262 @@
+//! The collection a server answers for: a loaded index, the model that embeds uploaded queries
+//! (checked to be the index's), and each row's path relative to the collection root. Every
+//! search, whether by image, row or vector, ends in [`ServedCollection::search_vector`].
+
+use dim_infer::embedder::{EmbedError, Embedder};
+use dim_infer::index::{Hit, IndexError, IndexFiles, SearchIndex};
+use dim_infer::manifest::ModelIdentity;
+use dim_models::path_record::PathRecord;
+use image::DynamicImage;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Why a collection cannot be served.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CollectionError {
+    /// The index directory is unusable.
+    #[error("cannot open the index {path}")]
+    Index {
+        /// The index directory.
+        path: PathBuf,
+        /// The cause.
+        source: IndexError,
+    },
+    /// The query model is not the one the index was built with.
+    #[error(
+        "model {model} is not the model the index {index} was built with ({reason}); pass that model with --model, or rebuild the index"
+    )]
+    ModelMismatch {
+        /// The query model.
+        model: PathBuf,
+        /// The index directory.
+        index: PathBuf,
+        /// What differs.
+        reason: String,
+    },
+    /// The index holds no rows.
+    #[error("the index {0} holds no images")]
+    Empty(PathBuf),
+}
+
+/// A search result as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SearchResult {
+    /// 1-based rank.
+    pub rank: usize,
+    /// Cosine similarity (higher is closer) or L2 distance (lower is closer).
+    pub score: f32,
+    /// Manifest row.
+    pub row: usize,
+    /// The file's path relative to the collection root (absolute when it lies outside it),
+    /// with `path_bytes_hex` for a name that is not UTF-8.
+    #[serde(flatten)]
+    pub path: PathRecord,
+    /// Where its thumbnail is served.
+    pub thumbnail: String,
+}
+
+/// What `GET /api/collection` reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CollectionSummary {
+    /// Rows that can be returned (the index's rows; rows held out at build time are not).
+    pub count: usize,
+    /// Rows in the manifest, held-out rows included (each can still be a query).
+    pub rows: usize,
+    /// The collection root that result paths are relative to.
+    pub root: PathRecord,
+    /// The model and feature of the vectors.
+    pub model: ModelIdentity,
+    /// The query model file.
+    pub model_path: PathRecord,
+    /// cosine or l2.
+    pub metric: String,
+    /// The index's construction parameters, post-processing included.
+    pub index: dim_infer::index::IndexParams,
+    /// The post-processing fitted at build time, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_process: Option<dim_infer::post_process::PcaDescription>,
+    /// Neighbours returned when a request does not say.
+    pub default_k: usize,
+    /// Largest `k` a request may ask for.
+    pub max_k: usize,
+    /// Search breadth used when a request does not say (at least `k`).
+    pub default_ef: usize,
+}
+
+/// An index ready to answer queries.
+pub struct ServedCollection {
+    index: SearchIndex<'static>,
+    root: PathBuf,
+    relative_paths: Vec<PathRecord>,
+    /// Rows in the graph, for picking a random image.
+    indexed_rows: Vec<usize>,
+    embedder: Mutex<Embedder>,
+    max_image_pixels: u64,
+}
+
+/// Neighbours returned when a request does not say.
+pub const DEFAULT_K: usize = 12;
+/// Largest `k` a request may ask for.
+pub const MAX_K: usize = 1000;
+/// Search breadth when a request does not say (raised to `k` when smaller).
+pub const DEFAULT_EF: usize = 64;
+
+impl ServedCollection {
+    /// Opens the index in `dir` and checks that `embedder` makes the vectors it holds. Result
+    /// paths are given relative to `root`, or to the deepest directory holding every row's file
+    /// when `root` is `None`.
+    pub fn open(
+        dir: &Path,
+        embedder: Embedder,
+        root: Option<PathBuf>,
+        max_image_pixels: u64,
+    ) -> Result<Self, CollectionError> {
+        let index_error = |source| CollectionError::Index { path: dir.to_path_buf(), source };
+        let files = IndexFiles::open(dir).map_err(index_error)?;
+        let identity = ModelIdentity::of(embedder.metadata(), embedder.feature(), embedder.dim());
+        if let Some(reason) = files.info.model.mismatch(&identity) {
+            return Err(CollectionError::ModelMismatch {
+                model: embedder.model_path().to_path_buf(),
+                index: dir.to_path_buf(),
+                reason,
+            });
+        }
+        if files.info.count == 0 {
+            return Err(CollectionError::Empty(dir.to_path_buf()));
+        }
+        // The server answers from this index until it exits; leaking it gives the searchable
+        // view, which borrows the files, a 'static lifetime that handlers can share.
+        let files: &'static mut IndexFiles = Box::leak(Box::new(files));
+        let index = files.load().map_err(index_error)?;
+        let paths: Vec<&Path> = index.manifest.rows.iter().map(|row| row.path.as_path()).collect();
+        let root = root.unwrap_or_else(|| common_ancestor(&paths));
+        let relative_paths =
+            paths.iter().map(|path| PathRecord::of(path.strip_prefix(&root).unwrap_or(path))).collect();
+        let indexed_rows =
+            (0..index.manifest.count).filter(|row| index.info.held_out.binary_search(row).is_err()).collect();
+        Ok(ServedCollection {
+            index,
+            root,
+            relative_paths,
+            indexed_rows,
+            embedder: Mutex::new(embedder),
+            max_image_pixels,
+        })
+    }
+
+    /// Rows in the manifest (every one can be a query).
+    pub fn rows(&self) -> usize {
+        self.index.manifest.count
+    }
+
+    /// Rows a search can return (the index's; held-out rows are not).
+    pub fn indexed_count(&self) -> usize {
+        self.index.info.count
+    }
+
+    /// Width of the vectors as embedded.
+    pub fn dim(&self) -> usize {
+        self.index.info.model.dim
+    }
+
+    /// The pixel cap for uploaded and thumbnailed images.
+    pub fn max_image_pixels(&self) -> u64 {
+        self.max_image_pixels
+    }
+
+    /// The file of `row`, if the row exists.
+    pub fn row_path(&self, row: usize) -> Option<&Path> {
+        self.index.manifest.rows.get(row).map(|r| r.path.as_path())
+    }
+
+    /// The stored vector of `row` (as embedded), if the row exists.
+    pub fn row_vector(&self, row: usize) -> Option<&[f32]> {
+        (row < self.rows()).then(|| self.index.vectors.row(row))
+    }
+
+    /// An indexed row drawn uniformly.
+    pub fn random_row(&self) -> usize {
+        use rand::seq::IndexedRandom;
+        *self.indexed_rows.choose(&mut rand::rng()).expect("an open collection is not empty")
+    }
+
+    /// The summary `GET /api/collection` returns.
+    pub fn summary(&self) -> CollectionSummary {
+        let info = self.index.info;
+        CollectionSummary {
+            count: info.count,
+            rows: self.rows(),
+            root: PathRecord::of(&self.root),
+            model: info.model.clone(),
+            model_path: PathRecord::of(self.embedder().model_path()),
+            metric: info.params.metric.name().into(),
+            index: info.params,
+            post_process: info.post_process.clone(),
+            default_k: DEFAULT_K,
+            max_k: MAX_K.min(info.count),
+            default_ef: DEFAULT_EF,
+        }
+    }
+
+    /// The `k` nearest rows to `vector` (as embedded), searching with `ef`.
+    pub fn search_vector(
+        &self,
+        vector: &[f32],
+        k: usize,
+        ef: usize,
+    ) -> Result<Vec<SearchResult>, IndexError> {
+        let hits = self.index.search(vector, k, ef.max(k))?;
+        Ok(hits.into_iter().map(|hit| self.result(hit)).collect())
+    }
+
+    fn result(&self, hit: Hit) -> SearchResult {
+        SearchResult {
+            rank: hit.rank,
+            score: hit.score,
+            row: hit.row,
+            path: self.relative_paths[hit.row].clone(),
+            thumbnail: format!("/thumbnails/{}", hit.row),
+        }
+    }
+
+    /// Embeds one decoded image with the query model. Blocks while another embedding runs.
+    pub fn embed(&self, image: &DynamicImage) -> Result<Vec<f32>, EmbedError> {
+        self.embedder().embed_images(std::slice::from_ref(image), 1)
+    }
+
+    fn embedder(&self) -> std::sync::MutexGuard<'_, Embedder> {
+        // A panic inside ONNX Runtime's call leaves the embedder as it was: keep using it.
+        self.embedder.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The deepest directory that holds every path (`/` when they share nothing).
+fn common_ancestor(paths: &[&Path]) -> PathBuf {
+    let Some(first) = paths.first() else { return PathBuf::from("/") };
+    let mut ancestor = first.parent().unwrap_or(Path::new("/")).to_path_buf();
+    for path in &paths[1..] {
+        while !path.starts_with(&ancestor) {
+            if !ancestor.pop() {
+                return PathBuf::from("/");
+            }
+        }
+    }
+    ancestor
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_common_ancestor_is_the_deepest_shared_directory() {
+        let paths = [Path::new("/a/b/c/1.png"), Path::new("/a/b/d/2.png"), Path::new("/a/b/3.png")];
+        assert_eq!(common_ancestor(&paths), Path::new("/a/b"));
+        assert_eq!(common_ancestor(&[Path::new("/a/b/1.png")]), Path::new("/a/b"));
+        assert_eq!(common_ancestor(&[Path::new("/x/1.png"), Path::new("/y/2.png")]), Path::new("/"));
+        // Components, not characters: /a/bc is not under /a/b.
+        assert_eq!(common_ancestor(&[Path::new("/a/b/1.png"), Path::new("/a/bc/2.png")]), Path::new("/a"));
+    }
+}
