@@ -184,12 +184,7 @@ pub fn ensure_fashion_mnist() -> Result<PathBuf, String> {
         "==> Fashion-MNIST not found at {}; trying `apt-get install dataset-fashion-mnist`",
         dir.display()
     );
-    let is_root =
-        Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if is_root {
-        let _ = Command::new("apt-get").arg("update").arg("-qq").status();
-        let _ = Command::new("apt-get").args(["install", "-y", "-qq", "dataset-fashion-mnist"]).status();
-    }
+    apt_install_as_root(&["dataset-fashion-mnist"]);
     if present(&dir) {
         return Ok(dir);
     }
@@ -199,5 +194,44 @@ pub fn ensure_fashion_mnist() -> Result<PathBuf, String> {
          https://github.com/zalandoresearch/fashion-mnist into a folder and set \
          DIM_FASHION_MNIST=<that folder>.",
         dir.display()
+    ))
+}
+
+/// Installs Debian packages with apt-get when running as root; otherwise does nothing (the
+/// caller then says how to get what is missing).
+fn apt_install_as_root(packages: &[&str]) {
+    let is_root =
+        Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if is_root {
+        let _ = Command::new("apt-get").arg("update").arg("-qq").status();
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+    }
+}
+
+/// The headless browser of dim-serve's page test: Debian's chromium and chromedriver,
+/// installed when missing and this user may do so (about 30 s); otherwise says how to get them.
+pub fn ensure_browser() -> Result<(), String> {
+    let chromium =
+        std::env::var_os("CHROMIUM").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/chromium".into());
+    let driver =
+        std::env::var_os("CHROMEDRIVER").map(PathBuf::from).unwrap_or_else(|| "/usr/bin/chromedriver".into());
+    let present = || chromium.is_file() && driver.is_file();
+    if present() {
+        return Ok(());
+    }
+    eprintln!("==> headless Chromium not found; trying `apt-get install chromium chromium-driver`");
+    apt_install_as_root(&["chromium", "chromium-driver"]);
+    if present() {
+        return Ok(());
+    }
+    Err(format!(
+        "the browser test needs {} and {}: `sudo apt-get install chromium chromium-driver` \
+         (Debian/Ubuntu), or set CHROMIUM and CHROMEDRIVER to a Chromium and its matching chromedriver",
+        chromium.display(),
+        driver.display()
     ))
 }

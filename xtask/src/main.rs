@@ -66,6 +66,7 @@ fn cargo(args: &[&str]) -> Result<(), String> {
 fn run_tests() -> Result<(), String> {
     let started = std::time::Instant::now();
     environment::setup(&workspace_root(), false)?;
+    environment::ensure_browser()?;
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     cargo(&["test", "--workspace"])?;
