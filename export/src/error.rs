@@ -87,6 +87,14 @@ pub enum ExportError {
         /// What is wrong, e.g. "NaN or infinite values".
         problem: &'static str,
     },
+    /// An existing model cannot be read or is not a dim-export model.
+    #[error("cannot use the model {path}: {cause}")]
+    Model {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong.
+        cause: String,
+    },
     /// The model file could not be written.
     #[error("cannot write {path}: {cause}")]
     Write {

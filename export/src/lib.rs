@@ -4,10 +4,12 @@
 //!
 //! ```no_run
 //! use dim_export::{EmbeddingSource, ExportOptions, export};
+//! use dim_models::onnx_metadata::SearchRecipe;
 //! let options = ExportOptions {
 //!     checkpoint_dir: "runs/fashion/checkpoint".into(),
 //!     out: "model.onnx".into(),
 //!     embedding_source: EmbeddingSource::Conv,
+//!     search_recipe: Some(SearchRecipe::new(256, true)),
 //! };
 //! let summary = export(&options)?;
 //! println!("{} bytes, checkpoint {}", summary.bytes, summary.metadata.checkpoint_sha256);
@@ -26,8 +28,10 @@ pub use error::ExportError;
 pub use graph::{EmbeddingSource, EncoderGraph};
 
 use dim_models::TOOLKIT_VERSION;
-use dim_models::onnx_metadata::{ModelMetadata, OutputInfo};
-use std::path::PathBuf;
+use dim_models::onnx_metadata::{ModelMetadata, OutputInfo, SearchRecipe};
+use prost::Message;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
 /// What to export and where.
 #[derive(Debug, Clone)]
@@ -38,6 +42,8 @@ pub struct ExportOptions {
     pub out: PathBuf,
     /// The tap the `embedding` output normalises.
     pub embedding_source: EmbeddingSource,
+    /// The search post-processing recommended in the metadata, if any.
+    pub search_recipe: Option<SearchRecipe>,
 }
 
 /// What an export wrote.
@@ -54,7 +60,10 @@ pub struct ExportSummary {
 pub fn export(options: &ExportOptions) -> Result<ExportSummary, ExportError> {
     let checkpoint = EncoderCheckpoint::read(&options.checkpoint_dir)?;
     let graph = EncoderGraph::build(&checkpoint, options.embedding_source);
-    let metadata = model_metadata(&checkpoint, &graph, options.embedding_source);
+    let metadata = ModelMetadata {
+        search_recipe: options.search_recipe,
+        ..model_metadata(&checkpoint, &graph, options.embedding_source)
+    };
     let bytes = onnx_writer::encode_model(&graph, &metadata);
     dim_models::atomic_file::write_bytes_atomically(&options.out, &bytes)
         .map_err(|cause| ExportError::Write { path: options.out.clone(), cause })?;
@@ -76,7 +85,39 @@ pub fn model_metadata(
         training_digest: config.training_digest(),
         checkpoint_sha256: checkpoint.weights_sha256.clone(),
         toolkit_version: TOOLKIT_VERSION.to_string(),
+        search_recipe: None,
     }
+}
+
+/// Records `recipe` (or its absence) as the recommended search post-processing of the existing
+/// model at `path`, rewriting the file atomically; the graph and every other metadata entry are
+/// kept as they are. Returns the model's new metadata.
+pub fn set_search_recipe(path: &Path, recipe: Option<SearchRecipe>) -> Result<ModelMetadata, ExportError> {
+    let model_error = |cause: String| ExportError::Model { path: path.to_path_buf(), cause };
+    let bytes = std::fs::read(path).map_err(|e| model_error(e.to_string()))?;
+    let mut model = onnx_proto::ModelProto::decode(bytes.as_slice())
+        .map_err(|e| model_error(format!("not an ONNX model: {e}")))?;
+    let props: HashMap<String, String> = model
+        .metadata_props
+        .iter()
+        .filter_map(|entry| Some((entry.key.clone()?, entry.value.clone()?)))
+        .collect();
+    let mut metadata = ModelMetadata::from_props(&props).map_err(|e| model_error(e.to_string()))?;
+    metadata.search_recipe = recipe;
+    let updated: Vec<(String, String)> = metadata.to_props();
+    // Every key this toolkit writes (the recipe's included, even when it is now absent) is
+    // replaced; keys it does not know are kept.
+    let with_recipe = ModelMetadata { search_recipe: Some(SearchRecipe::new(1, false)), ..metadata.clone() };
+    let own_keys: Vec<String> = with_recipe.to_props().into_iter().map(|(key, _)| key).collect();
+    model.metadata_props.retain(|entry| entry.key.as_ref().is_none_or(|key| !own_keys.contains(key)));
+    model.metadata_props.extend(
+        updated
+            .into_iter()
+            .map(|(key, value)| onnx_proto::StringStringEntryProto { key: Some(key), value: Some(value) }),
+    );
+    dim_models::atomic_file::write_bytes_atomically(path, &model.encode_to_vec())
+        .map_err(|cause| ExportError::Write { path: path.to_path_buf(), cause })?;
+    Ok(metadata)
 }
 
 #[cfg(test)]
@@ -151,6 +192,7 @@ mod tests {
             checkpoint_dir: dir.to_path_buf(),
             out: out_dir.path().join("model.onnx"),
             embedding_source: EmbeddingSource::Y,
+            search_recipe: None,
         };
         (export(&options), listing(out_dir.path()))
     }
@@ -173,6 +215,7 @@ mod tests {
             checkpoint_dir: dir.path().into(),
             out: out.clone(),
             embedding_source: EmbeddingSource::Y,
+            search_recipe: Some(SearchRecipe::new(32, true)),
         };
         let summary = export(&options).unwrap();
         assert_eq!(listing(out_dir.path()), ["model.onnx"]);
@@ -195,6 +238,39 @@ mod tests {
         let weights = std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap();
         assert_eq!(metadata.checkpoint_sha256, sha256_hex(&weights));
         assert_eq!(metadata.training_digest, black.training_digest());
+        assert_eq!(metadata.search_recipe, Some(SearchRecipe::new(32, true)));
+
+        // The recipe of an existing model is rewritten in place; the graph and other keys stay.
+        let graph_before = model.graph.clone();
+        let mut extended = ModelProto::decode(std::fs::read(&out).unwrap().as_slice()).unwrap();
+        extended.metadata_props.push(crate::onnx_proto::StringStringEntryProto {
+            key: Some("user.note".into()),
+            value: Some("kept".into()),
+        });
+        std::fs::write(&out, extended.encode_to_vec()).unwrap();
+        let updated = set_search_recipe(&out, Some(SearchRecipe::new(16, false))).unwrap();
+        let reread = ModelProto::decode(std::fs::read(&out).unwrap().as_slice()).unwrap();
+        assert_eq!(reread.graph, graph_before);
+        let props: std::collections::HashMap<String, String> = reread
+            .metadata_props
+            .iter()
+            .map(|p| (p.key.clone().unwrap_or_default(), p.value.clone().unwrap_or_default()))
+            .collect();
+        assert_eq!(props.len(), reread.metadata_props.len(), "no key is written twice");
+        assert_eq!(props["user.note"], "kept");
+        assert_eq!(ModelMetadata::from_props(&props).unwrap(), updated);
+        assert_eq!(
+            updated,
+            ModelMetadata { search_recipe: Some(SearchRecipe::new(16, false)), ..metadata.clone() }
+        );
+        let cleared = set_search_recipe(&out, None).unwrap();
+        assert_eq!(cleared.search_recipe, None);
+        let reread = ModelProto::decode(std::fs::read(&out).unwrap().as_slice()).unwrap();
+        assert!(reread.metadata_props.iter().all(|p| p.key.as_deref() != Some("dim.search_post_processing")));
+
+        std::fs::write(&out, b"not a model").unwrap();
+        let error = set_search_recipe(&out, None).unwrap_err().to_string();
+        assert!(error.contains("not an ONNX model"), "{error}");
     }
 
     #[test]

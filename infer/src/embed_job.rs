@@ -159,6 +159,7 @@ pub fn run(embedder: &mut Embedder, job: &EmbedJob) -> Result<EmbedSummary, Embe
         toolkit_version: dim_models::TOOLKIT_VERSION.to_string(),
         model: identity,
         embeddings_sha256: Some(embeddings_sha256),
+        search_recipe: embedder.metadata().search_recipe,
         count: rows.len(),
         rows,
     };

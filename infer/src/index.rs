@@ -750,6 +750,7 @@ mod tests {
             toolkit_version: dim_models::TOOLKIT_VERSION.into(),
             model,
             embeddings_sha256: None,
+            search_recipe: None,
             count: vectors.rows,
             rows: (0..vectors.rows)
                 .map(|i| ManifestRow { path: PathBuf::from(format!("/v/{i}.png")), size: 1, mtime_ns: 0 })

@@ -10,7 +10,7 @@
 use crate::embedder::{Feature, Skipped};
 use crate::npy;
 use dim_models::atomic_file::{self, StagedFile};
-use dim_models::onnx_metadata::ModelMetadata;
+use dim_models::onnx_metadata::{ModelMetadata, SearchRecipe};
 use dim_models::path_record::{PathRecord, PathRecordError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -136,6 +136,10 @@ pub struct Manifest {
     /// written before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embeddings_sha256: Option<String>,
+    /// The model's recommended search post-processing (`dim.search_post_processing`), which
+    /// `dim-search build` applies unless told otherwise; absent when the model has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search_recipe: Option<SearchRecipe>,
     /// Number of rows.
     pub count: usize,
     /// One entry per row.

@@ -16,6 +16,7 @@
 //! that its entry of largest magnitude is positive.
 
 use crate::npy::{self, NpyError};
+use dim_models::onnx_metadata::SearchRecipe;
 use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -43,6 +44,18 @@ pub struct PcaSpec {
     pub whiten: bool,
     /// Added to each variance before whitening (guards near-zero variances).
     pub eps: f64,
+}
+
+impl PcaSpec {
+    /// What `recipe` asks for a collection of `rows` vectors: its PCA when the collection is
+    /// large enough for it ([`SearchRecipe::applies_to`]), else nothing.
+    pub fn recommended(recipe: Option<SearchRecipe>, rows: usize) -> Option<PcaSpec> {
+        recipe.filter(|recipe| recipe.applies_to(rows)).map(|recipe| PcaSpec {
+            dims: recipe.pca_dims,
+            whiten: recipe.whiten,
+            eps: DEFAULT_WHITEN_EPS,
+        })
+    }
 }
 
 /// What was fitted: the `post_process` entry of `index.json`.

@@ -42,13 +42,20 @@ fn test_metadata(checkpoint_sha256: &str) -> ModelMetadata {
         training_digest: "test-training".into(),
         checkpoint_sha256: checkpoint_sha256.into(),
         toolkit_version: dim_models::TOOLKIT_VERSION.into(),
+        search_recipe: None,
     }
 }
 
 /// Writes the random-projection test model (see `fixtures/make_test_model.py`) with the metadata
 /// `ModelMetadata::to_props` gives, or with none.
 fn write_model(dir: &Path, checkpoint_sha256: &str, with_metadata: bool) -> PathBuf {
-    let props: HashMap<String, String> = test_metadata(checkpoint_sha256).to_props().into_iter().collect();
+    write_model_with(dir, &test_metadata(checkpoint_sha256), with_metadata)
+}
+
+/// [`write_model`] with the given metadata.
+fn write_model_with(dir: &Path, metadata: &ModelMetadata, with_metadata: bool) -> PathBuf {
+    let checkpoint_sha256 = &metadata.checkpoint_sha256;
+    let props: HashMap<String, String> = metadata.to_props().into_iter().collect();
     let props_path = dir.join(format!("{checkpoint_sha256}-props.json"));
     std::fs::write(&props_path, serde_json::to_string(&props).unwrap()).unwrap();
     let model = dir.join(format!("{checkpoint_sha256}-{with_metadata}.onnx"));
@@ -273,6 +280,7 @@ fn write_embeddings(dir: &Path, dim: usize, vectors: &[f32]) {
         toolkit_version: dim_models::TOOLKIT_VERSION.into(),
         model: identity,
         embeddings_sha256: None,
+        search_recipe: None,
         count,
         rows: (0..count)
             .map(|i| ManifestRow { path: PathBuf::from(format!("/v/{i}.png")), size: 1, mtime_ns: 0 })
@@ -409,4 +417,51 @@ fn the_command_line_tools_embed_build_query_and_refuse_another_model() {
         ],
     );
     assert!(!output.status.success() && String::from_utf8_lossy(&output.stderr).contains("batch size"));
+}
+
+#[test]
+fn build_applies_the_models_recommended_post_processing_to_collections_large_enough() {
+    let temp = tempfile::tempdir().unwrap();
+    let recipe = dim_models::onnx_metadata::SearchRecipe { pca_dims: 3, whiten: true, min_rows: 8 };
+    let metadata = ModelMetadata { search_recipe: Some(recipe), ..test_metadata("model-recipe") };
+    let model = write_model_with(temp.path(), &metadata, true);
+    let images = temp.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for seed in 0..10 {
+        pattern(seed, 32, 32).save(images.join(format!("p_{seed}.png"))).unwrap();
+    }
+    let out = temp.path().join("embeddings");
+    let embedded = embed_job::run(&mut embedder(&model), &job(files_in(&images), &out)).unwrap();
+    assert_eq!(embedded.total_rows, 10);
+    assert_eq!(Manifest::read(&out).unwrap().search_recipe, Some(recipe), "the manifest carries the recipe");
+
+    let build = |name: &str, extra: &[&str]| {
+        let index_dir = temp.path().join(name);
+        let output = Command::new(env!("CARGO_BIN_EXE_dim-search"))
+            .args([
+                "build".as_ref(),
+                "--embeddings".as_ref(),
+                out.as_os_str(),
+                "--out".as_ref(),
+                index_dir.as_os_str(),
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert!(output.status.success(), "{stderr}");
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(index_dir.join("index.json")).unwrap()).unwrap();
+        (info["post_process"].clone(), stderr)
+    };
+    let (applied, note) = build("recommended", &[]);
+    assert_eq!((applied["dims"].as_u64(), applied["whiten"].as_bool()), (Some(3), Some(true)), "{applied}");
+    assert!(note.contains("recommended pca 3 + whitening"), "{note}");
+    let (declined, _) = build("none", &["--pca", "0"]);
+    assert!(declined.is_null(), "--pca 0 turns it off: {declined}");
+    let (own, _) = build("own", &["--pca", "2"]);
+    assert_eq!((own["dims"].as_u64(), own["whiten"].as_bool()), (Some(2), Some(false)));
+    let (too_few, note) = build("small", &["--hold-out", "3"]);
+    assert!(too_few.is_null(), "7 indexed rows are below the recipe's 8: {too_few}");
+    assert!(note.contains("too few"), "{note}");
 }

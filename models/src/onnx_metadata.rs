@@ -36,6 +36,9 @@ const KEY_EMBEDDING_SOURCE: &str = "dim.embedding_source";
 const KEY_TRAINING_DIGEST: &str = "dim.training_config_sha256";
 const KEY_CHECKPOINT_DIGEST: &str = "dim.checkpoint_sha256";
 const KEY_TOOLKIT: &str = "dim.toolkit_version";
+/// The recommended collection-fitted post-processing for search ([`SearchRecipe`]); absent in
+/// models exported before it was recorded, which recommend none.
+const KEY_SEARCH_RECIPE: &str = "dim.search_post_processing";
 
 /// Version of the metadata layout.
 pub const METADATA_FORMAT_VERSION: u32 = 1;
@@ -47,6 +50,44 @@ pub struct OutputInfo {
     pub name: String,
     /// Feature width (the output is `[N, dim]`).
     pub dim: usize,
+}
+
+/// How the model's makers recommend post-processing its vectors for similarity search: centre
+/// them and keep the top `pca_dims` principal components of the collection (whitened when
+/// `whiten`), fitted by the index on the collection itself, once it has at least `min_rows`
+/// images (below that the fit is too noisy to help). Recorded as JSON under
+/// `dim.search_post_processing`; `dim-search build` and `dim-serve` apply it unless told
+/// otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchRecipe {
+    /// Principal components kept.
+    pub pca_dims: usize,
+    /// Divide each component by its standard deviation.
+    pub whiten: bool,
+    /// Smallest collection the recipe is applied to.
+    pub min_rows: usize,
+}
+
+impl SearchRecipe {
+    /// Rows per kept dimension below which a fitted whitening hurt retrieval in our ablation
+    /// (`bench/results/retrieval-ablation.md`: 256 dimensions on 1,797 and 5,000 images).
+    pub const ROWS_PER_DIMENSION: usize = 20;
+
+    /// The recipe keeping `pca_dims` components, applied from `ROWS_PER_DIMENSION` rows per
+    /// component.
+    pub fn new(pca_dims: usize, whiten: bool) -> Self {
+        SearchRecipe { pca_dims, whiten, min_rows: pca_dims * Self::ROWS_PER_DIMENSION }
+    }
+
+    /// Whether a collection of `rows` images gets the recipe.
+    pub fn applies_to(&self, rows: usize) -> bool {
+        rows >= self.min_rows && rows > self.pca_dims
+    }
+
+    /// A readable name, e.g. "pca 256 + whitening".
+    pub fn describe(&self) -> String {
+        format!("pca {}{}", self.pca_dims, if self.whiten { " + whitening" } else { "" })
+    }
 }
 
 /// Everything an exported model says about itself.
@@ -66,6 +107,8 @@ pub struct ModelMetadata {
     pub checkpoint_sha256: String,
     /// Toolkit version that exported it.
     pub toolkit_version: String,
+    /// The recommended search post-processing, if any.
+    pub search_recipe: Option<SearchRecipe>,
 }
 
 /// Errors reading metadata from a model.
@@ -107,6 +150,9 @@ impl ModelMetadata {
             (KEY_TOOLKIT, self.toolkit_version.clone()),
         ]
         .into_iter()
+        .chain(self.search_recipe.map(|recipe| {
+            (KEY_SEARCH_RECIPE, serde_json::to_string(&recipe).expect("the recipe serialises"))
+        }))
         .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
@@ -138,6 +184,10 @@ impl ModelMetadata {
         };
         let outputs_json = get(KEY_OUTPUTS)?;
         let outputs = serde_json::from_str(outputs_json).map_err(|_| invalid(KEY_OUTPUTS, outputs_json))?;
+        let search_recipe = match props.get(KEY_SEARCH_RECIPE) {
+            Some(json) => Some(serde_json::from_str(json).map_err(|_| invalid(KEY_SEARCH_RECIPE, json))?),
+            None => None,
+        };
         Ok(ModelMetadata {
             preset,
             input: InputSpec { channels: parse(KEY_CHANNELS)?, size: parse(KEY_SIZE)?, resize, background },
@@ -146,6 +196,7 @@ impl ModelMetadata {
             training_digest: get(KEY_TRAINING_DIGEST)?.clone(),
             checkpoint_sha256: get(KEY_CHECKPOINT_DIGEST)?.clone(),
             toolkit_version: get(KEY_TOOLKIT)?.clone(),
+            search_recipe,
         })
     }
 
@@ -177,9 +228,19 @@ mod tests {
             training_digest: "t".into(),
             checkpoint_sha256: "c".into(),
             toolkit_version: "0.1.0".into(),
+            search_recipe: Some(SearchRecipe::new(256, true)),
         };
         let props: HashMap<_, _> = metadata.to_props().into_iter().collect();
         assert_eq!(ModelMetadata::from_props(&props).unwrap(), metadata);
+        assert_eq!(props["dim.search_post_processing"], r#"{"pca_dims":256,"whiten":true,"min_rows":5120}"#);
+
+        let mut without_recipe = props.clone();
+        without_recipe.remove(KEY_SEARCH_RECIPE);
+        assert_eq!(ModelMetadata::from_props(&without_recipe).unwrap().search_recipe, None);
+        let mut bad_recipe = props.clone();
+        bad_recipe.insert(KEY_SEARCH_RECIPE.into(), "pca".into());
+        let error = ModelMetadata::from_props(&bad_recipe).unwrap_err().to_string();
+        assert!(error.contains("dim.search_post_processing"), "{error}");
         assert_eq!(metadata.output_dim(OUTPUT_EMBEDDING), Some(4096));
 
         assert!(props["dim.preprocessing"].contains("EXIF orientation applied"));
@@ -192,5 +253,17 @@ mod tests {
         partial.remove(KEY_PRESET);
         let error = ModelMetadata::from_props(&partial).unwrap_err().to_string();
         assert!(error.contains("dim.preset"), "{error}");
+    }
+
+    #[test]
+    fn a_recipe_applies_only_to_collections_large_enough_for_its_fit() {
+        let recipe = SearchRecipe::new(256, true);
+        assert_eq!(recipe.min_rows, 5120);
+        assert!(!recipe.applies_to(5119));
+        assert!(recipe.applies_to(5120));
+        assert_eq!(recipe.describe(), "pca 256 + whitening");
+        let tiny = SearchRecipe { pca_dims: 8, whiten: false, min_rows: 0 };
+        assert!(!tiny.applies_to(8), "a fit needs more rows than dimensions");
+        assert!(tiny.applies_to(9));
     }
 }

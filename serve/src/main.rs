@@ -53,7 +53,9 @@ struct Args {
     /// For a folder: cosine or l2.
     #[arg(long, default_value = "cosine")]
     metric: Metric,
-    /// For a folder: centre and project onto the top D principal components before indexing.
+    /// For a folder: centre and project onto the top D principal components before indexing
+    /// (0: none). Default: the model's recommended post-processing when the folder holds
+    /// enough images for it.
     #[arg(long, value_name = "D")]
     pca: Option<usize>,
     /// For a folder, with --pca: also whiten each component.
@@ -115,25 +117,31 @@ fn run(args: Args) -> anyhow::Result<()> {
         (Some(folder), _) => {
             let state = args.state.clone().unwrap_or_else(|| prepare::default_state_dir(folder));
             let mut embedder = embedder_for(args.feature)?;
-            let params = IndexParams {
-                metric: args.metric,
-                post_process: args.pca.map(|dims| PcaSpec {
+            let post_process = match args.pca {
+                Some(0) => prepare::PostProcessChoice::None,
+                Some(dims) => prepare::PostProcessChoice::Given(PcaSpec {
                     dims,
                     whiten: args.whiten,
                     eps: DEFAULT_WHITEN_EPS,
                 }),
-                ..IndexParams::default()
+                None => prepare::PostProcessChoice::Recommended,
             };
+            let params = IndexParams { metric: args.metric, ..IndexParams::default() };
             eprintln!("dim-serve: preparing {} (state in {})", folder.display(), state.display());
-            let prepared = prepare::prepare_folder(folder, &state, &mut embedder, &params)?;
+            let prepared = prepare::prepare_folder(folder, &state, &mut embedder, &params, post_process)?;
             let summary = &prepared.embedding;
             eprintln!(
-                "dim-serve: embedded {} new images, kept {}, dropped {}, skipped {}; index {}",
+                "dim-serve: embedded {} new images, kept {}, dropped {}, skipped {}; index {} ({})",
                 summary.embedded,
                 summary.reused,
                 summary.dropped,
                 summary.skipped.len(),
-                if prepared.rebuilt_index { "built" } else { "unchanged" }
+                if prepared.rebuilt_index { "built" } else { "unchanged" },
+                prepared.post_process.as_ref().map_or("no post-processing".to_string(), |spec| format!(
+                    "pca {}{}",
+                    spec.dims,
+                    if spec.whiten { " + whitening" } else { "" }
+                ))
             );
             let root = args.root.clone().or_else(|| std::path::absolute(folder).ok());
             (prepared.index, embedder, root)

@@ -8,6 +8,7 @@ use dim_infer::embed_job::{self, EmbedJob, EmbedSummary};
 use dim_infer::embedder::Embedder;
 use dim_infer::index::{self, IndexFiles, IndexParams};
 use dim_infer::manifest::Manifest;
+use dim_infer::post_process::PcaSpec;
 use sha2::{Digest, Sha256};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,17 @@ use std::path::{Path, PathBuf};
 pub const EMBEDDINGS_DIR: &str = "embeddings";
 /// The index directory inside a state directory.
 pub const INDEX_DIR: &str = "index";
+
+/// Which post-processing the index gets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PostProcessChoice {
+    /// None.
+    None,
+    /// This one.
+    Given(PcaSpec),
+    /// The model's recommended one, when the collection is large enough for it.
+    Recommended,
+}
 
 /// What preparing a folder did.
 #[derive(Debug)]
@@ -26,6 +38,8 @@ pub struct Prepared {
     pub embedding: EmbedSummary,
     /// Whether the index was (re)built; false when the previous one still matched.
     pub rebuilt_index: bool,
+    /// The post-processing the index applies.
+    pub post_process: Option<PcaSpec>,
 }
 
 /// Where a folder's state is kept by default: a directory under the user's cache named after
@@ -42,12 +56,13 @@ pub fn default_state_dir(folder: &Path) -> PathBuf {
 }
 
 /// Embeds `folder` into `state/embeddings` and makes sure `state/index` is an index of exactly
-/// those rows built with `params`.
+/// those rows built with `params` and the chosen post-processing.
 pub fn prepare_folder(
     folder: &Path,
     state: &Path,
     embedder: &mut Embedder,
     params: &IndexParams,
+    post_process: PostProcessChoice,
 ) -> anyhow::Result<Prepared> {
     anyhow::ensure!(folder.is_dir(), "{} is not a directory", folder.display());
     let gathered = collection::gather(&[folder.to_path_buf()], &[])?;
@@ -68,14 +83,22 @@ pub fn prepare_folder(
         show_progress: std::io::stderr().is_terminal(),
     };
     let embedding = embed_job::run(embedder, &job)?;
+    let post_process = match post_process {
+        PostProcessChoice::None => None,
+        PostProcessChoice::Given(spec) => Some(spec),
+        PostProcessChoice::Recommended => {
+            PcaSpec::recommended(embedder.metadata().search_recipe, embedding.total_rows)
+        }
+    };
+    let params = IndexParams { post_process, ..*params };
     let index = state.join(INDEX_DIR);
-    let rebuilt_index = if index_matches(&index, &embeddings, params) {
+    let rebuilt_index = if index_matches(&index, &embeddings, &params) {
         false
     } else {
-        index::build(&embeddings, &index, params)?;
+        index::build(&embeddings, &index, &params)?;
         true
     };
-    Ok(Prepared { index, embedding, rebuilt_index })
+    Ok(Prepared { index, embedding, rebuilt_index, post_process })
 }
 
 /// Whether the index in `index` was built with `params` from the current contents of

@@ -193,7 +193,8 @@ fn check_preset(preset: Preset, channels: usize, source: EmbeddingSource, layout
     assert_eq!(trainer_names, exporter_names, "{preset}");
 
     let model = dir.path().join("model.onnx");
-    let options = ExportOptions { checkpoint_dir, out: model.clone(), embedding_source: source };
+    let options =
+        ExportOptions { checkpoint_dir, out: model.clone(), embedding_source: source, search_recipe: None };
     let summary = export(&options).unwrap();
     assert_eq!(summary.metadata.embedding_source, source.output_name());
     assert_onnx_checker_passes(&model);

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
 use dim_infer::embedder::{Embedder, EmbedderOptions};
 use dim_infer::index::{self, Hit, IndexFiles, IndexParams, Metric};
-use dim_infer::manifest::ModelIdentity;
+use dim_infer::manifest::{Manifest, ModelIdentity};
 use dim_infer::npy;
 use dim_infer::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
 use dim_infer::retrieval::{EmbeddingsReport, LabelSource};
@@ -125,7 +125,9 @@ enum Command {
 /// The collection-fitted post-processing of vectors.
 #[derive(ClapArgs, Debug)]
 struct PostProcessArgs {
-    /// Centre and project onto the top D principal components of the vectors.
+    /// Centre and project onto the top D principal components of the vectors (0: none). Without
+    /// it, `build` applies the model's recommended post-processing (recorded in the model and the
+    /// manifest as `search_recipe`) when the collection is large enough for it.
     #[arg(long, value_name = "D")]
     pca: Option<usize>,
     /// Also divide each component by the square root of its variance + --whiten-eps.
@@ -138,7 +140,11 @@ struct PostProcessArgs {
 
 impl PostProcessArgs {
     fn spec(&self) -> Option<PcaSpec> {
-        self.pca.map(|dims| PcaSpec { dims, whiten: self.whiten, eps: self.whiten_eps })
+        self.pca.filter(|&dims| dims > 0).map(|dims| PcaSpec {
+            dims,
+            whiten: self.whiten,
+            eps: self.whiten_eps,
+        })
     }
 }
 
@@ -152,8 +158,28 @@ fn main() {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Build { embeddings, out, metric, m, ef_construction, hold_out, post_process } => {
-            let params =
-                IndexParams { metric, m, ef_construction, hold_out, post_process: post_process.spec() };
+            let post_process = match post_process.pca {
+                Some(_) => post_process.spec(),
+                None => {
+                    let manifest = Manifest::read(&embeddings)?;
+                    let indexed = manifest.count.saturating_sub(hold_out);
+                    let recommended = PcaSpec::recommended(manifest.search_recipe, indexed);
+                    match (manifest.search_recipe, recommended) {
+                        (Some(recipe), Some(_)) => eprintln!(
+                            "dim-search: applying the model's recommended {} (pass --pca 0 for none)",
+                            recipe.describe()
+                        ),
+                        (Some(recipe), None) => eprintln!(
+                            "dim-search: the model recommends {} from {} images; {indexed} is too few, so none",
+                            recipe.describe(),
+                            recipe.min_rows
+                        ),
+                        (None, _) => {}
+                    }
+                    recommended
+                }
+            };
+            let params = IndexParams { metric, m, ef_construction, hold_out, post_process };
             let info = index::build(&embeddings, &out, &params).context("cannot build the index")?;
             let dims = match &info.post_process {
                 Some(pca) => format!(
