@@ -16,3 +16,4 @@ pub mod reduced_jpeg;
 pub mod retrieval;
 pub mod runtime;
 pub mod session;
+pub mod shard;

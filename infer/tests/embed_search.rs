@@ -465,3 +465,88 @@ fn build_applies_the_models_recommended_post_processing_to_collections_large_eno
     assert!(too_few.is_null(), "7 indexed rows are below the recipe's 8: {too_few}");
     assert!(note.contains("too few"), "{note}");
 }
+
+#[test]
+fn shards_embedded_apart_and_merged_equal_a_single_run() {
+    let temp = tempfile::tempdir().unwrap();
+    let model = write_model(temp.path(), "model-shards", true);
+    let other = write_model(temp.path(), "model-other", true);
+    let images = temp.path().join("images");
+    for (folder, seeds) in [("a", 0..5), ("b", 5..12)] {
+        std::fs::create_dir_all(images.join(folder)).unwrap();
+        for seed in seeds {
+            pattern(seed, 32, 32).save(images.join(folder).join(format!("p_{seed}.png"))).unwrap();
+        }
+    }
+    std::fs::write(images.join("b").join("broken.png"), b"\x89PNG").unwrap();
+    let embed = |extra: &[&std::ffi::OsStr]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_dim-embed")).args(extra).output().unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+    let run_into = |out: &Path, model: &Path, shard: Option<&str>| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            images.as_os_str(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ];
+        if let Some(shard) = shard {
+            args.extend([std::ffi::OsStr::new("--shard"), std::ffi::OsStr::new(shard)]);
+        }
+        let (ok, log) = embed(&args);
+        assert!(ok, "{log}");
+        log
+    };
+    let single = temp.path().join("single");
+    run_into(&single, &model, None);
+    let shards: Vec<PathBuf> = (0..3).map(|i| temp.path().join(format!("shard{i}"))).collect();
+    for (i, dir) in shards.iter().enumerate() {
+        run_into(dir, &model, Some(&format!("{i}/3")));
+    }
+    let counts: Vec<usize> = shards.iter().map(|dir| Manifest::read(dir).unwrap().count).collect();
+    assert_eq!(counts.iter().sum::<usize>(), 12, "shards cover every image once: {counts:?}");
+    assert!(counts.iter().all(|&n| n < 12), "no shard holds everything: {counts:?}");
+    assert!(
+        run_into(&shards[1], &model, Some("1/3")).contains("embedded 0 images"),
+        "a shard rerun is incremental"
+    );
+
+    let merged = temp.path().join("merged");
+    let mut args: Vec<&std::ffi::OsStr> = vec!["merge".as_ref(), merged.as_os_str()];
+    args.extend(shards.iter().map(|dir| dir.as_os_str()));
+    let (ok, log) = embed(&args);
+    assert!(ok && log.contains("12 rows, 1 skipped"), "{log}");
+    let (single_manifest, merged_manifest) =
+        (Manifest::read(&single).unwrap(), Manifest::read(&merged).unwrap());
+    assert_eq!(merged_manifest.rows, single_manifest.rows, "same rows in the same order");
+    assert_eq!(merged_manifest.model, single_manifest.model);
+    let (a, b) = (
+        npy::read_matrix(&single.join(EMBEDDINGS_FILE)).unwrap(),
+        npy::read_matrix(&merged.join(EMBEDDINGS_FILE)).unwrap(),
+    );
+    assert_eq!((a.rows, a.cols), (b.rows, b.cols));
+    assert!(a.values.iter().zip(&b.values).all(|(x, y)| (x - y).abs() < 1e-5), "the same vectors");
+    let skipped = |dir: &Path| std::fs::read_to_string(dir.join("skipped.json")).unwrap();
+    assert_eq!(skipped(&merged), skipped(&single));
+
+    let overlap = embed(&[
+        "merge".as_ref(),
+        temp.path().join("twice").as_os_str(),
+        shards[0].as_os_str(),
+        shards[0].as_os_str(),
+    ]);
+    assert!(!overlap.0 && overlap.1.contains("is in two shards"), "{}", overlap.1);
+    let foreign = temp.path().join("foreign");
+    run_into(&foreign, &other, Some("0/3"));
+    let mixed = embed(&[
+        "merge".as_ref(),
+        temp.path().join("mixed").as_os_str(),
+        shards[1].as_os_str(),
+        foreign.as_os_str(),
+    ]);
+    assert!(!mixed.0 && mixed.1.contains("another model or feature"), "{}", mixed.1);
+}

@@ -2,18 +2,45 @@
 //! `embeddings.npy` + `manifest.json` + `skipped.json`, incrementally.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use dim_infer::collection;
 use dim_infer::embed_job::{self, EmbedJob};
 use dim_infer::embedder::{Embedder, EmbedderOptions, Feature};
 use dim_infer::session::ExecutionProvider;
+use dim_infer::shard::{self, Shard};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
 /// Embed images with an exported DIM model (ONNX Runtime).
+///
+/// To split a collection across machines, run `--shard I/N` (I = 0..N-1) on each with its own
+/// --out, then `dim-embed merge OUT SHARD_DIR...`.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, long_about, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    args: Args,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Join shard directories (from `--shard I/N` runs) into one, as a single run would have
+    /// written it: rows ordered by path; every shard must hold the same model and feature, and
+    /// no file may be in two shards.
+    Merge {
+        /// The merged embeddings directory to write.
+        out: PathBuf,
+        /// The shard directories.
+        #[arg(required = true)]
+        shards: Vec<PathBuf>,
+    },
+}
+
+/// Embedding settings.
+#[derive(clap::Args, Debug)]
 struct Args {
     /// Image files or directories (searched recursively for image extensions).
     inputs: Vec<PathBuf>,
@@ -24,8 +51,12 @@ struct Args {
     #[arg(long)]
     model: Option<PathBuf>,
     /// Output directory for embeddings.npy, manifest.json and skipped.json.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required = true)]
+    out: Option<PathBuf>,
+    /// Embed only shard I of N (0 <= I < N): the inputs whose path hashes to I. Shards never
+    /// overlap and together cover every input.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
     /// Images per model run.
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -54,17 +85,39 @@ struct Args {
 }
 
 fn main() {
-    if let Err(error) = run(Args::parse()) {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Merge { out, shards }) => merge(&out, &shards),
+        None => run(cli.args),
+    };
+    if let Err(error) = result {
         eprintln!("dim-embed: error: {error:#}");
         std::process::exit(1);
     }
+}
+
+fn merge(out: &std::path::Path, shards: &[PathBuf]) -> anyhow::Result<()> {
+    let summary = shard::merge(out, shards)?;
+    println!(
+        "merged {} shards: {} rows, {} skipped files; in {}",
+        shards.len(),
+        summary.rows,
+        summary.skipped,
+        dim_models::path_record::display(out)
+    );
+    Ok(())
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
     if args.inputs.is_empty() && args.list.is_empty() {
         anyhow::bail!("no inputs: name image files or directories, or pass --list FILE");
     }
-    let collection = collection::gather(&args.inputs, &args.list)?;
+    let out = args.out.clone().context("--out is required")?;
+    let mut collection = collection::gather(&args.inputs, &args.list)?;
+    if let Some(shard) = args.shard {
+        collection.files.retain(|path| shard.contains(path));
+        collection.skipped.retain(|skipped| shard.contains(&skipped.path));
+    }
     let mut embedder = Embedder::try_new(EmbedderOptions {
         model: args.model.unwrap_or_else(dim_models::default_model_path),
         feature: args.feature,
@@ -81,7 +134,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let job = EmbedJob {
         files: collection.files,
         skipped_inputs: collection.skipped,
-        out_dir: args.out.clone(),
+        out_dir: out.clone(),
         batch_size: args.batch,
         force: args.force,
         show_progress: std::io::stderr().is_terminal(),
@@ -103,7 +156,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         summary.total_rows,
         embedder.dim(),
         embedder.feature().output_name(),
-        dim_models::path_record::display(&args.out)
+        dim_models::path_record::display(&out)
     );
     if !summary.skipped.is_empty() {
         let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
