@@ -93,6 +93,8 @@ pub struct ServedCollection {
     /// Rows in the graph, for picking a random image.
     indexed_rows: Vec<usize>,
     embedder: Mutex<Embedder>,
+    /// Kept apart from the embedder so that a summary never waits for a running embedding.
+    model_path: PathBuf,
     max_image_pixels: u64,
 }
 
@@ -141,6 +143,7 @@ impl ServedCollection {
             root,
             relative_paths,
             indexed_rows,
+            model_path: embedder.model_path().to_path_buf(),
             embedder: Mutex::new(embedder),
             max_image_pixels,
         })
@@ -190,7 +193,7 @@ impl ServedCollection {
             rows: self.rows(),
             root: PathRecord::of(&self.root),
             model: info.model.clone(),
-            model_path: PathRecord::of(self.embedder().model_path()),
+            model_path: PathRecord::of(&self.model_path),
             metric: info.params.metric.name().into(),
             index: info.params,
             post_process: info.post_process.clone(),
