@@ -129,6 +129,28 @@ pub struct IndexInfo {
     pub post_process: Option<PcaDescription>,
 }
 
+impl IndexInfo {
+    /// Reads and checks `index.json` of the index in `dir`, without loading the index.
+    pub fn read(dir: &Path) -> Result<Self, IndexError> {
+        let info_path = dir.join(INDEX_FILE);
+        let text = std::fs::read_to_string(&info_path)
+            .map_err(|e| io_error(&info_path)(format!("{e} (is this a dim-search index directory?)")))?;
+        let info: IndexInfo = serde_json::from_str(&text).map_err(|e| io_error(&info_path)(e.to_string()))?;
+        if info.format_version != INDEX_FORMAT_VERSION {
+            return Err(io_error(&info_path)(format!("unknown index format {}", info.format_version)));
+        }
+        Ok(info)
+    }
+}
+
+/// The copy of the embeddings' manifest that the index in `dir` was built from, without
+/// loading the index.
+pub fn read_index_manifest(dir: &Path) -> Result<Manifest, IndexError> {
+    let path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| io_error(dir)(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| io_error(&path)(e.to_string()))
+}
+
 /// Errors building, loading or searching an index.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -435,17 +457,8 @@ pub struct IndexFiles {
 impl IndexFiles {
     /// Reads and checks an index directory.
     pub fn open(dir: &Path) -> Result<Self, IndexError> {
-        let info_path = dir.join(INDEX_FILE);
-        let text = std::fs::read_to_string(&info_path)
-            .map_err(|e| io_error(&info_path)(format!("{e} (is this a dim-search index directory?)")))?;
-        let info: IndexInfo = serde_json::from_str(&text).map_err(|e| io_error(&info_path)(e.to_string()))?;
-        if info.format_version != INDEX_FORMAT_VERSION {
-            return Err(io_error(&info_path)(format!("unknown index format {}", info.format_version)));
-        }
-        let manifest: Manifest = serde_json::from_str(
-            &std::fs::read_to_string(dir.join(MANIFEST_FILE)).map_err(|e| io_error(dir)(e.to_string()))?,
-        )
-        .map_err(|e| io_error(&dir.join(MANIFEST_FILE))(e.to_string()))?;
+        let info = IndexInfo::read(dir)?;
+        let manifest = read_index_manifest(dir)?;
         let vectors = npy::read_matrix(&dir.join(VECTORS_FILE))?;
         if vectors.rows != manifest.count || info.count + info.held_out.len() != manifest.count {
             return Err(io_error(dir)(

@@ -47,6 +47,11 @@ pub struct PcaSpec {
 }
 
 impl PcaSpec {
+    /// A readable name, e.g. "pca 256 + whitening".
+    pub fn describe(&self) -> String {
+        format!("pca {}{}", self.dims, if self.whiten { " + whitening" } else { "" })
+    }
+
     /// What `recipe` asks for a collection of `rows` vectors: its PCA when the collection is
     /// large enough for it ([`SearchRecipe::applies_to`]), else nothing.
     pub fn recommended(recipe: Option<SearchRecipe>, rows: usize) -> Option<PcaSpec> {

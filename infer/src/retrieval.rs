@@ -362,14 +362,7 @@ pub fn evaluate(
     k: usize,
     metric: Metric,
 ) -> Result<RetrievalScores, RetrievalError> {
-    if values.len() != labels.len() * cols {
-        return Err(RetrievalError::Input(format!(
-            "{} labels for {} values of width {cols}",
-            labels.len(),
-            values.len()
-        )));
-    }
-    score(&nearest_neighbours(values, cols, k, metric)?, labels)
+    Ok(RetrievalRun::measure(String::new(), values, cols, None, labels, k, metric)?.scores)
 }
 
 /// Labels of rows, numbered densely, with their names (`names[label]`).
@@ -440,6 +433,17 @@ pub fn evaluate_embeddings(
 ) -> Result<Vec<RetrievalRun>, RetrievalError> {
     // Read for its checks of the vectors file against the manifest.
     Manifest::read(embeddings)?;
+    evaluate_checked_embeddings(embeddings, labels, k, metric, post_process)
+}
+
+/// [`evaluate_embeddings`] for a directory whose manifest has already been read and checked.
+fn evaluate_checked_embeddings(
+    embeddings: &Path,
+    labels: &Labels,
+    k: usize,
+    metric: Metric,
+    post_process: Option<&PcaSpec>,
+) -> Result<Vec<RetrievalRun>, RetrievalError> {
     let vectors = npy::read_matrix(&embeddings.join(manifest::EMBEDDINGS_FILE))?;
     if labels.of_row.len() != vectors.rows {
         return Err(RetrievalError::Input(format!(
@@ -448,12 +452,29 @@ pub fn evaluate_embeddings(
             vectors.rows
         )));
     }
-    let mut runs = vec![run("embedded".into(), &vectors.values, vectors.cols, None, labels, k, metric)?];
+    let labels = &labels.of_row;
+    let mut runs = vec![RetrievalRun::measure(
+        "embedded".into(),
+        &vectors.values,
+        vectors.cols,
+        None,
+        labels,
+        k,
+        metric,
+    )?];
     if let Some(spec) = post_process {
         let pca = Pca::fit(&vectors.values, vectors.cols, spec)?;
-        let name = format!("pca {}{}", spec.dims, if spec.whiten { " + whitening" } else { "" });
         let transformed = pca.apply_rows(&vectors.values)?;
-        runs.push(run(name, &transformed, spec.dims, Some(pca.description().clone()), labels, k, metric)?);
+        let fitted = Some(pca.description().clone());
+        runs.push(RetrievalRun::measure(
+            spec.describe(),
+            &transformed,
+            spec.dims,
+            fitted,
+            labels,
+            k,
+            metric,
+        )?);
     }
     Ok(runs)
 }
@@ -497,7 +518,7 @@ impl EmbeddingsReport {
             LabelSource::ParentFolders => Labels::from_parent_folders(&manifest),
             LabelSource::File(path) => Labels::from_file(path, manifest.count)?,
         };
-        let runs = evaluate_embeddings(embeddings, &labels, k, metric, post_process)?;
+        let runs = evaluate_checked_embeddings(embeddings, &labels, k, metric, post_process)?;
         Ok(EmbeddingsReport {
             embeddings: embeddings.display().to_string(),
             metric,
@@ -544,25 +565,30 @@ impl EmbeddingsReport {
     }
 }
 
-fn run(
-    vectors: String,
-    values: &[f32],
-    dims: usize,
-    post_process: Option<PcaDescription>,
-    labels: &Labels,
-    k: usize,
-    metric: Metric,
-) -> Result<RetrievalRun, RetrievalError> {
-    let started = Instant::now();
-    let neighbours = nearest_neighbours(values, dims, k, metric)?;
-    let search_seconds = started.elapsed().as_secs_f64();
-    Ok(RetrievalRun {
-        vectors,
-        dims,
-        post_process,
-        search_seconds,
-        scores: score(&neighbours, &labels.of_row)?,
-    })
+impl RetrievalRun {
+    /// Searches the row-major `[rows, dims]` matrix `values` exactly (every row a query, itself
+    /// excluded) and scores the neighbours against `labels`, one per row; `vectors` names them.
+    pub fn measure(
+        vectors: String,
+        values: &[f32],
+        dims: usize,
+        post_process: Option<PcaDescription>,
+        labels: &[u32],
+        k: usize,
+        metric: Metric,
+    ) -> Result<RetrievalRun, RetrievalError> {
+        if values.len() != labels.len() * dims {
+            return Err(RetrievalError::Input(format!(
+                "{} labels for {} values of width {dims}",
+                labels.len(),
+                values.len()
+            )));
+        }
+        let started = Instant::now();
+        let neighbours = nearest_neighbours(values, dims, k, metric)?;
+        let search_seconds = started.elapsed().as_secs_f64();
+        Ok(RetrievalRun { vectors, dims, post_process, search_seconds, scores: score(&neighbours, labels)? })
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use dim_infer::embedder::{Embedder, EmbedderOptions, Feature};
-use dim_infer::index::{INDEX_FILE, IndexInfo, IndexParams, Metric};
+use dim_infer::index::{IndexInfo, IndexParams, Metric};
 use dim_infer::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
 use dim_infer::session::ExecutionProvider;
 use dim_serve::api::{AppState, ServerConfig, router};
@@ -137,22 +137,13 @@ fn run(args: Args) -> anyhow::Result<()> {
                 summary.dropped,
                 summary.skipped.len(),
                 if prepared.rebuilt_index { "built" } else { "unchanged" },
-                prepared.post_process.as_ref().map_or("no post-processing".to_string(), |spec| format!(
-                    "pca {}{}",
-                    spec.dims,
-                    if spec.whiten { " + whitening" } else { "" }
-                ))
+                prepared.post_process.as_ref().map_or("no post-processing".to_string(), PcaSpec::describe)
             );
             let root = args.root.clone().or_else(|| std::path::absolute(folder).ok());
             (prepared.index, embedder, root)
         }
         (None, Some(index)) => {
-            let info_path = index.join(INDEX_FILE);
-            let text = std::fs::read_to_string(&info_path).with_context(|| {
-                format!("cannot read {} (is this a dim-search index?)", info_path.display())
-            })?;
-            let info: IndexInfo = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a dim-search index", info_path.display()))?;
+            let info = IndexInfo::read(index).context("cannot open the index")?;
             (index.clone(), embedder_for(info.model.feature)?, args.root.clone())
         }
         (None, None) => anyhow::bail!("give a folder to serve, or --index DIR"),

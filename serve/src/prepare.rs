@@ -6,8 +6,8 @@
 use dim_infer::collection;
 use dim_infer::embed_job::{self, EmbedJob, EmbedSummary};
 use dim_infer::embedder::Embedder;
-use dim_infer::index::{self, IndexFiles, IndexParams};
-use dim_infer::manifest::Manifest;
+use dim_infer::index::{self, IndexInfo, IndexParams};
+use dim_infer::manifest::{MANIFEST_FILE, Manifest};
 use dim_infer::post_process::PcaSpec;
 use sha2::{Digest, Sha256};
 use std::io::IsTerminal;
@@ -102,13 +102,19 @@ pub fn prepare_folder(
 }
 
 /// Whether the index in `index` was built with `params` from the current contents of
-/// `embeddings` (same vectors digest, same rows).
+/// `embeddings` (same vectors digest, same rows). Only the JSON files are read: the embedding
+/// job has just checked and committed the vectors, and serving loads the index anyway.
 fn index_matches(index: &Path, embeddings: &Path, params: &IndexParams) -> bool {
-    let (Ok(files), Ok(current)) = (IndexFiles::open(index), Manifest::read(embeddings)) else {
+    let current = std::fs::read_to_string(embeddings.join(MANIFEST_FILE))
+        .ok()
+        .and_then(|text| serde_json::from_str::<Manifest>(&text).ok());
+    let (Ok(info), Ok(indexed), Some(current)) =
+        (IndexInfo::read(index), index::read_index_manifest(index), current)
+    else {
         return false;
     };
-    files.info.params == *params
+    info.params == *params
         && current.embeddings_sha256.is_some()
-        && files.manifest.embeddings_sha256 == current.embeddings_sha256
-        && files.manifest.rows == current.rows
+        && indexed.embeddings_sha256 == current.embeddings_sha256
+        && indexed.rows == current.rows
 }

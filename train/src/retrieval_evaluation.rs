@@ -14,11 +14,10 @@ use crate::evaluation::{
 };
 use crate::features::{LabelledImages, Tap, encoder_features, pixel_features, random_encoder};
 use dim_infer::index::Metric;
-use dim_infer::post_process::{Pca, PcaDescription, PcaSpec, PostProcessError};
-use dim_infer::retrieval::{self, RetrievalError, RetrievalScores};
+use dim_infer::post_process::{Pca, PcaSpec, PostProcessError};
+use dim_infer::retrieval::{RetrievalError, RetrievalRun};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 /// Everything a retrieval run needs.
@@ -103,18 +102,10 @@ pub struct RetrievalEntry {
     pub model: String,
     /// The tap.
     pub tap: Tap,
-    /// "none", or e.g. "pca 256 + whitening".
-    pub post: String,
-    /// Width of the searched vectors.
-    pub dims: usize,
-    /// The fitted transform, when there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub post_process: Option<PcaDescription>,
-    /// Seconds the exact search took.
-    pub search_seconds: f64,
-    /// The measures.
+    /// The vectors (`vectors` is "none", or e.g. "pca 256 + whitening"), their width, the
+    /// fitted transform if any, the search time and the measures.
     #[serde(flatten)]
-    pub scores: RetrievalScores,
+    pub run: RetrievalRun,
 }
 
 /// A finished retrieval evaluation.
@@ -246,18 +237,12 @@ pub fn evaluate_retrieval(
         for (index, (tap, values)) in searched_features.into_iter().enumerate() {
             let (values, dims) = to_rows(&values);
             let retrieval_error = |source| RetrievalEvalError::Retrieval { model: model.into(), tap, source };
-            let started = Instant::now();
-            let scores = retrieval::evaluate(&values, dims, &labels, settings.k, settings.metric)
-                .map_err(retrieval_error)?;
-            let entry = RetrievalEntry {
-                model: model.into(),
-                tap,
-                post: "none".into(),
-                dims,
-                post_process: None,
-                search_seconds: started.elapsed().as_secs_f64(),
-                scores,
+            let measure = |name: String, values: &[f32], dims, fitted| {
+                RetrievalRun::measure(name, values, dims, fitted, &labels, settings.k, settings.metric)
+                    .map(|run| RetrievalEntry { model: model.into(), tap, run })
+                    .map_err(retrieval_error)
             };
+            let entry = measure("none".into(), &values, dims, None)?;
             progress.note(entry.summary_line(settings.k));
             entries.push(entry);
             let (Some(spec), Some(fit_features)) = (settings.post_process, &fit_features) else {
@@ -272,18 +257,7 @@ pub fn evaluate_retrieval(
             let spec = PcaSpec { dims: spec.dims.min(dims).min(fit_rows.saturating_sub(1)).max(1), ..spec };
             let pca = Pca::fit(&fit_values, dims, &spec).map_err(post_process_error)?;
             let transformed = pca.apply_rows(&values).map_err(post_process_error)?;
-            let started = Instant::now();
-            let scores = retrieval::evaluate(&transformed, spec.dims, &labels, settings.k, settings.metric)
-                .map_err(retrieval_error)?;
-            let entry = RetrievalEntry {
-                model: model.into(),
-                tap,
-                post: post_label(&spec),
-                dims: spec.dims,
-                post_process: Some(pca.description().clone()),
-                search_seconds: started.elapsed().as_secs_f64(),
-                scores,
-            };
+            let entry = measure(spec.describe(), &transformed, spec.dims, Some(pca.description().clone()))?;
             progress.note(entry.summary_line(settings.k));
             entries.push(entry);
         }
@@ -332,20 +306,16 @@ fn to_rows(features: &Tensor) -> (Vec<f32>, usize) {
     (Vec::<f32>::try_from(&flat).expect("a CPU f32 tensor converts to a Vec"), dims)
 }
 
-fn post_label(spec: &PcaSpec) -> String {
-    format!("pca {}{}", spec.dims, if spec.whiten { " + whitening" } else { "" })
-}
-
 impl RetrievalEntry {
     fn summary_line(&self, k: usize) -> String {
         format!(
             "{}/{} {} ({}d): precision@{k} {:.4} micro, {:.4} macro",
             self.model,
             self.tap,
-            self.post,
-            self.dims,
-            self.scores.precision_at_k_micro,
-            self.scores.precision_at_k_macro
+            self.run.vectors,
+            self.run.dims,
+            self.run.scores.precision_at_k_micro,
+            self.run.scores.precision_at_k_macro
         )
     }
 }
@@ -369,12 +339,12 @@ impl RetrievalReport {
             .map(|entry| {
                 [
                     format!("{}/{}", entry.model, entry.tap),
-                    entry.post.clone(),
-                    entry.dims.to_string(),
-                    format!("{:.4}", entry.scores.precision_at_k_micro),
-                    format!("{:.4}", entry.scores.precision_at_k_macro),
-                    format!("{:.4}", entry.scores.map_at_k),
-                    format!("{:.4}", entry.scores.knn_accuracy),
+                    entry.run.vectors.clone(),
+                    entry.run.dims.to_string(),
+                    format!("{:.4}", entry.run.scores.precision_at_k_micro),
+                    format!("{:.4}", entry.run.scores.precision_at_k_macro),
+                    format!("{:.4}", entry.run.scores.map_at_k),
+                    format!("{:.4}", entry.run.scores.knn_accuracy),
                 ]
             })
             .collect();
@@ -403,7 +373,7 @@ impl RetrievalReport {
         out.push_str(&format!(
             "{} queries over {} classes, {} search; each query excluded from its own neighbours\n",
             self.searched.examples,
-            self.entries.first().map_or(0, |entry| entry.scores.classes),
+            self.entries.first().map_or(0, |entry| entry.run.scores.classes),
             self.settings.metric.name()
         ));
         out
@@ -424,6 +394,7 @@ mod tests {
         write_checkpoint, write_checkpoint_with_channels, write_folder, write_idx,
     };
     use dim_infer::post_process::DEFAULT_WHITEN_EPS;
+    use dim_infer::retrieval;
 
     fn settings(checkpoint: PathBuf, data: PathBuf) -> RetrievalSettings {
         RetrievalSettings {
@@ -458,8 +429,11 @@ mod tests {
         settings.supervised = Some(supervised);
         let report = evaluate_retrieval(&settings, Device::Cpu, Progress { visible: false }).unwrap();
 
-        let rows: Vec<(&str, Tap, &str, usize)> =
-            report.entries.iter().map(|e| (e.model.as_str(), e.tap, e.post.as_str(), e.dims)).collect();
+        let rows: Vec<(&str, Tap, &str, usize)> = report
+            .entries
+            .iter()
+            .map(|e| (e.model.as_str(), e.tap, e.run.vectors.as_str(), e.run.dims))
+            .collect();
         let mut expected = Vec::new();
         for model in ["checkpoint", "supervised", "random"] {
             for (tap, dims) in [(Tap::Conv, 4096), (Tap::Fc, 1024), (Tap::Y, 64)] {
@@ -472,8 +446,8 @@ mod tests {
         assert_eq!(rows, expected);
         assert_eq!(report.searched.examples, 20);
         assert_eq!(report.fitted_on.as_ref().unwrap().examples, 40);
-        assert!(report.entries.iter().all(|e| e.scores.queries == 20 && e.scores.k == 5));
-        let fitted = report.entries[1].post_process.as_ref().unwrap();
+        assert!(report.entries.iter().all(|e| e.run.scores.queries == 20 && e.run.scores.k == 5));
+        let fitted = report.entries[1].run.post_process.as_ref().unwrap();
         assert_eq!((fitted.input_dim, fitted.dims, fitted.fitted_rows), (4096, 16, 40));
 
         // The raw-pixel row is dim-infer's score of the test images themselves, in file order.
@@ -489,9 +463,9 @@ mod tests {
         }
         let direct = retrieval::evaluate(&pixels, 1024, &labels, 5, Metric::Cosine).unwrap();
         let raw = &report.entries[report.entries.len() - 2];
-        assert_eq!(raw.scores, direct);
+        assert_eq!(raw.run.scores, direct);
         // Bright top half against bright bottom half: pixels separate the two classes.
-        assert!(raw.scores.precision_at_k_micro > 0.9, "{raw:?}");
+        assert!(raw.run.scores.precision_at_k_micro > 0.9, "{raw:?}");
 
         let table = report.table();
         assert_eq!(table.lines().count(), 1 + 20 + 1, "{table}");
@@ -505,7 +479,7 @@ mod tests {
         assert_eq!(value["entries"].as_array().unwrap().len(), 20);
         assert_eq!(
             value["entries"][0]["precision_at_k_micro"],
-            report.entries[0].scores.precision_at_k_micro
+            report.entries[0].run.scores.precision_at_k_micro
         );
         assert_eq!(value["settings"]["format"], "auto");
         assert_eq!(value["settings"]["metric"], "cosine");
@@ -527,9 +501,9 @@ mod tests {
         let report = evaluate_retrieval(&settings, Device::Cpu, Progress { visible: false }).unwrap();
         assert_eq!(report.searched.examples, 12);
         assert_eq!(report.fitted_on.as_ref().unwrap(), &report.searched);
-        assert_eq!(report.entries.iter().map(|e| e.dims).collect::<Vec<_>>(), [64, 2, 1024, 2]);
-        assert_eq!(report.entries[1].post, "pca 2");
-        assert_eq!(report.entries[2].scores.precision_at_k_micro, 1.0, "{:?}", report.entries[2]);
+        assert_eq!(report.entries.iter().map(|e| e.run.dims).collect::<Vec<_>>(), [64, 2, 1024, 2]);
+        assert_eq!(report.entries[1].run.vectors, "pca 2");
+        assert_eq!(report.entries[2].run.scores.precision_at_k_micro, 1.0, "{:?}", report.entries[2]);
     }
 
     #[test]
