@@ -105,7 +105,15 @@ fn create_and_fill(python: &BasePython, env_dir: &Path, lock_path: &Path) -> Res
     let env_python = env_dir.join("bin").join("python");
     run_checked(
         Command::new(&env_python)
-            .args(["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-r"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--no-cache-dir",
+                "-r",
+            ])
             .arg(lock_path),
         "pip could not install the pinned wheels. Check that PyPI is reachable (or that \
          PIP_INDEX_URL points at a mirror) and that there is ~6 GB of free disk, then rerun \
