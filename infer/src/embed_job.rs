@@ -247,7 +247,7 @@ fn embed_into(
     spool: &mut std::fs::File,
     skipped: &mut Vec<Skipped>,
 ) -> Result<Vec<ManifestRow>, EmbedJobError> {
-    let progress = progress_bar(files.len() as u64, job.show_progress);
+    let progress = progress_bar(files.len() as u64, "images", job.show_progress);
     let preprocessor = embedder.preprocessor();
     let spec = preprocessor.spec;
     let mut embedded = Vec::with_capacity(files.len());
@@ -292,12 +292,15 @@ fn embed_into(
     Ok(embedded)
 }
 
-fn progress_bar(len: u64, show: bool) -> ProgressBar {
+/// A progress bar over `len` `units` on stderr, or a hidden one when `show` is false.
+pub(crate) fn progress_bar(len: u64, units: &str, show: bool) -> ProgressBar {
     let target = if show { ProgressDrawTarget::stderr() } else { ProgressDrawTarget::hidden() };
     let bar = ProgressBar::with_draw_target(Some(len), target);
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {per_sec}  ETA {eta}")
-            .expect("the progress template is valid"),
+        ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{pos}}/{{len}} {units}  {{per_sec}}  ETA {{eta}}"
+        ))
+        .expect("the progress template is valid"),
     );
     bar
 }

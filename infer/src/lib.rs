@@ -1,7 +1,7 @@
 //! Image embedding with ONNX Runtime and similarity search with an HNSW index (no libtorch):
 //! [`embedder`] is the library API, [`embed_job`] the dim-embed pipeline, [`manifest`] and
-//! [`npy`] the embeddings directory, [`index`] the dim-search index, [`post_process`] the
-//! collection-fitted PCA (and whitening) it can apply, and [`retrieval`] the exact-search
+//! [`npy`] the embeddings directory (and [`parquet_metadata`] its optional table), [`index`] the dim-search index, [`post_process`] the
+//! collection-fitted PCA (and whitening) it can apply, [`pgvector_store`] the same search in PostgreSQL, and [`retrieval`] the exact-search
 //! retrieval measures (precision@k, mAP@k, k-NN accuracy) of a labelled collection.
 
 pub mod collection;
@@ -11,6 +11,8 @@ mod flat_graph;
 pub mod index;
 pub mod manifest;
 pub mod npy;
+pub mod parquet_metadata;
+pub mod pgvector_store;
 pub mod post_process;
 pub mod reduced_jpeg;
 pub mod retrieval;

@@ -14,7 +14,7 @@ use dim_models::onnx_metadata::{ModelMetadata, SearchRecipe};
 use dim_models::path_record::{PathRecord, PathRecordError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 

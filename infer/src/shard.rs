@@ -16,6 +16,7 @@ use crate::npy::{self, NpyError};
 use dim_models::atomic_file;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 

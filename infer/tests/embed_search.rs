@@ -493,6 +493,7 @@ fn shards_embedded_apart_and_merged_equal_a_single_run() {
             model.as_os_str(),
             "--out".as_ref(),
             out.as_os_str(),
+            "--parquet".as_ref(),
         ];
         if let Some(shard) = shard {
             args.extend([std::ffi::OsStr::new("--shard"), std::ffi::OsStr::new(shard)]);
@@ -520,6 +521,9 @@ fn shards_embedded_apart_and_merged_equal_a_single_run() {
     args.extend(shards.iter().map(|dir| dir.as_os_str()));
     let (ok, log) = embed(&args);
     assert!(ok && log.contains("12 rows, 1 skipped"), "{log}");
+    // The shards' metadata tables are merged from their own facts, without reading the files.
+    assert!(log.contains("wrote 12 rows") && log.contains("0 files read, 12 facts reused"), "{log}");
+    assert_eq!(read_parquet(&merged)["rows"], read_parquet(&single)["rows"]);
     let (single_manifest, merged_manifest) =
         (Manifest::read(&single).unwrap(), Manifest::read(&merged).unwrap());
     assert_eq!(merged_manifest.rows, single_manifest.rows, "same rows in the same order");
@@ -549,4 +553,133 @@ fn shards_embedded_apart_and_merged_equal_a_single_run() {
         foreign.as_os_str(),
     ]);
     assert!(!mixed.0 && mixed.1.contains("another model or feature"), "{}", mixed.1);
+}
+
+/// The table of `dir/metadata.parquet` as pyarrow reads it, beside hashlib's and PIL's facts.
+fn read_parquet(dir: &Path) -> serde_json::Value {
+    let script = Path::new(FIXTURES).join("read_parquet.py");
+    serde_json::from_str(&run_python(&[script.as_os_str(), dir.as_os_str()])).unwrap()
+}
+
+#[test]
+fn metadata_parquet_is_read_by_pyarrow_matches_hashlib_and_pil_and_stays_current() {
+    use std::os::unix::ffi::OsStrExt;
+    let temp = tempfile::tempdir().unwrap();
+    let model = write_model(temp.path(), "model-parquet", true);
+    let images = temp.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for seed in 0..4 {
+        pattern(seed, 24 + seed as u32, 16).save(images.join(format!("p_{seed}.png"))).unwrap();
+    }
+    let odd_name = images.join(std::ffi::OsStr::from_bytes(b"caf\xe9.png"));
+    pattern(9, 20, 30).save(&odd_name).unwrap();
+    // A 40x20 JPEG whose EXIF orientation (6) turns it upright to 20x40.
+    let rotated = images.join("rotated.jpg");
+    run_python(&[
+        "-c".as_ref(),
+        "import sys; from PIL import Image; im = Image.new('RGB', (40, 20), 'red'); e = Image.Exif(); \
+         e[0x0112] = 6; im.save(sys.argv[1], exif=e)"
+            .as_ref(),
+        rotated.as_os_str(),
+    ]);
+    let embed = |args: &[&std::ffi::OsStr]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_dim-embed")).args(args).output().unwrap();
+        let log =
+            String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{log}");
+        log
+    };
+    let out = temp.path().join("embeddings");
+    let embed_folder = |extra: &[&str]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            images.as_os_str(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        embed(&args)
+    };
+    let log = embed_folder(&["--parquet"]);
+    assert!(log.contains("wrote 6 rows") && log.contains("6 files read, 0 facts reused"), "{log}");
+
+    let check_current = |expect_unavailable: &[&str]| {
+        let manifest = Manifest::read(&out).unwrap();
+        let read = read_parquet(&out);
+        let columns: Vec<String> = read["schema"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| format!("{}:{}", c[0].as_str().unwrap(), c[1].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            columns,
+            [
+                "row:int64",
+                "path:string",
+                "path_bytes:binary",
+                "size_bytes:int64",
+                "mtime_ns:int64",
+                "sha256:string",
+                "width:int32",
+                "height:int32",
+                "model_sha256:string",
+                "feature:string"
+            ]
+        );
+        assert_eq!(read["metadata"]["dim.embeddings_sha256"], manifest.embeddings_sha256.clone().unwrap());
+        assert_eq!(read["metadata"]["dim.model_sha256"], "model-parquet");
+        let rows = read["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), manifest.count);
+        for (index, (entry, expected)) in rows.iter().zip(&manifest.rows).enumerate() {
+            let table = &entry["table"];
+            let record = dim_models::path_record::PathRecord::of(&expected.path);
+            assert_eq!(table["row"], index);
+            assert_eq!(table["path"], record.path);
+            assert_eq!(table["path_bytes"].as_str(), record.path_bytes_hex.as_deref());
+            assert_eq!(table["size_bytes"], expected.size);
+            assert_eq!(table["mtime_ns"].as_u64().map(u128::from), Some(expected.mtime_ns));
+            assert_eq!(
+                (&table["model_sha256"], &table["feature"]),
+                (&"model-parquet".into(), &"embedding".into())
+            );
+            let name = expected.path.file_name().unwrap().to_string_lossy().into_owned();
+            if expect_unavailable.contains(&name.as_str()) {
+                assert!(table["sha256"].is_null() && table["width"].is_null(), "{name}: {table}");
+            } else {
+                let independent = &entry["independent"];
+                for key in ["sha256", "width", "height"] {
+                    assert_eq!(table[key], independent[key], "{name} {key}");
+                }
+            }
+        }
+        rows.iter()
+            .map(|entry| {
+                let table = &entry["table"];
+                (
+                    table["path"].as_str().unwrap().rsplit('/').next().unwrap().to_string(),
+                    table["width"].clone(),
+                    table["height"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let sizes = check_current(&[]);
+    assert!(sizes.contains(&("rotated.jpg".into(), 20.into(), 40.into())), "{sizes:?}");
+    assert!(sizes.contains(&("caf\\xe9.png".into(), 20.into(), 30.into())), "{sizes:?}");
+
+    // A later run without --parquet keeps the table current and reads only the changed file.
+    std::fs::remove_file(images.join("p_0.png")).unwrap();
+    pattern(7, 33, 17).save(images.join("p_1.png")).unwrap();
+    let log = embed_folder(&[]);
+    assert!(log.contains("wrote 5 rows") && log.contains("1 files read, 4 facts reused"), "{log}");
+    check_current(&[]);
+
+    // export-parquet on a directory whose file has since vanished: its facts are null.
+    std::fs::remove_file(out.join("metadata.parquet")).unwrap();
+    std::fs::remove_file(images.join("p_2.png")).unwrap();
+    let log = embed(&["export-parquet".as_ref(), out.as_os_str()]);
+    assert!(log.contains("wrote 5 rows") && log.contains("1 files are gone or changed"), "{log}");
+    check_current(&["p_2.png"]);
 }

@@ -106,10 +106,14 @@ pub fn finish_interrupted_commit(dir: &Path) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The buffered writer [`stage`] hands to its closure. It is `Send`, so writers that need an
+/// owned `Write + Send` sink (Parquet's) can take `&mut` of it.
+pub type StagedWriter<'a> = BufWriter<&'a fs::File>;
+
 /// Writes the future contents of `path` to a synced temporary file beside it.
 pub fn stage<F>(path: &Path, write: F) -> io::Result<StagedFile>
 where
-    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+    F: FnOnce(&mut StagedWriter<'_>) -> io::Result<()>,
 {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -136,7 +140,7 @@ where
 /// temporary file is removed.
 pub fn write_atomically<F>(path: &Path, write: F) -> io::Result<()>
 where
-    F: FnOnce(&mut dyn Write) -> io::Result<()>,
+    F: FnOnce(&mut StagedWriter<'_>) -> io::Result<()>,
 {
     stage(path, write)?.commit()
 }

@@ -9,6 +9,7 @@ use dim_models::checkpoint::{CONFIG_FILE, CheckpointConfig, CheckpointError, OPT
 use dim_models::parameters::ENCODER_PREFIX;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor, nn};
 

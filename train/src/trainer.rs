@@ -15,6 +15,7 @@ use dim_models::checkpoint::{CHECKPOINT_FORMAT_VERSION, CheckpointConfig};
 use dim_models::preprocess::InputSpec;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 use dim_infer::collection;
 use dim_infer::embed_job::{self, EmbedJob};
 use dim_infer::embedder::{Embedder, EmbedderOptions, Feature};
+use dim_infer::manifest::Manifest;
+use dim_infer::parquet_metadata::{self, KnownFacts, METADATA_FILE};
 use dim_infer::session::ExecutionProvider;
 use dim_infer::shard::{self, Shard};
 use std::collections::BTreeMap;
@@ -36,6 +38,13 @@ enum Command {
         /// The shard directories.
         #[arg(required = true)]
         shards: Vec<PathBuf>,
+    },
+    /// Write metadata.parquet for an existing embeddings directory: one row per embedding, in
+    /// order, with path, row, size, mtime, sha256, upright width and height, model digest and
+    /// feature. Files whose facts an earlier metadata.parquet there already holds are not read.
+    ExportParquet {
+        /// The embeddings directory.
+        dir: PathBuf,
     },
 }
 
@@ -72,6 +81,10 @@ struct Args {
     /// Fail instead of falling back to the CPU when the provider is unavailable.
     #[arg(long)]
     strict_ep: bool,
+    /// Also write metadata.parquet (see `dim-embed export-parquet --help`). Once a directory has
+    /// one, every later run keeps it up to date.
+    #[arg(long)]
+    parquet: bool,
     /// Re-embed everything, replacing vectors from another model or feature.
     #[arg(long)]
     force: bool,
@@ -88,6 +101,10 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Merge { out, shards }) => merge(&out, &shards),
+        Some(Command::ExportParquet { dir }) => {
+            let tables = [dir.join(METADATA_FILE)];
+            write_parquet(&dir, &tables)
+        }
         None => run(cli.args),
     };
     if let Err(error) = result {
@@ -105,6 +122,31 @@ fn merge(out: &std::path::Path, shards: &[PathBuf]) -> anyhow::Result<()> {
         summary.skipped,
         dim_models::path_record::display(out)
     );
+    let tables: Vec<PathBuf> = shards.iter().map(|dir| dir.join(METADATA_FILE)).collect();
+    if tables.iter().any(|table| table.exists()) {
+        write_parquet(out, &tables)?;
+    }
+    Ok(())
+}
+
+/// Writes `dir/metadata.parquet`, reusing the facts in `tables` (earlier metadata files).
+fn write_parquet(dir: &std::path::Path, tables: &[PathBuf]) -> anyhow::Result<()> {
+    let manifest = Manifest::read(dir)?;
+    let known = KnownFacts::read(tables);
+    let summary = parquet_metadata::write(dir, &manifest, &known, std::io::stderr().is_terminal())?;
+    println!(
+        "wrote {} rows to {} ({} files read, {} facts reused)",
+        summary.rows,
+        dim_models::path_record::display(&dir.join(METADATA_FILE)),
+        summary.read,
+        summary.reused
+    );
+    if summary.unavailable > 0 {
+        println!(
+            "{} files are gone or changed since they were embedded: their sha256, width and height are null",
+            summary.unavailable
+        );
+    }
     Ok(())
 }
 
@@ -140,6 +182,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         show_progress: std::io::stderr().is_terminal(),
     };
     let summary = embed_job::run(&mut embedder, &job)?;
+    let table = out.join(METADATA_FILE);
+    let write_table = args.parquet || table.exists();
     if let Some(reason) = &summary.discarded_previous {
         eprintln!(
             "dim-embed: the previous run's vectors were not reused ({reason}); embedded everything again"
@@ -167,6 +211,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         for (reason, count) in reasons {
             println!("  {count} × {reason}");
         }
+    }
+    if write_table {
+        write_parquet(&out, &[table])?;
     }
     Ok(())
 }

@@ -1,0 +1,384 @@
+//! Publishing an embeddings directory into PostgreSQL with pgvector, and searching it there.
+//!
+//! A published table holds one row per image, keyed by the file's raw path bytes:
+//!
+//! ```sql
+//! path_bytes bytea PRIMARY KEY, path text, source_row bigint, size_bytes bigint, mtime_ns bigint,
+//! sha256 text, width integer, height integer, embedding vector(D), published_at timestamptz
+//! ```
+//!
+//! with a pgvector HNSW index (`vector_cosine_ops`, the given `m` and `ef_construction`). The
+//! table `dim_tables` records, per published table, the model digest, preset, feature and width;
+//! publishing another model's vectors into a table is refused. `source_row` is the row in the
+//! embeddings directory it was published from, `path` the path as the manifest writes it.
+//!
+//! [`publish`] sends only rows that are new or changed (size, mtime or row) since the table last
+//! saw them, in batches: each batch is copied in binary into a temporary table and upserted in
+//! one transaction. A run killed at any moment therefore leaves whole batches, and a rerun sends
+//! the rest: never a duplicate (the key), never a lost row. Several processes (one per shard) can
+//! publish into one table at once; table creation is serialised by an advisory lock. Rows are
+//! added and updated, never deleted. The vectors are the model's, as `dim-embed` wrote them;
+//! searches rank by cosine distance (`<=>`), and the score is the cosine similarity.
+
+use crate::index::Hit;
+use crate::manifest::{Manifest, ManifestError, ManifestRow, ModelIdentity};
+use crate::npy;
+use crate::parquet_metadata::{self, FileFacts, KnownFacts, METADATA_FILE, clamp_i32, clamp_i64};
+use dim_models::path_record::PathRecord;
+use pgvector::Vector;
+use postgres::binary_copy::BinaryCopyInWriter;
+use postgres::types::{ToSql, Type};
+use postgres::{Client, NoTls};
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The table recording each published table's model.
+pub const REGISTRY_TABLE: &str = "dim_tables";
+
+/// Advisory-lock key serialising schema changes by concurrent publishers ("dimtools" in ASCII).
+const SCHEMA_LOCK_KEY: i64 = 0x6469_6d74_6f6f_6c73;
+
+/// Errors publishing to or searching PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The table name is not a plain identifier.
+    #[error(
+        "table name `{0}` is not allowed: use 1-48 lower-case letters, digits and underscores, starting with a letter"
+    )]
+    TableName(String),
+    /// The server could not be reached or refused a statement.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] postgres::Error),
+    /// The server has no pgvector.
+    #[error("the server has no pgvector extension (`CREATE EXTENSION vector` failed: {0}); install pgvector")]
+    NoPgvector(postgres::Error),
+    /// The table holds another model's vectors.
+    #[error("table {table} holds vectors of another model ({reason}); publish into another table")]
+    ModelMismatch {
+        /// The table.
+        table: String,
+        /// What differs.
+        reason: String,
+    },
+    /// The registry entry of a table is unreadable.
+    #[error("dim_tables entry of {table} is unreadable: {reason}")]
+    Registry {
+        /// The table.
+        table: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The table was not published by dim-search.
+    #[error("table {0} is not a dim-search table (no entry in dim_tables); publish into it first")]
+    UnknownTable(String),
+    /// The embeddings directory is unreadable.
+    #[error(transparent)]
+    Embeddings(#[from] ManifestError),
+    /// The vectors file is unreadable.
+    #[error(transparent)]
+    Vectors(#[from] npy::NpyError),
+    /// A query vector has the wrong width.
+    #[error("the query vector has {found} values but table {table} holds {expected}-d vectors")]
+    QueryWidth {
+        /// The table.
+        table: String,
+        /// Its width.
+        expected: usize,
+        /// The query's.
+        found: usize,
+    },
+}
+
+/// How to publish.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// Destination table.
+    pub table: String,
+    /// Rows per transaction.
+    pub batch_rows: usize,
+    /// HNSW links per node (as `dim-search build --m`).
+    pub m: usize,
+    /// HNSW build candidate list (as `dim-search build --ef-construction`).
+    pub ef_construction: usize,
+    /// Draw progress bars on stderr.
+    pub show_progress: bool,
+}
+
+/// What [`publish`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishSummary {
+    /// Rows sent (new or changed).
+    pub published: usize,
+    /// Rows the table already held unchanged.
+    pub unchanged: usize,
+    /// Transactions committed.
+    pub batches: usize,
+    /// Rows in the table afterwards.
+    pub table_rows: i64,
+    /// Seconds spent sending rows.
+    pub seconds: f64,
+}
+
+/// Checks that `table` is a plain identifier, so it can be spliced into SQL.
+pub fn check_table_name(table: &str) -> Result<(), StoreError> {
+    let mut chars = table.chars();
+    let valid = table.len() <= 48
+        && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && table != REGISTRY_TABLE;
+    if valid { Ok(()) } else { Err(StoreError::TableName(table.to_string())) }
+}
+
+/// Connects to `url` (a `postgresql://` URL or `key=value` string).
+pub fn connect(url: &str) -> Result<Client, StoreError> {
+    Ok(Client::connect(url, NoTls)?)
+}
+
+/// Publishes the embeddings directory `dir` into `options.table` (see the module documentation).
+pub fn publish(
+    client: &mut Client,
+    dir: &Path,
+    options: &PublishOptions,
+) -> Result<PublishSummary, StoreError> {
+    check_table_name(&options.table)?;
+    let manifest = Manifest::read(dir)?;
+    prepare_table(client, &options.table, &manifest.model, options)?;
+    let table = &options.table;
+
+    let mut present: HashMap<Vec<u8>, (i64, i64, i64)> = HashMap::new();
+    for row in
+        client.query(&format!("SELECT path_bytes, size_bytes, mtime_ns, source_row FROM {table}"), &[])?
+    {
+        present.insert(row.get(0), (row.get(1), row.get(2), row.get(3)));
+    }
+    let pending: Vec<(usize, &ManifestRow)> = manifest
+        .rows
+        .iter()
+        .enumerate()
+        .filter(|(index, row)| {
+            let now = (clamp_i64(u128::from(row.size)), clamp_i64(row.mtime_ns), *index as i64);
+            present.get(row.path.as_os_str().as_bytes()) != Some(&now)
+        })
+        .collect();
+    let unchanged = manifest.rows.len() - pending.len();
+
+    let started = Instant::now();
+    let vectors = npy::read_matrix(&dir.join(crate::manifest::EMBEDDINGS_FILE))?;
+    let known = KnownFacts::read(&[dir.join(METADATA_FILE)]);
+    let pending_rows: Vec<ManifestRow> = pending.iter().map(|(_, row)| (*row).clone()).collect();
+    let facts = parquet_metadata::gather_facts(&pending_rows, &known, options.show_progress).facts;
+    let vector_type =
+        client.prepare(&format!("SELECT embedding FROM {table} LIMIT 0"))?.columns()[0].type_().clone();
+    let column_types = [
+        Type::BYTEA,
+        Type::TEXT,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+        Type::TEXT,
+        Type::INT4,
+        Type::INT4,
+        vector_type,
+    ];
+    let bar = crate::embed_job::progress_bar(pending.len() as u64, "rows published", options.show_progress);
+    let mut batches = 0;
+    let batch_rows = options.batch_rows.max(1);
+    for (batch, batch_facts) in pending.chunks(batch_rows).zip(facts.chunks(batch_rows)) {
+        let mut transaction = client.transaction()?;
+        transaction.batch_execute(&format!(
+            "CREATE TEMP TABLE dim_staging (LIKE {table} INCLUDING DEFAULTS) ON COMMIT DROP"
+        ))?;
+        let sink = transaction.copy_in(
+            "COPY dim_staging (path_bytes, path, source_row, size_bytes, mtime_ns, sha256, width, height, embedding) \
+             FROM STDIN BINARY",
+        )?;
+        let mut writer = BinaryCopyInWriter::new(sink, &column_types);
+        for (&(index, row), facts) in batch.iter().zip(batch_facts) {
+            write_row(&mut writer, index, row, facts.as_ref(), vectors.row(index))?;
+        }
+        writer.finish()?;
+        transaction.batch_execute(&format!(
+            "INSERT INTO {table} (path_bytes, path, source_row, size_bytes, mtime_ns, sha256, width, height, embedding) \
+             SELECT path_bytes, path, source_row, size_bytes, mtime_ns, sha256, width, height, embedding FROM dim_staging \
+             ON CONFLICT (path_bytes) DO UPDATE SET path = EXCLUDED.path, source_row = EXCLUDED.source_row, \
+             size_bytes = EXCLUDED.size_bytes, mtime_ns = EXCLUDED.mtime_ns, sha256 = EXCLUDED.sha256, \
+             width = EXCLUDED.width, height = EXCLUDED.height, embedding = EXCLUDED.embedding, published_at = now()"
+        ))?;
+        transaction.commit()?;
+        batches += 1;
+        bar.inc(batch.len() as u64);
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    let table_rows: i64 = client.query_one(&format!("SELECT count(*) FROM {table}"), &[])?.get(0);
+    Ok(PublishSummary { published: pending.len(), unchanged, batches, table_rows, seconds })
+}
+
+fn write_row(
+    writer: &mut BinaryCopyInWriter<'_>,
+    index: usize,
+    row: &ManifestRow,
+    facts: Option<&FileFacts>,
+    vector: &[f32],
+) -> Result<(), postgres::Error> {
+    let path_bytes = row.path.as_os_str().as_bytes();
+    let path = PathRecord::of(&row.path).path;
+    let source_row = index as i64;
+    let size = clamp_i64(u128::from(row.size));
+    let mtime = clamp_i64(row.mtime_ns);
+    let sha256 = facts.map(|f| f.sha256.as_str());
+    let width = facts.map(|f| clamp_i32(f.width));
+    let height = facts.map(|f| clamp_i32(f.height));
+    let embedding = Vector::from(vector.to_vec());
+    let values: [&(dyn ToSql + Sync); 9] =
+        [&path_bytes, &path, &source_row, &size, &mtime, &sha256, &width, &height, &embedding];
+    writer.write(&values)
+}
+
+/// Creates the extension, the registry, the table and its HNSW index if missing, and checks
+/// that the table holds `model`'s vectors; all under one advisory lock.
+fn prepare_table(
+    client: &mut Client,
+    table: &str,
+    model: &ModelIdentity,
+    options: &PublishOptions,
+) -> Result<(), StoreError> {
+    let mut transaction = client.transaction()?;
+    transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])?;
+    transaction.batch_execute("CREATE EXTENSION IF NOT EXISTS vector").map_err(StoreError::NoPgvector)?;
+    transaction.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {REGISTRY_TABLE} (table_name text PRIMARY KEY, model_sha256 text NOT NULL, \
+         preset text NOT NULL, feature text NOT NULL, dim integer NOT NULL, hnsw_m integer NOT NULL, \
+         hnsw_ef_construction integer NOT NULL, toolkit_version text NOT NULL, \
+         created_at timestamptz NOT NULL DEFAULT now())"
+    ))?;
+    if let Some(recorded) = registered_model(&mut transaction, table)? {
+        if let Some(reason) = recorded.mismatch(model) {
+            return Err(StoreError::ModelMismatch { table: table.to_string(), reason });
+        }
+    } else {
+        let feature = model.feature.output_name();
+        let dim = model.dim as i32;
+        let (m, ef) = (options.m as i32, options.ef_construction as i32);
+        transaction.execute(
+            &format!(
+                "INSERT INTO {REGISTRY_TABLE} (table_name, model_sha256, preset, feature, dim, hnsw_m, \
+                 hnsw_ef_construction, toolkit_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            ),
+            &[
+                &table,
+                &model.checkpoint_sha256,
+                &model.preset,
+                &feature,
+                &dim,
+                &m,
+                &ef,
+                &dim_models::TOOLKIT_VERSION,
+            ],
+        )?;
+        transaction.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (path_bytes bytea PRIMARY KEY, path text NOT NULL, \
+             source_row bigint NOT NULL, size_bytes bigint NOT NULL, mtime_ns bigint NOT NULL, sha256 text, \
+             width integer, height integer, embedding vector({}) NOT NULL, \
+             published_at timestamptz NOT NULL DEFAULT now()); \
+             CREATE INDEX IF NOT EXISTS {table}_embedding_hnsw ON {table} USING hnsw (embedding vector_cosine_ops) \
+             WITH (m = {}, ef_construction = {})",
+            model.dim, options.m, options.ef_construction
+        ))?;
+    }
+    transaction.commit()?;
+    Ok(())
+}
+
+fn registered_model(
+    client: &mut impl postgres::GenericClient,
+    table: &str,
+) -> Result<Option<ModelIdentity>, StoreError> {
+    let row = client.query_opt(
+        &format!("SELECT model_sha256, preset, feature, dim FROM {REGISTRY_TABLE} WHERE table_name = $1"),
+        &[&table],
+    )?;
+    let Some(row) = row else { return Ok(None) };
+    let feature: String = row.get(2);
+    let dim: i32 = row.get(3);
+    let feature = feature.parse().map_err(|_| StoreError::Registry {
+        table: table.to_string(),
+        reason: format!("unknown feature `{feature}`"),
+    })?;
+    Ok(Some(ModelIdentity { checkpoint_sha256: row.get(0), preset: row.get(1), feature, dim: dim as usize }))
+}
+
+/// The model whose vectors `table` holds, as recorded when it was first published.
+pub fn table_model(client: &mut Client, table: &str) -> Result<ModelIdentity, StoreError> {
+    check_table_name(table)?;
+    let registry_exists: bool =
+        client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&REGISTRY_TABLE])?.get(0);
+    if !registry_exists {
+        return Err(StoreError::UnknownTable(table.to_string()));
+    }
+    registered_model(client, table)?.ok_or_else(|| StoreError::UnknownTable(table.to_string()))
+}
+
+/// The stored vector of the row published from `source_row`, if the table has one.
+pub fn row_vector(
+    client: &mut Client,
+    table: &str,
+    source_row: usize,
+) -> Result<Option<Vec<f32>>, StoreError> {
+    check_table_name(table)?;
+    let row = client.query_opt(
+        &format!("SELECT embedding FROM {table} WHERE source_row = $1 LIMIT 1"),
+        &[&(source_row as i64)],
+    )?;
+    Ok(row.map(|row| row.get::<_, Vector>(0).to_vec()))
+}
+
+/// The `k` nearest rows of `table` to `query` by pgvector's HNSW index (`hnsw.ef_search` =
+/// `ef`, raised to `k`, at most pgvector's 1000), as [`Hit`]s: rank, `source_row`, cosine
+/// similarity and path.
+pub fn search(
+    client: &mut Client,
+    table: &str,
+    query: &[f32],
+    k: usize,
+    ef: usize,
+) -> Result<Vec<Hit>, StoreError> {
+    check_table_name(table)?;
+    let model = table_model(client, table)?;
+    if query.len() != model.dim {
+        return Err(StoreError::QueryWidth {
+            table: table.to_string(),
+            expected: model.dim,
+            found: query.len(),
+        });
+    }
+    let mut transaction = client.transaction()?;
+    transaction.batch_execute(&format!("SET LOCAL hnsw.ef_search = {}", ef.max(k).clamp(1, 1000)))?;
+    let vector = Vector::from(query.to_vec());
+    let rows = transaction.query(
+        &format!(
+            "SELECT source_row, path_bytes, (1 - (embedding <=> $1))::real FROM {table} \
+             ORDER BY embedding <=> $1 LIMIT $2"
+        ),
+        &[&vector, &(k as i64)],
+    )?;
+    transaction.commit()?;
+    Ok(rows
+        .iter()
+        .enumerate()
+        .map(|(rank, row)| {
+            let source_row: i64 = row.get(0);
+            let path_bytes: Vec<u8> = row.get(1);
+            Hit {
+                rank: rank + 1,
+                row: source_row as usize,
+                score: row.get(2),
+                path: PathBuf::from(OsString::from_vec(path_bytes)),
+            }
+        })
+        .collect())
+}
