@@ -1,6 +1,7 @@
 //! End-to-end tests of dim-infer on generated images and a small generated model: embedding with
 //! odd inputs, incremental reruns, the `.npy` and manifest contract, index build/load/search,
-//! recall, and the two command-line tools.
+//! recall, the two command-line tools, the Parquet table, and publishing to a real PostgreSQL
+//! server with pgvector.
 
 use dim_infer::embed_job::{self, EmbedJob, EmbedJobError};
 use dim_infer::embedder::{EmbedError, Embedder, EmbedderOptions, Feature};
@@ -15,6 +16,8 @@ use image::{DynamicImage, ImageBuffer, LumaA, Rgb, RgbImage};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod postgres_server;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -682,4 +685,179 @@ fn metadata_parquet_is_read_by_pyarrow_matches_hashlib_and_pil_and_stays_current
     let log = embed(&["export-parquet".as_ref(), out.as_os_str()]);
     assert!(log.contains("wrote 5 rows") && log.contains("1 files are gone or changed"), "{log}");
     check_current(&["p_2.png"]);
+}
+
+#[test]
+fn pgvector_publishing_resumes_after_kill_takes_concurrent_shards_refuses_another_model_and_answers_like_the_index()
+ {
+    let server = postgres_server::PostgresServer::start(&python());
+    let url = server.url();
+    let temp = tempfile::tempdir().unwrap();
+    let model = write_model(temp.path(), "model-pg", true);
+    let other = write_model(temp.path(), "model-pg-other", true);
+    let images = temp.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for seed in 0..40 {
+        pattern(seed, 32, 32).save(images.join(format!("p_{seed:02}.png"))).unwrap();
+    }
+    let tool = |program: &str, args: &[&std::ffi::OsStr]| {
+        let output = Command::new(program).args(args).output().unwrap();
+        let log =
+            String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), log)
+    };
+    let embed = env!("CARGO_BIN_EXE_dim-embed");
+    let search = env!("CARGO_BIN_EXE_dim-search");
+    let embed_into = |out: &Path, model: &Path, shard: Option<String>| {
+        let mut args: Vec<std::ffi::OsString> =
+            vec![images.clone().into(), "--model".into(), model.into(), "--out".into(), out.into()];
+        if let Some(shard) = shard {
+            args.extend(["--shard".into(), shard.into()]);
+        }
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let (ok, log) = tool(embed, &args);
+        assert!(ok, "{log}");
+    };
+    let publish_args = |dir: &Path, table: &str, batch: &str| -> Vec<std::ffi::OsString> {
+        vec![
+            "publish".into(),
+            "--embeddings".into(),
+            dir.into(),
+            "--postgres".into(),
+            url.clone().into(),
+            "--table".into(),
+            table.into(),
+            "--batch-rows".into(),
+            batch.into(),
+        ]
+    };
+    let publish = |dir: &Path, table: &str, batch: &str| {
+        let args = publish_args(dir, table, batch);
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        tool(search, &args)
+    };
+    let single = temp.path().join("single");
+    embed_into(&single, &model, None);
+
+    let (ok, log) = publish(&single, "photos", "7");
+    assert!(
+        ok && log.contains("published 40 rows in 6 batches") && log.contains("holds 40 rows"),
+        "{log}\nserver log:\n{}",
+        server.log()
+    );
+    let (ok, log) = publish(&single, "photos", "7");
+    assert!(ok && log.contains("published 0 rows") && log.contains("40 already current"), "{log}");
+
+    // The same queries give the same answers as a local index over the same vectors.
+    let index_dir = temp.path().join("index");
+    let (ok, log) = tool(
+        search,
+        &[
+            "build".as_ref(),
+            "--embeddings".as_ref(),
+            single.as_os_str(),
+            "--out".as_ref(),
+            index_dir.as_os_str(),
+            "--pca".as_ref(),
+            "0".as_ref(),
+        ],
+    );
+    assert!(ok, "{log}");
+    let query_image = images.join("p_03.png");
+    let answers = |store: &[&std::ffi::OsStr], query: &[&std::ffi::OsStr]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["query".as_ref()];
+        args.extend(store);
+        args.extend(query);
+        args.extend(["-k".as_ref(), "8".as_ref(), "--json".as_ref(), "--model".as_ref(), model.as_os_str()]);
+        let (ok, log) = tool(search, &args);
+        assert!(ok, "{log}");
+        let value: serde_json::Value = serde_json::from_str(&log[..log.rfind(']').unwrap() + 1]).unwrap();
+        value
+    };
+    let local_store = ["--index".as_ref(), index_dir.as_os_str()];
+    let pg_store = ["--postgres".as_ref(), url.as_ref(), "--table".as_ref(), "photos".as_ref()];
+    for query in [vec!["--image".as_ref(), query_image.as_os_str()], vec!["--row".as_ref(), "11".as_ref()]] {
+        let (local, remote) = (answers(&local_store, &query), answers(&pg_store, &query));
+        let (local, remote) =
+            (local[0]["results"].as_array().unwrap(), remote[0]["results"].as_array().unwrap());
+        assert_eq!(local.len(), 8);
+        assert_eq!(local.len(), remote.len());
+        for (a, b) in local.iter().zip(remote) {
+            assert_eq!(
+                (&a["rank"], &a["row"], &a["path"]),
+                (&b["rank"], &b["row"], &b["path"]),
+                "{local:?} {remote:?}"
+            );
+            let (x, y) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+        }
+    }
+
+    // Another model's vectors are refused; so is a table name that is not a plain identifier.
+    let foreign = temp.path().join("foreign");
+    embed_into(&foreign, &other, None);
+    let (ok, log) = publish(&foreign, "photos", "7");
+    assert!(!ok && log.contains("holds vectors of another model"), "{log}");
+    let (ok, log) = publish(&single, "photos; drop table photos", "7");
+    assert!(!ok && log.contains("is not allowed"), "{log}");
+
+    // Four shard processes publishing into one table at once end with exactly the union.
+    let shards: Vec<PathBuf> = (0..4).map(|i| temp.path().join(format!("shard{i}"))).collect();
+    for (i, dir) in shards.iter().enumerate() {
+        embed_into(dir, &model, Some(format!("{i}/4")));
+    }
+    let children: Vec<std::process::Child> = shards
+        .iter()
+        .map(|dir| {
+            Command::new(search)
+                .args(publish_args(dir, "sharded", "3"))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let expected: std::collections::BTreeSet<Vec<u8>> = Manifest::read(&single)
+        .unwrap()
+        .rows
+        .iter()
+        .map(|row| std::os::unix::ffi::OsStrExt::as_bytes(row.path.as_os_str()).to_vec())
+        .collect();
+    let found: Vec<Vec<u8>> =
+        client.query("SELECT path_bytes FROM sharded", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(found.len(), 40, "no row twice");
+    assert_eq!(found.into_iter().collect::<std::collections::BTreeSet<_>>(), expected);
+
+    // kill -9 in the middle of a publish: whole batches are in, and a rerun sends the rest.
+    let many = temp.path().join("many");
+    let total = 4000;
+    write_embeddings(&many, 16, &random_vectors(total, 16, 5));
+    let mut child = Command::new(search)
+        .args(publish_args(&many, "killed", "10"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let count = |client: &mut postgres::Client| -> Option<i64> {
+        client.query_one("SELECT count(*) FROM killed", &[]).ok().map(|row| row.get(0))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while count(&mut client).unwrap_or(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "the publish never committed a batch");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let at_kill = count(&mut client).unwrap();
+    assert!(at_kill < total as i64, "the publish finished before it was killed ({at_kill} rows)");
+    assert_eq!(at_kill % 10, 0, "only whole batches are committed: {at_kill}");
+    let (ok, log) = publish(&many, "killed", "10");
+    assert!(ok, "{log}");
+    assert!(log.contains(&format!("published {} rows", total as i64 - at_kill)), "{log}");
+    assert_eq!(count(&mut client), Some(total as i64));
 }

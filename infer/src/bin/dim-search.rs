@@ -1,6 +1,7 @@
 //! dim-search: builds an HNSW index over an embeddings directory (optionally on PCA-reduced,
-//! whitened vectors), answers similarity queries, measures recall against exact search, and
-//! measures the retrieval quality of a labelled embeddings directory.
+//! whitened vectors), publishes one into PostgreSQL with pgvector, answers similarity queries
+//! from either, measures recall against exact search, and measures the retrieval quality of a
+//! labelled embeddings directory.
 
 use anyhow::Context;
 use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
@@ -8,9 +9,11 @@ use dim_infer::embedder::{Embedder, EmbedderOptions};
 use dim_infer::index::{self, Hit, IndexFiles, IndexParams, Metric};
 use dim_infer::manifest::{Manifest, ModelIdentity};
 use dim_infer::npy;
+use dim_infer::pgvector_store::{self, PublishOptions};
 use dim_infer::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
 use dim_infer::retrieval::{EmbeddingsReport, LabelSource};
 use dim_infer::session::ExecutionProvider;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 /// Similarity search over dim-embed outputs.
@@ -46,15 +49,46 @@ enum Command {
         #[command(flatten)]
         post_process: PostProcessArgs,
     },
-    /// Find the nearest images to query images, rows or vectors.
+    /// Load an embeddings directory into a PostgreSQL table with pgvector (created with an HNSW
+    /// index if missing). Reruns send only new or changed rows; several shard directories can
+    /// be published into one table at once; another model's vectors are refused.
+    Publish {
+        /// The dim-embed output directory.
+        #[arg(long)]
+        embeddings: PathBuf,
+        /// The server: a postgresql:// URL or a `key=value` connection string.
+        #[arg(long, value_name = "URL")]
+        postgres: String,
+        /// The table (lower-case letters, digits, underscores).
+        #[arg(long)]
+        table: String,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 10_000)]
+        batch_rows: usize,
+        /// Links per node and layer of the pgvector HNSW index.
+        #[arg(long, default_value_t = 16)]
+        m: usize,
+        /// Candidate list size while building the pgvector HNSW index.
+        #[arg(long, default_value_t = 200)]
+        ef_construction: usize,
+    },
+    /// Find the nearest images to query images, rows or vectors, in an index directory or a
+    /// published PostgreSQL table.
+    #[command(group(ArgGroup::new("store").required(true).args(["index", "postgres"])))]
     Query {
         /// The index directory.
         #[arg(long)]
-        index: PathBuf,
+        index: Option<PathBuf>,
+        /// Search a table published with `dim-search publish` on this server instead.
+        #[arg(long, value_name = "URL", requires = "table")]
+        postgres: Option<String>,
+        /// The published table (with --postgres).
+        #[arg(long, requires = "postgres")]
+        table: Option<String>,
         /// Query images (embedded with the index's model).
         #[arg(long, num_args = 1.., conflicts_with_all = ["row", "vector"])]
         image: Vec<PathBuf>,
-        /// Query with the vector of this manifest row.
+        /// Query with the vector of this manifest row (with --postgres: the row it was published from).
         #[arg(long, conflicts_with = "vector")]
         row: Option<usize>,
         /// Query with each row of this float32 .npy file.
@@ -207,7 +241,26 @@ fn run(command: Command) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Query { index, image, row, vector, k, ef, json, model, ep } => {
+        Command::Publish { embeddings, postgres, table, batch_rows, m, ef_construction } => {
+            let mut client = pgvector_store::connect(&postgres)?;
+            let options = PublishOptions {
+                table: table.clone(),
+                batch_rows,
+                m,
+                ef_construction,
+                show_progress: std::io::stderr().is_terminal(),
+            };
+            let summary = pgvector_store::publish(&mut client, &embeddings, &options)?;
+            println!(
+                "published {} rows in {} batches ({:.0} rows/s), {} already current; table {table} holds {} rows",
+                summary.published,
+                summary.batches,
+                summary.published as f64 / summary.seconds.max(1e-9),
+                summary.unchanged,
+                summary.table_rows
+            );
+        }
+        Command::Query { index: Some(index), image, row, vector, k, ef, json, model, ep, .. } => {
             let mut files = IndexFiles::open(&index)?;
             let queries: Vec<(String, Vec<f32>)> = if let Some(row) = row {
                 if row >= files.vectors.rows {
@@ -217,15 +270,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                     );
                 }
                 vec![(format!("row {row}"), files.vectors.row(row).to_vec())]
-            } else if let Some(path) = vector {
-                let matrix = npy::read_matrix(&path)?;
-                (0..matrix.rows)
-                    .map(|i| (format!("{} row {i}", path.display()), matrix.row(i).to_vec()))
-                    .collect()
-            } else if !image.is_empty() {
-                embed_queries(&files.info.model, &image, model, ep)?
             } else {
-                anyhow::bail!("give a query: --image FILE..., --row N or --vector FILE.npy");
+                external_queries(&files.info.model, &image, vector, model, ep)?
             };
             let loaded = files.load()?;
             let mut results = Vec::new();
@@ -234,6 +280,35 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
             print_results(&results, json)?;
         }
+        Command::Query {
+            postgres: Some(url),
+            table: Some(table),
+            image,
+            row,
+            vector,
+            k,
+            ef,
+            json,
+            model,
+            ep,
+            ..
+        } => {
+            let mut client = pgvector_store::connect(&url)?;
+            let identity = pgvector_store::table_model(&mut client, &table)?;
+            let queries: Vec<(String, Vec<f32>)> = if let Some(row) = row {
+                let vector = pgvector_store::row_vector(&mut client, &table, row)?
+                    .with_context(|| format!("table {table} has no row published from row {row}"))?;
+                vec![(format!("row {row}"), vector)]
+            } else {
+                external_queries(&identity, &image, vector, model, ep)?
+            };
+            let mut results = Vec::new();
+            for (name, query) in &queries {
+                results.push((name.clone(), pgvector_store::search(&mut client, &table, query, k, ef)?));
+            }
+            print_results(&results, json)?;
+        }
+        Command::Query { .. } => anyhow::bail!("give --index DIR, or --postgres URL with --table NAME"),
         Command::Eval { index, queries, k, ef, out } => {
             let mut files = IndexFiles::open(&index)?;
             let loaded = files.load()?;
@@ -265,6 +340,26 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Query vectors from a `.npy` file or from images, for a store holding `identity`'s vectors.
+fn external_queries(
+    identity: &ModelIdentity,
+    images: &[PathBuf],
+    vector: Option<PathBuf>,
+    model: Option<PathBuf>,
+    ep: ExecutionProvider,
+) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
+    if let Some(path) = vector {
+        let matrix = npy::read_matrix(&path)?;
+        Ok((0..matrix.rows)
+            .map(|i| (format!("{} row {i}", path.display()), matrix.row(i).to_vec()))
+            .collect())
+    } else if !images.is_empty() {
+        embed_queries(identity, images, model, ep)
+    } else {
+        anyhow::bail!("give a query: --image FILE..., --row N or --vector FILE.npy");
+    }
 }
 
 /// Embeds the query images with the model, refusing a model that is not the index's.
