@@ -4,6 +4,7 @@
 use crate::fashion_png::CLASS_NAMES;
 use crate::neighbours::{Precision, QueryResult};
 use base64::Engine;
+use dim_infer::html_preview::escape;
 use dim_infer::retrieval::RetrievalScores;
 use std::fmt::Write;
 use std::path::Path;
@@ -22,10 +23,6 @@ pub struct Sheet<'a> {
     pub files: &'a [std::path::PathBuf],
     /// Every row's label.
     pub labels: &'a [usize],
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 fn image_tag(path: &Path, class: &str, caption: &str, style: &str) -> std::io::Result<String> {

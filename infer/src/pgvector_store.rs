@@ -17,13 +17,20 @@
 //! one transaction. A run killed at any moment therefore leaves whole batches, and a rerun sends
 //! the rest: never a duplicate (the key), never a lost row. Several processes (one per shard) can
 //! publish into one table at once; table creation is serialised by an advisory lock. Rows are
-//! added and updated, never deleted. The vectors are the model's, as `dim-embed` wrote them;
-//! searches rank by cosine distance (`<=>`), and the score is the cosine similarity.
+//! added and updated, never deleted.
+//!
+//! A table can hold the vectors after a collection-fitted PCA (with whitening), as a dim-search
+//! index does; that is also how the shipped model's 4096-d embeddings fit pgvector's HNSW limit of
+//! 2000 dimensions. The transform is fitted once, by the publish that creates the table, on that
+//! directory's vectors, and stored in `dim_post_processing`; every later publish (another shard
+//! included) and every query applies the stored transform, so all rows share one space.
+//! Searches rank by cosine distance (`<=>`); the score is the cosine similarity.
 
 use crate::index::Hit;
 use crate::manifest::{Manifest, ManifestError, ManifestRow, ModelIdentity};
 use crate::npy;
 use crate::parquet_metadata::{self, FileFacts, KnownFacts, METADATA_FILE, clamp_i32, clamp_i64};
+use crate::post_process::{Pca, PcaDescription, PcaSpec};
 use dim_models::path_record::PathRecord;
 use pgvector::Vector;
 use postgres::binary_copy::BinaryCopyInWriter;
@@ -37,6 +44,10 @@ use std::time::Instant;
 
 /// The table recording each published table's model.
 pub const REGISTRY_TABLE: &str = "dim_tables";
+/// The table holding each published table's post-processing transform, if it has one.
+pub const POST_PROCESSING_TABLE: &str = "dim_post_processing";
+/// The most dimensions pgvector's HNSW index takes for `vector`.
+pub const HNSW_MAX_DIMS: usize = 2000;
 
 /// Advisory-lock key serialising schema changes by concurrent publishers ("dimtools" in ASCII).
 const SCHEMA_LOCK_KEY: i64 = 0x6469_6d74_6f6f_6c73;
@@ -81,6 +92,15 @@ pub enum StoreError {
     /// The vectors file is unreadable.
     #[error(transparent)]
     Vectors(#[from] npy::NpyError),
+    /// The post-processing could not be fitted or applied.
+    #[error(transparent)]
+    PostProcess(#[from] crate::post_process::PostProcessError),
+    /// The vectors are too wide for pgvector's HNSW index.
+    #[error(
+        "pgvector's HNSW index takes at most {HNSW_MAX_DIMS} dimensions and these vectors have {0}: \
+         publish with --pca D (D <= {HNSW_MAX_DIMS})"
+    )]
+    TooWide(usize),
     /// A query vector has the wrong width.
     #[error("the query vector has {found} values but table {table} holds {expected}-d vectors")]
     QueryWidth {
@@ -104,6 +124,9 @@ pub struct PublishOptions {
     pub m: usize,
     /// HNSW build candidate list (as `dim-search build --ef-construction`).
     pub ef_construction: usize,
+    /// The post-processing to fit when this publish creates the table (a table that exists keeps
+    /// its own).
+    pub post_process: Option<PcaSpec>,
     /// Draw progress bars on stderr.
     pub show_progress: bool,
 }
@@ -121,6 +144,10 @@ pub struct PublishSummary {
     pub table_rows: i64,
     /// Seconds spent sending rows.
     pub seconds: f64,
+    /// The table's post-processing, if it has one.
+    pub post_process: Option<PcaDescription>,
+    /// Whether this publish created the table (and fitted its post-processing).
+    pub created: bool,
 }
 
 /// Checks that `table` is a plain identifier, so it can be spliced into SQL.
@@ -146,7 +173,8 @@ pub fn publish(
 ) -> Result<PublishSummary, StoreError> {
     check_table_name(&options.table)?;
     let manifest = Manifest::read(dir)?;
-    prepare_table(client, &options.table, &manifest.model, options)?;
+    let vectors = npy::read_matrix(&dir.join(crate::manifest::EMBEDDINGS_FILE))?;
+    let setup = prepare_table(client, &options.table, &manifest.model, &vectors, options)?;
     let table = &options.table;
 
     let mut present: HashMap<Vec<u8>, (i64, i64, i64)> = HashMap::new();
@@ -167,7 +195,6 @@ pub fn publish(
     let unchanged = manifest.rows.len() - pending.len();
 
     let started = Instant::now();
-    let vectors = npy::read_matrix(&dir.join(crate::manifest::EMBEDDINGS_FILE))?;
     let known = KnownFacts::read(&[dir.join(METADATA_FILE)]);
     let pending_rows: Vec<ManifestRow> = pending.iter().map(|(_, row)| (*row).clone()).collect();
     let facts = parquet_metadata::gather_facts(&pending_rows, &known, options.show_progress).facts;
@@ -198,7 +225,11 @@ pub fn publish(
         )?;
         let mut writer = BinaryCopyInWriter::new(sink, &column_types);
         for (&(index, row), facts) in batch.iter().zip(batch_facts) {
-            write_row(&mut writer, index, row, facts.as_ref(), vectors.row(index))?;
+            let vector = match &setup.pca {
+                Some(pca) => pca.apply(vectors.row(index))?,
+                None => vectors.row(index).to_vec(),
+            };
+            write_row(&mut writer, index, row, facts.as_ref(), vector)?;
         }
         writer.finish()?;
         transaction.batch_execute(&format!(
@@ -215,7 +246,15 @@ pub fn publish(
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let table_rows: i64 = client.query_one(&format!("SELECT count(*) FROM {table}"), &[])?.get(0);
-    Ok(PublishSummary { published: pending.len(), unchanged, batches, table_rows, seconds })
+    Ok(PublishSummary {
+        published: pending.len(),
+        unchanged,
+        batches,
+        table_rows,
+        seconds,
+        post_process: setup.pca.map(|pca| pca.description().clone()),
+        created: setup.created,
+    })
 }
 
 fn write_row(
@@ -223,7 +262,7 @@ fn write_row(
     index: usize,
     row: &ManifestRow,
     facts: Option<&FileFacts>,
-    vector: &[f32],
+    vector: Vec<f32>,
 ) -> Result<(), postgres::Error> {
     let path_bytes = row.path.as_os_str().as_bytes();
     let path = PathRecord::of(&row.path).path;
@@ -233,20 +272,28 @@ fn write_row(
     let sha256 = facts.map(|f| f.sha256.as_str());
     let width = facts.map(|f| clamp_i32(f.width));
     let height = facts.map(|f| clamp_i32(f.height));
-    let embedding = Vector::from(vector.to_vec());
+    let embedding = Vector::from(vector);
     let values: [&(dyn ToSql + Sync); 9] =
         [&path_bytes, &path, &source_row, &size, &mtime, &sha256, &width, &height, &embedding];
     writer.write(&values)
 }
 
-/// Creates the extension, the registry, the table and its HNSW index if missing, and checks
-/// that the table holds `model`'s vectors; all under one advisory lock.
+/// What [`prepare_table`] found or made.
+struct TableSetup {
+    pca: Option<Pca>,
+    created: bool,
+}
+
+/// Creates the extension, the registry, the table (fitting its post-processing on `vectors`)
+/// and its HNSW index if missing, and checks that the table holds `model`'s vectors; all under
+/// one advisory lock.
 fn prepare_table(
     client: &mut Client,
     table: &str,
     model: &ModelIdentity,
+    vectors: &npy::Matrix,
     options: &PublishOptions,
-) -> Result<(), StoreError> {
+) -> Result<TableSetup, StoreError> {
     let mut transaction = client.transaction()?;
     transaction.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])?;
     transaction.batch_execute("CREATE EXTENSION IF NOT EXISTS vector").map_err(StoreError::NoPgvector)?;
@@ -254,44 +301,109 @@ fn prepare_table(
         "CREATE TABLE IF NOT EXISTS {REGISTRY_TABLE} (table_name text PRIMARY KEY, model_sha256 text NOT NULL, \
          preset text NOT NULL, feature text NOT NULL, dim integer NOT NULL, hnsw_m integer NOT NULL, \
          hnsw_ef_construction integer NOT NULL, toolkit_version text NOT NULL, \
-         created_at timestamptz NOT NULL DEFAULT now())"
+         created_at timestamptz NOT NULL DEFAULT now()); \
+         CREATE TABLE IF NOT EXISTS {POST_PROCESSING_TABLE} (table_name text PRIMARY KEY, description text NOT NULL, \
+         mean bytea NOT NULL, components bytea NOT NULL, variances bytea NOT NULL)"
     ))?;
     if let Some(recorded) = registered_model(&mut transaction, table)? {
         if let Some(reason) = recorded.mismatch(model) {
             return Err(StoreError::ModelMismatch { table: table.to_string(), reason });
         }
-    } else {
-        let feature = model.feature.output_name();
-        let dim = model.dim as i32;
-        let (m, ef) = (options.m as i32, options.ef_construction as i32);
+        let pca = stored_post_processing(&mut transaction, table)?;
+        transaction.commit()?;
+        return Ok(TableSetup { pca, created: false });
+    }
+    let pca = match &options.post_process {
+        Some(spec) => Some(Pca::fit(&vectors.values, vectors.cols, spec)?),
+        None => None,
+    };
+    let stored_dim = pca.as_ref().map_or(model.dim, |pca| pca.description().dims);
+    if stored_dim > HNSW_MAX_DIMS {
+        return Err(StoreError::TooWide(stored_dim));
+    }
+    let feature = model.feature.output_name();
+    let dim = model.dim as i32;
+    let (m, ef) = (options.m as i32, options.ef_construction as i32);
+    transaction.execute(
+        &format!(
+            "INSERT INTO {REGISTRY_TABLE} (table_name, model_sha256, preset, feature, dim, hnsw_m, \
+             hnsw_ef_construction, toolkit_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ),
+        &[
+            &table,
+            &model.checkpoint_sha256,
+            &model.preset,
+            &feature,
+            &dim,
+            &m,
+            &ef,
+            &dim_models::TOOLKIT_VERSION,
+        ],
+    )?;
+    if let Some(pca) = &pca {
+        let description = serde_json::to_string(pca.description()).expect("a PCA description serialises");
         transaction.execute(
             &format!(
-                "INSERT INTO {REGISTRY_TABLE} (table_name, model_sha256, preset, feature, dim, hnsw_m, \
-                 hnsw_ef_construction, toolkit_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                "INSERT INTO {POST_PROCESSING_TABLE} (table_name, description, mean, components, variances) \
+                 VALUES ($1, $2, $3, $4, $5)"
             ),
             &[
                 &table,
-                &model.checkpoint_sha256,
-                &model.preset,
-                &feature,
-                &dim,
-                &m,
-                &ef,
-                &dim_models::TOOLKIT_VERSION,
+                &description,
+                &f32_bytes(pca.mean()),
+                &f32_bytes(pca.components()),
+                &f32_bytes(pca.variances()),
             ],
         )?;
-        transaction.batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {table} (path_bytes bytea PRIMARY KEY, path text NOT NULL, \
-             source_row bigint NOT NULL, size_bytes bigint NOT NULL, mtime_ns bigint NOT NULL, sha256 text, \
-             width integer, height integer, embedding vector({}) NOT NULL, \
-             published_at timestamptz NOT NULL DEFAULT now()); \
-             CREATE INDEX IF NOT EXISTS {table}_embedding_hnsw ON {table} USING hnsw (embedding vector_cosine_ops) \
-             WITH (m = {}, ef_construction = {})",
-            model.dim, options.m, options.ef_construction
-        ))?;
     }
+    transaction.batch_execute(&format!(
+        "CREATE TABLE {table} (path_bytes bytea PRIMARY KEY, path text NOT NULL, \
+         source_row bigint NOT NULL, size_bytes bigint NOT NULL, mtime_ns bigint NOT NULL, sha256 text, \
+         width integer, height integer, embedding vector({stored_dim}) NOT NULL, \
+         published_at timestamptz NOT NULL DEFAULT now()); \
+         CREATE INDEX {table}_embedding_hnsw ON {table} USING hnsw (embedding vector_cosine_ops) \
+         WITH (m = {}, ef_construction = {})",
+        options.m, options.ef_construction
+    ))?;
     transaction.commit()?;
-    Ok(())
+    Ok(TableSetup { pca, created: true })
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|value| value.to_le_bytes()).collect()
+}
+
+fn stored_post_processing(
+    client: &mut impl postgres::GenericClient,
+    table: &str,
+) -> Result<Option<Pca>, StoreError> {
+    let Some(row) = client.query_opt(
+        &format!("SELECT description, mean, components, variances FROM {POST_PROCESSING_TABLE} WHERE table_name = $1"),
+        &[&table],
+    )?
+    else {
+        return Ok(None);
+    };
+    let unreadable = |reason: String| StoreError::Registry { table: table.to_string(), reason };
+    let description: String = row.get(0);
+    let description: PcaDescription = serde_json::from_str(&description)
+        .map_err(|e| unreadable(format!("post-processing description: {e}")))?;
+    let floats = |index: usize, expected: usize| -> Result<Vec<f32>, StoreError> {
+        let bytes: Vec<u8> = row.get(index);
+        if bytes.len() != expected * 4 {
+            return Err(unreadable(format!(
+                "post-processing part {index} has {} bytes, not {}",
+                bytes.len(),
+                expected * 4
+            )));
+        }
+        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    };
+    let (input, dims) = (description.input_dim, description.dims);
+    let mean = floats(1, input)?;
+    let components = floats(2, dims * input)?;
+    let variances = floats(3, dims)?;
+    Ok(Some(Pca::from_parts(description, mean, components, variances)))
 }
 
 fn registered_model(
@@ -312,73 +424,96 @@ fn registered_model(
     Ok(Some(ModelIdentity { checkpoint_sha256: row.get(0), preset: row.get(1), feature, dim: dim as usize }))
 }
 
-/// The model whose vectors `table` holds, as recorded when it was first published.
-pub fn table_model(client: &mut Client, table: &str) -> Result<ModelIdentity, StoreError> {
-    check_table_name(table)?;
-    let registry_exists: bool =
-        client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&REGISTRY_TABLE])?.get(0);
-    if !registry_exists {
-        return Err(StoreError::UnknownTable(table.to_string()));
-    }
-    registered_model(client, table)?.ok_or_else(|| StoreError::UnknownTable(table.to_string()))
+/// A published table opened for searching: its model and post-processing.
+pub struct PublishedTable {
+    /// The table.
+    pub name: String,
+    /// The model whose vectors it holds.
+    pub model: ModelIdentity,
+    /// The transform its rows went through, applied to every embedded query.
+    pub post_process: Option<Pca>,
 }
 
-/// The stored vector of the row published from `source_row`, if the table has one.
-pub fn row_vector(
-    client: &mut Client,
-    table: &str,
-    source_row: usize,
-) -> Result<Option<Vec<f32>>, StoreError> {
-    check_table_name(table)?;
-    let row = client.query_opt(
-        &format!("SELECT embedding FROM {table} WHERE source_row = $1 LIMIT 1"),
-        &[&(source_row as i64)],
-    )?;
-    Ok(row.map(|row| row.get::<_, Vector>(0).to_vec()))
+/// Where a query vector comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuerySpace {
+    /// As the model embeds it: the table's post-processing is applied first.
+    Embedded,
+    /// Already in the table's space (a stored row's vector).
+    Stored,
 }
 
-/// The `k` nearest rows of `table` to `query` by pgvector's HNSW index (`hnsw.ef_search` =
-/// `ef`, raised to `k`, at most pgvector's 1000), as [`Hit`]s: rank, `source_row`, cosine
-/// similarity and path.
-pub fn search(
-    client: &mut Client,
-    table: &str,
-    query: &[f32],
-    k: usize,
-    ef: usize,
-) -> Result<Vec<Hit>, StoreError> {
-    check_table_name(table)?;
-    let model = table_model(client, table)?;
-    if query.len() != model.dim {
-        return Err(StoreError::QueryWidth {
-            table: table.to_string(),
-            expected: model.dim,
-            found: query.len(),
-        });
+impl PublishedTable {
+    /// Reads what `dim-search publish` recorded about `table`.
+    pub fn open(client: &mut Client, table: &str) -> Result<Self, StoreError> {
+        check_table_name(table)?;
+        let registry_exists: bool =
+            client.query_one("SELECT to_regclass($1) IS NOT NULL", &[&REGISTRY_TABLE])?.get(0);
+        if !registry_exists {
+            return Err(StoreError::UnknownTable(table.to_string()));
+        }
+        let model =
+            registered_model(client, table)?.ok_or_else(|| StoreError::UnknownTable(table.to_string()))?;
+        let post_process = stored_post_processing(client, table)?;
+        Ok(PublishedTable { name: table.to_string(), model, post_process })
     }
-    let mut transaction = client.transaction()?;
-    transaction.batch_execute(&format!("SET LOCAL hnsw.ef_search = {}", ef.max(k).clamp(1, 1000)))?;
-    let vector = Vector::from(query.to_vec());
-    let rows = transaction.query(
-        &format!(
-            "SELECT source_row, path_bytes, (1 - (embedding <=> $1))::real FROM {table} \
-             ORDER BY embedding <=> $1 LIMIT $2"
-        ),
-        &[&vector, &(k as i64)],
-    )?;
-    transaction.commit()?;
-    Ok(rows
-        .iter()
-        .enumerate()
-        .map(|(rank, row)| {
-            let source_row: i64 = row.get(0);
-            let path_bytes: Vec<u8> = row.get(1);
-            Hit {
-                rank: rank + 1,
-                row: source_row as usize,
-                score: row.get(2),
-                path: PathBuf::from(OsString::from_vec(path_bytes)),
+
+    /// The stored vector of the row published from `source_row`, if the table has one.
+    pub fn row_vector(&self, client: &mut Client, source_row: usize) -> Result<Option<Vec<f32>>, StoreError> {
+        let row = client.query_opt(
+            &format!("SELECT embedding FROM {} WHERE source_row = $1 LIMIT 1", self.name),
+            &[&(source_row as i64)],
+        )?;
+        Ok(row.map(|row| row.get::<_, Vector>(0).to_vec()))
+    }
+
+    /// The `k` nearest rows to `query` by pgvector's HNSW index (`hnsw.ef_search` = `ef`, raised
+    /// to `k`, at most pgvector's 1000), as [`Hit`]s: rank, `source_row`, cosine similarity and
+    /// path.
+    pub fn search(
+        &self,
+        client: &mut Client,
+        query: &[f32],
+        space: QuerySpace,
+        k: usize,
+        ef: usize,
+    ) -> Result<Vec<Hit>, StoreError> {
+        let query = match (space, &self.post_process) {
+            (QuerySpace::Embedded, _) if query.len() != self.model.dim => {
+                return Err(StoreError::QueryWidth {
+                    table: self.name.clone(),
+                    expected: self.model.dim,
+                    found: query.len(),
+                });
             }
-        })
-        .collect())
+            (QuerySpace::Embedded, Some(pca)) => pca.apply(query)?,
+            _ => query.to_vec(),
+        };
+        let mut transaction = client.transaction()?;
+        transaction.batch_execute(&format!("SET LOCAL hnsw.ef_search = {}", ef.max(k).clamp(1, 1000)))?;
+        let vector = Vector::from(query);
+        let rows = transaction.query(
+            &format!(
+                "SELECT source_row, path_bytes, (1 - (embedding <=> $1))::real FROM {} \
+                 ORDER BY embedding <=> $1 LIMIT $2",
+                self.name
+            ),
+            &[&vector, &(k as i64)],
+        )?;
+        transaction.commit()?;
+        Ok(rows
+            .iter()
+            .enumerate()
+            .map(|(rank, row)| {
+                let source_row: i64 = row.get(0);
+                let path_bytes: Vec<u8> = row.get(1);
+                Hit {
+                    rank: rank + 1,
+                    row: source_row as usize,
+                    score: row.get(2),
+                    path: PathBuf::from(OsString::from_vec(path_bytes)),
+                }
+            })
+            .collect())
+    }
 }

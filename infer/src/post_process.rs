@@ -82,6 +82,13 @@ pub struct PcaDescription {
     pub fit_seconds: f64,
 }
 
+impl PcaDescription {
+    /// The parameters it was fitted with.
+    pub fn spec(&self) -> PcaSpec {
+        PcaSpec { dims: self.dims, whiten: self.whiten, eps: self.eps }
+    }
+}
+
 /// Errors fitting, storing or loading a post-processing transform.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -170,7 +177,9 @@ impl Pca {
         ))
     }
 
-    fn from_parts(
+    /// The transform from its stored parts (as [`Pca::mean`], [`Pca::components`] and
+    /// [`Pca::variances`] give them); the scales follow from the description.
+    pub fn from_parts(
         description: PcaDescription,
         mean: Vec<f32>,
         components: Vec<f32>,
@@ -188,6 +197,11 @@ impl Pca {
     /// What was fitted.
     pub fn description(&self) -> &PcaDescription {
         &self.description
+    }
+
+    /// The mean the vectors are centred on.
+    pub fn mean(&self) -> &[f32] {
+        &self.mean
     }
 
     /// The variance along each kept component, largest first.

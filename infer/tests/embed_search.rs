@@ -729,6 +729,11 @@ fn pgvector_publishing_resumes_after_kill_takes_concurrent_shards_refuses_anothe
             table.into(),
             "--batch-rows".into(),
             batch.into(),
+            // Tables get the collection-fitted PCA (whitened) a dim-search index gets; the kill
+            // test's random vectors go in as they are.
+            "--pca".into(),
+            if table == "killed" { "0" } else { "8" }.into(),
+            "--whiten".into(),
         ]
     };
     let publish = |dir: &Path, table: &str, batch: &str| {
@@ -741,7 +746,9 @@ fn pgvector_publishing_resumes_after_kill_takes_concurrent_shards_refuses_anothe
 
     let (ok, log) = publish(&single, "photos", "7");
     assert!(
-        ok && log.contains("published 40 rows in 6 batches") && log.contains("holds 40 rows"),
+        ok && log.contains("published 40 rows in 6 batches")
+            && log.contains("holds 40 rows")
+            && log.contains("after pca 8 + whitening (fitted now"),
         "{log}\nserver log:\n{}",
         server.log()
     );
@@ -759,7 +766,8 @@ fn pgvector_publishing_resumes_after_kill_takes_concurrent_shards_refuses_anothe
             "--out".as_ref(),
             index_dir.as_os_str(),
             "--pca".as_ref(),
-            "0".as_ref(),
+            "8".as_ref(),
+            "--whiten".as_ref(),
         ],
     );
     assert!(ok, "{log}");
@@ -860,4 +868,117 @@ fn pgvector_publishing_resumes_after_kill_takes_concurrent_shards_refuses_anothe
     assert!(ok, "{log}");
     assert!(log.contains(&format!("published {} rows", total as i64 - at_kill)), "{log}");
     assert_eq!(count(&mut client), Some(total as i64));
+}
+
+#[test]
+fn near_duplicates_form_groups_whose_pairs_match_exact_cosine_and_the_contact_sheet_shows_them() {
+    let temp = tempfile::tempdir().unwrap();
+    let model = write_model(temp.path(), "model-dups", true);
+    let images = temp.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for seed in 0..24 {
+        pattern(seed, 48, 40).save(images.join(format!("base_{seed:02}.png"))).unwrap();
+    }
+    let base0 = DynamicImage::ImageRgb8(pattern(0, 48, 40));
+    base0
+        .resize_exact(96, 80, image::imageops::FilterType::Triangle)
+        .save(images.join("copy0_resized.png"))
+        .unwrap();
+    base0.save_with_format(images.join("copy0_reencoded.jpg"), image::ImageFormat::Jpeg).unwrap();
+    DynamicImage::ImageRgb8(pattern(5, 48, 40))
+        .resize_exact(72, 60, image::imageops::FilterType::Triangle)
+        .save(images.join("copy5_resized.png"))
+        .unwrap();
+    let tool = |program: &str, args: &[&std::ffi::OsStr]| {
+        let output = Command::new(program).args(args).output().unwrap();
+        let log =
+            String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{log}");
+        log
+    };
+    let (embed, search) = (env!("CARGO_BIN_EXE_dim-embed"), env!("CARGO_BIN_EXE_dim-search"));
+    let out = temp.path().join("embeddings");
+    tool(
+        embed,
+        &[images.as_os_str(), "--model".as_ref(), model.as_os_str(), "--out".as_ref(), out.as_os_str()],
+    );
+    let index_dir = temp.path().join("index");
+    tool(
+        search,
+        &[
+            "build".as_ref(),
+            "--embeddings".as_ref(),
+            out.as_os_str(),
+            "--out".as_ref(),
+            index_dir.as_os_str(),
+            "--pca".as_ref(),
+            "0".as_ref(),
+        ],
+    );
+    // The threshold sits between the copies' similarity to their originals and the best
+    // similarity of two distinct patterns, both computed here by exact cosine.
+    let manifest = Manifest::read(&out).unwrap();
+    let matrix = npy::read_matrix(&out.join(EMBEDDINGS_FILE)).unwrap();
+    let row_of = |name: &str| manifest.rows.iter().position(|r| r.path.ends_with(name)).unwrap();
+    let cosine = |a: usize, b: usize| {
+        let (x, y) = (matrix.row(a), matrix.row(b));
+        let dot: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+        let norm = |v: &[f32]| v.iter().map(|p| p * p).sum::<f32>().sqrt();
+        dot / (norm(x) * norm(y))
+    };
+    let copies = [
+        ("base_00.png", "copy0_resized.png"),
+        ("base_00.png", "copy0_reencoded.jpg"),
+        ("base_05.png", "copy5_resized.png"),
+    ];
+    let weakest_copy = copies.iter().map(|(a, b)| cosine(row_of(a), row_of(b))).fold(f32::MAX, f32::min);
+    let strongest_distinct = (0..24)
+        .flat_map(|a| (a + 1..24).map(move |b| (a, b)))
+        .map(|(a, b)| cosine(row_of(&format!("base_{a:02}.png")), row_of(&format!("base_{b:02}.png"))))
+        .fold(f32::MIN, f32::max);
+    assert!(
+        weakest_copy > strongest_distinct + 0.01,
+        "copies {weakest_copy} vs distinct {strongest_distinct}"
+    );
+    let threshold = format!("{}", (weakest_copy + strongest_distinct) / 2.0);
+
+    let json = temp.path().join("dups.json");
+    let html = temp.path().join("dups.html");
+    let log = tool(
+        search,
+        &[
+            "duplicates".as_ref(),
+            "--index".as_ref(),
+            index_dir.as_os_str(),
+            "--threshold".as_ref(),
+            threshold.as_ref(),
+            "--json".as_ref(),
+            json.as_os_str(),
+            "--html".as_ref(),
+            html.as_os_str(),
+        ],
+    );
+    assert!(log.contains("2 groups of near-duplicates (5 images"), "{log}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let groups = report["groups"].as_array().unwrap();
+    let names = |group: &serde_json::Value| -> Vec<String> {
+        group["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["path"].as_str().unwrap().rsplit('/').next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&groups[0]), ["base_00.png", "copy0_reencoded.jpg", "copy0_resized.png"]);
+    assert_eq!(names(&groups[1]), ["base_05.png", "copy5_resized.png"]);
+    for group in groups {
+        for pair in group["pairs"].as_array().unwrap() {
+            let (a, b) = (pair["a"].as_u64().unwrap() as usize, pair["b"].as_u64().unwrap() as usize);
+            let score = pair["score"].as_f64().unwrap() as f32;
+            assert!((score - cosine(a, b)).abs() < 1e-4, "pair {a}-{b}: {score} vs {}", cosine(a, b));
+        }
+    }
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert_eq!(page.matches("<section>").count(), 2);
+    assert_eq!(page.matches("src=\"data:image/jpeg;base64,").count(), 5, "every member has a thumbnail");
 }

@@ -4,7 +4,6 @@
 //! ETag derived from the file's size and modification time, so a changed file gets a new tag.
 
 use dim_models::preprocess;
-use image::{DynamicImage, RgbImage};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::MetadataExt;
@@ -17,8 +16,6 @@ pub const DEFAULT_SIZE: u32 = 192;
 pub const MIN_SIZE: u32 = 16;
 /// Largest side a request may ask for.
 pub const MAX_SIZE: u32 = 512;
-/// JPEG quality of thumbnails.
-const JPEG_QUALITY: u8 = 85;
 
 /// An encoded thumbnail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +85,8 @@ impl ThumbnailCache {
         let bytes = std::fs::read(path).map_err(|source| ThumbnailError::Unreadable { row, source })?;
         let image = preprocess::decode_bytes(&bytes, max_pixels)
             .map_err(|error| ThumbnailError::Undecodable { row, reason: error.to_string() })?;
-        let jpeg = encode(&image, size).map_err(|reason| ThumbnailError::Undecodable { row, reason })?;
+        let jpeg = dim_infer::html_preview::encode_preview(&image, size)
+            .map_err(|reason| ThumbnailError::Undecodable { row, reason })?;
         let thumbnail = Thumbnail { jpeg: jpeg.into(), etag };
         self.insert((row, size), thumbnail.clone());
         Ok(thumbnail)
@@ -130,28 +128,6 @@ fn entity_tag(row: usize, size: u32, len: u64, mtime: i64, mtime_nsec: i64) -> S
     let digest = Sha256::digest(format!("{row}:{size}:{len}:{mtime}.{mtime_nsec}").as_bytes());
     let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
     format!("\"{hex}\"")
-}
-
-/// Scales `image` to fit a `size` square (never enlarging), composites alpha over white and
-/// encodes JPEG.
-fn encode(image: &DynamicImage, size: u32) -> Result<Vec<u8>, String> {
-    let scaled = if image.width() > size || image.height() > size {
-        image.thumbnail(size, size)
-    } else {
-        image.clone()
-    };
-    let rgba = scaled.to_rgba8();
-    let rgb = RgbImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-        let [r, g, b, a] = rgba.get_pixel(x, y).0;
-        let over_white =
-            |c: u8| ((u16::from(c) * u16::from(a) + 255 * (255 - u16::from(a)) + 127) / 255) as u8;
-        image::Rgb([over_white(r), over_white(g), over_white(b)])
-    });
-    let mut jpeg = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, JPEG_QUALITY)
-        .encode_image(&rgb)
-        .map_err(|error| error.to_string())?;
-    Ok(jpeg)
 }
 
 #[cfg(test)]

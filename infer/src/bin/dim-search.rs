@@ -5,11 +5,12 @@
 
 use anyhow::Context;
 use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
+use dim_infer::duplicates::{self, DEFAULT_THRESHOLD, DuplicateParams};
 use dim_infer::embedder::{Embedder, EmbedderOptions};
 use dim_infer::index::{self, Hit, IndexFiles, IndexParams, Metric};
 use dim_infer::manifest::{Manifest, ModelIdentity};
 use dim_infer::npy;
-use dim_infer::pgvector_store::{self, PublishOptions};
+use dim_infer::pgvector_store::{self, PublishOptions, PublishedTable, QuerySpace};
 use dim_infer::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
 use dim_infer::retrieval::{EmbeddingsReport, LabelSource};
 use dim_infer::session::ExecutionProvider;
@@ -71,6 +72,10 @@ enum Command {
         /// Candidate list size while building the pgvector HNSW index.
         #[arg(long, default_value_t = 200)]
         ef_construction: usize,
+        /// The post-processing fitted (on this directory) when the publish creates the table, as
+        /// for `build`; an existing table keeps its own.
+        #[command(flatten)]
+        post_process: PostProcessArgs,
     },
     /// Find the nearest images to query images, rows or vectors, in an index directory or a
     /// published PostgreSQL table.
@@ -109,6 +114,33 @@ enum Command {
         /// Execution provider for image queries: cpu or cuda.
         #[arg(long, default_value = "cpu")]
         ep: ExecutionProvider,
+    },
+    /// List groups of near-duplicate images in an index: rows whose cosine similarity reaches
+    /// --threshold are linked, and linked rows form groups. Writes JSON and an HTML contact sheet.
+    Duplicates {
+        /// The index directory (built with the cosine metric).
+        #[arg(long)]
+        index: PathBuf,
+        /// Cosine similarity at or above which two images are near-duplicates. The default was
+        /// chosen on the duplicate benchmark (bench/results/duplicates.md) for vectors without
+        /// whitening; pass one for an index built with --whiten.
+        #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
+        threshold: f32,
+        /// Neighbours each image searches.
+        #[arg(short, default_value_t = 10)]
+        k: usize,
+        /// Search candidate list size.
+        #[arg(long, default_value_t = 64)]
+        ef: usize,
+        /// Write the groups (members and linking pairs with scores) as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write a standalone HTML contact sheet of the groups here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Groups drawn in the contact sheet (largest first).
+        #[arg(long, default_value_t = 200)]
+        html_groups: usize,
     },
     /// Measure recall@k against exact search, and queries/s.
     Eval {
@@ -173,6 +205,30 @@ struct PostProcessArgs {
 }
 
 impl PostProcessArgs {
+    /// The post-processing to fit on `embeddings` (less `hold_out` rows): the one asked for, or
+    /// else the model's recommended one when the collection is large enough for it, said on stderr.
+    fn resolve(&self, embeddings: &std::path::Path, hold_out: usize) -> anyhow::Result<Option<PcaSpec>> {
+        if self.pca.is_some() {
+            return Ok(self.spec());
+        }
+        let manifest = Manifest::read(embeddings)?;
+        let indexed = manifest.count.saturating_sub(hold_out);
+        let recommended = PcaSpec::recommended(manifest.search_recipe, indexed);
+        match (manifest.search_recipe, recommended) {
+            (Some(recipe), Some(_)) => eprintln!(
+                "dim-search: applying the model's recommended {} (pass --pca 0 for none)",
+                recipe.describe()
+            ),
+            (Some(recipe), None) => eprintln!(
+                "dim-search: the model recommends {} from {} images; {indexed} is too few, so none",
+                recipe.describe(),
+                recipe.min_rows
+            ),
+            (None, _) => {}
+        }
+        Ok(recommended)
+    }
+
     fn spec(&self) -> Option<PcaSpec> {
         self.pca.filter(|&dims| dims > 0).map(|dims| PcaSpec {
             dims,
@@ -192,27 +248,7 @@ fn main() {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Build { embeddings, out, metric, m, ef_construction, hold_out, post_process } => {
-            let post_process = match post_process.pca {
-                Some(_) => post_process.spec(),
-                None => {
-                    let manifest = Manifest::read(&embeddings)?;
-                    let indexed = manifest.count.saturating_sub(hold_out);
-                    let recommended = PcaSpec::recommended(manifest.search_recipe, indexed);
-                    match (manifest.search_recipe, recommended) {
-                        (Some(recipe), Some(_)) => eprintln!(
-                            "dim-search: applying the model's recommended {} (pass --pca 0 for none)",
-                            recipe.describe()
-                        ),
-                        (Some(recipe), None) => eprintln!(
-                            "dim-search: the model recommends {} from {} images; {indexed} is too few, so none",
-                            recipe.describe(),
-                            recipe.min_rows
-                        ),
-                        (None, _) => {}
-                    }
-                    recommended
-                }
-            };
+            let post_process = post_process.resolve(&embeddings, hold_out)?;
             let params = IndexParams { metric, m, ef_construction, hold_out, post_process };
             let info = index::build(&embeddings, &out, &params).context("cannot build the index")?;
             let dims = match &info.post_process {
@@ -241,16 +277,25 @@ fn run(command: Command) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Publish { embeddings, postgres, table, batch_rows, m, ef_construction } => {
+        Command::Publish { embeddings, postgres, table, batch_rows, m, ef_construction, post_process } => {
             let mut client = pgvector_store::connect(&postgres)?;
             let options = PublishOptions {
                 table: table.clone(),
                 batch_rows,
                 m,
                 ef_construction,
+                post_process: post_process.resolve(&embeddings, 0)?,
                 show_progress: std::io::stderr().is_terminal(),
             };
             let summary = pgvector_store::publish(&mut client, &embeddings, &options)?;
+            if let Some(pca) = &summary.post_process {
+                let when = if summary.created {
+                    "fitted now on these rows"
+                } else {
+                    "fitted when the table was created"
+                };
+                eprintln!("dim-search: table {table} holds vectors after {} ({when})", pca.spec().describe());
+            }
             println!(
                 "published {} rows in {} batches ({:.0} rows/s), {} already current; table {table} holds {} rows",
                 summary.published,
@@ -294,21 +339,67 @@ fn run(command: Command) -> anyhow::Result<()> {
             ..
         } => {
             let mut client = pgvector_store::connect(&url)?;
-            let identity = pgvector_store::table_model(&mut client, &table)?;
-            let queries: Vec<(String, Vec<f32>)> = if let Some(row) = row {
-                let vector = pgvector_store::row_vector(&mut client, &table, row)?
+            let published = PublishedTable::open(&mut client, &table)?;
+            let (queries, space): (Vec<(String, Vec<f32>)>, QuerySpace) = if let Some(row) = row {
+                let vector = published
+                    .row_vector(&mut client, row)?
                     .with_context(|| format!("table {table} has no row published from row {row}"))?;
-                vec![(format!("row {row}"), vector)]
+                (vec![(format!("row {row}"), vector)], QuerySpace::Stored)
             } else {
-                external_queries(&identity, &image, vector, model, ep)?
+                (external_queries(&published.model, &image, vector, model, ep)?, QuerySpace::Embedded)
             };
             let mut results = Vec::new();
             for (name, query) in &queries {
-                results.push((name.clone(), pgvector_store::search(&mut client, &table, query, k, ef)?));
+                results.push((name.clone(), published.search(&mut client, query, space, k, ef)?));
             }
             print_results(&results, json)?;
         }
         Command::Query { .. } => anyhow::bail!("give --index DIR, or --postgres URL with --table NAME"),
+        Command::Duplicates { index, threshold, k, ef, json, html, html_groups } => {
+            let mut files = IndexFiles::open(&index)?;
+            let loaded = files.load()?;
+            if let Some(pca) = loaded.info.post_process.as_ref().filter(|pca| pca.whiten)
+                && threshold == DEFAULT_THRESHOLD
+            {
+                eprintln!(
+                    "dim-search: the index is whitened ({}-d PCA); the default threshold was chosen on unwhitened \
+                     vectors, so pass --threshold or build with --pca 0",
+                    pca.dims
+                );
+            }
+            let report = duplicates::find(&loaded, &DuplicateParams { threshold, k, ef })?;
+            println!(
+                "{} groups of near-duplicates ({} images, {} pairs at cosine >= {threshold}) among {} images",
+                report.groups.len(),
+                report.images_in_groups,
+                report.pair_count,
+                report.rows_searched
+            );
+            for (number, group) in report.groups.iter().take(10).enumerate() {
+                let names: Vec<String> =
+                    group.members.iter().map(|m| dim_models::path_record::display(&m.file)).collect();
+                println!("  group {}: {}", number + 1, names.join("  "));
+            }
+            if let Some(path) = json {
+                dim_models::atomic_file::write_bytes_atomically(
+                    &path,
+                    serde_json::to_string_pretty(&report)?.as_bytes(),
+                )
+                .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("groups in {}", path.display());
+            }
+            if let Some(path) = html {
+                let page = duplicates::contact_sheet(
+                    &report,
+                    html_groups,
+                    128,
+                    dim_models::preprocess::configured_max_pixels(),
+                );
+                dim_models::atomic_file::write_bytes_atomically(&path, page.as_bytes())
+                    .with_context(|| format!("cannot write {}", path.display()))?;
+                println!("contact sheet in {}", path.display());
+            }
+        }
         Command::Eval { index, queries, k, ef, out } => {
             let mut files = IndexFiles::open(&index)?;
             let loaded = files.load()?;
