@@ -868,6 +868,13 @@ fn pgvector_publishing_resumes_after_kill_takes_concurrent_shards_refuses_anothe
     assert!(ok, "{log}");
     assert!(log.contains(&format!("published {} rows", total as i64 - at_kill)), "{log}");
     assert_eq!(count(&mut client), Some(total as i64));
+    let indexes: Vec<String> = client
+        .query("SELECT indexname FROM pg_indexes WHERE indexdef LIKE '%USING hnsw%' ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(indexes, ["killed_embedding_hnsw", "photos_embedding_hnsw", "sharded_embedding_hnsw"]);
 }
 
 #[test]
