@@ -381,11 +381,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 println!("  group {}: {}", number + 1, names.join("  "));
             }
             if let Some(path) = json {
-                dim_models::atomic_file::write_bytes_atomically(
-                    &path,
-                    serde_json::to_string_pretty(&report)?.as_bytes(),
-                )
-                .with_context(|| format!("cannot write {}", path.display()))?;
+                write_output(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
                 println!("groups in {}", path.display());
             }
             if let Some(path) = html {
@@ -395,8 +391,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     128,
                     dim_models::preprocess::configured_max_pixels(),
                 );
-                dim_models::atomic_file::write_bytes_atomically(&path, page.as_bytes())
-                    .with_context(|| format!("cannot write {}", path.display()))?;
+                write_output(&path, page.as_bytes())?;
                 println!("contact sheet in {}", path.display());
             }
         }
@@ -406,8 +401,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let evaluations = index::evaluate(&loaded, queries, k, &ef)?;
             let report = serde_json::to_string_pretty(&evaluations)?;
             let path = out.unwrap_or_else(|| index.join("eval.json"));
-            dim_models::atomic_file::write_bytes_atomically(&path, report.as_bytes())
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            write_output(&path, report.as_bytes())?;
             println!("{report}");
         }
         Command::Retrieval { embeddings, labels_from_folder, labels, k, metric, post_process, json } => {
@@ -421,16 +415,18 @@ fn run(command: Command) -> anyhow::Result<()> {
                     .context("cannot evaluate retrieval")?;
             print!("{}", report.table());
             if let Some(path) = json {
-                dim_models::atomic_file::write_bytes_atomically(
-                    &path,
-                    serde_json::to_string_pretty(&report)?.as_bytes(),
-                )
-                .with_context(|| format!("cannot write {}", path.display()))?;
+                write_output(&path, serde_json::to_string_pretty(&report)?.as_bytes())?;
                 println!("report in {}", path.display());
             }
         }
     }
     Ok(())
+}
+
+/// Writes a report or page atomically, naming the file on failure.
+fn write_output(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    dim_models::atomic_file::write_bytes_atomically(path, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Query vectors from a `.npy` file or from images, for a store holding `identity`'s vectors.
