@@ -169,16 +169,32 @@ async fn the_page_searches_by_upload_and_by_clicking_a_result() {
     assert_eq!(by_keyboard[0].0, uploaded[1].0);
 
     // Random: some row's search, in the URL.
-    client.find(Locator::Css("#random")).await.unwrap().click().await.unwrap();
-    wait_for(
+    // Clicked in the DOM: a pointer click at the button's coordinates can land on a result
+    // while the grid above it is still being laid out.
+    let shown_before = client
+        .execute("return Number(document.getElementById('results').dataset.search)", vec![])
+        .await
+        .unwrap();
+    client.execute("document.getElementById('random').click()", vec![]).await.unwrap();
+    // Wait for the random search's own answer (a later search number than the one shown), with
+    // the results and the URL (updated one after the other) naming the same row.
+    let random_row = wait_for(
         &client,
-        "a random search",
-        "return location.search.includes('row=') && document.getElementById('results').dataset.query !== ''",
+        "a random search shown and in the URL",
+        &format!(
+            "const grid = document.getElementById('results');
+             const shown = /^row (\\d+)$/.exec(grid.dataset.query || '');
+             if (!shown || grid.children.length !== {K} || Number(grid.dataset.search) <= {shown_before}) return null;
+             return new URLSearchParams(location.search).get('row') === shown[1] ? Number(shown[1]) : null;"
+        ),
     )
-    .await;
-    let random = grid(&client, "row ").await;
+    .await
+    .as_u64()
+    .unwrap();
+    let random = grid(&client, &format!("row {random_row}")).await;
+    assert_eq!(random[0].0, random_row, "a row's own image comes first");
     let random_url = client.current_url().await.unwrap();
-    assert!(random_url.query().unwrap().contains(&format!("row={}", random[0].0)), "{random_url}");
+    assert!(random_url.query().unwrap().contains(&format!("row={random_row}")), "{random_url}");
 
     // A narrow screen: two columns.
     client.set_window_size(390, 844).await.unwrap();
