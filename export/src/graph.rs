@@ -5,9 +5,9 @@
 
 use crate::batch_norm_folding::{BatchNormStats, fold};
 use crate::checkpoint::EncoderCheckpoint;
-use dim_models::LayerKind;
 use dim_models::onnx_metadata::{INPUT_NAME, OUTPUT_CONV, OUTPUT_EMBEDDING, OUTPUT_FC, OUTPUT_Y};
 use dim_models::parameters::{ENCODER_PREFIX, batch_norm_names};
+use dim_models::{Bottleneck, LayerKind};
 use std::fmt;
 
 /// Smallest norm the embedding is divided by, so an all-zero feature stays finite (zero).
@@ -88,6 +88,15 @@ pub enum Op {
     Max,
     /// Element-wise quotient.
     Div,
+    /// Element-wise sum (the residual connection).
+    Add,
+    /// Reshape to the shape held by the second input (an int64 initialiser; −1 infers a dim).
+    Reshape,
+    /// Axis permutation.
+    Transpose {
+        /// Output axis `i` is input axis `perm[i]`.
+        perm: &'static [i64],
+    },
 }
 
 /// One operation applied to named values.
@@ -103,7 +112,7 @@ pub struct Node {
     pub output: String,
 }
 
-/// A constant float tensor.
+/// A constant tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Initializer {
     /// Value name.
@@ -111,7 +120,16 @@ pub struct Initializer {
     /// Shape (empty for a scalar).
     pub shape: Vec<usize>,
     /// Row-major values.
-    pub values: Vec<f32>,
+    pub values: InitializerValues,
+}
+
+/// The element type and values of an initialiser.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InitializerValues {
+    /// Weights and scalar constants.
+    Float(Vec<f32>),
+    /// Shapes for `Reshape`.
+    Int64(Vec<i64>),
 }
 
 /// A graph output: a `[N, width]` float tensor.
@@ -152,26 +170,27 @@ impl EncoderGraph {
         let doubled = builder.node("input_scale/mul", Op::Mul, &[INPUT_NAME, "two"], "image_doubled");
         let mut x = builder.node("input_scale/sub", Op::Sub, &[&doubled, "one"], "image_signed");
 
-        for layer in config.conv_layers() {
+        let layers = config.conv_layers();
+        let input_shapes = std::iter::once(config.input_shape()).chain(config.trunk_output_shapes());
+        for (layer, [channels, height, width]) in layers.iter().zip(input_shapes) {
             x = match layer.kind {
                 LayerKind::Conv { kernel, stride, padding, .. } => {
-                    let prefix = format!("{ENCODER_PREFIX}.{}", layer.name);
-                    builder.folded_weights(&layer.name, &format!("{prefix}.conv.weight"), None, &prefix);
-                    let op = Op::Conv { kernel, stride, padding };
-                    let (weight, bias) = (format!("{}.weight", layer.name), format!("{}.bias", layer.name));
-                    let conv = builder.node(
-                        &format!("{}/conv", layer.name),
-                        op,
-                        &[&x, &weight, &bias],
-                        &format!("{}.conv", layer.name),
-                    );
+                    let conv = builder.folded_conv(&layer.name, &x, kernel, stride, padding);
                     builder.node(&format!("{}/relu", layer.name), Op::Relu, &[&conv], &layer.name)
                 }
                 LayerKind::MaxPool { kernel, stride, padding } => {
                     let op = Op::MaxPool { kernel, stride, padding };
                     builder.node(&layer.name, op, &[&x], &layer.name)
                 }
-                LayerKind::Linear { .. } => unreachable!("conv_layers holds only convs and pools"),
+                LayerKind::Bottleneck(block) => builder.bottleneck(&layer.name, &x, &block),
+                LayerKind::StridedCrops { crop, stride } => {
+                    let grid = dim_models::preset::crop_grid(height, crop, stride);
+                    builder.strided_crops(&layer.name, &x, channels, crop, stride, grid)
+                }
+                LayerKind::FoldCrops { grid } => {
+                    builder.fold_crops(&layer.name, &x, channels * height * width, grid)
+                }
+                LayerKind::Linear { .. } => unreachable!("conv_layers holds no linear layers"),
             };
         }
         let mut h = builder.node("flatten", Op::Flatten, &[&x], OUTPUT_CONV);
@@ -259,8 +278,19 @@ impl GraphBuilder<'_> {
         self.initializers.push(Initializer {
             name: name.to_string(),
             shape: Vec::new(),
-            values: vec![value],
+            values: InitializerValues::Float(vec![value]),
         });
+    }
+
+    /// A `Reshape` of `input` to `shape`, its shape initialiser named after the node.
+    fn reshape(&mut self, name: &str, input: &str, shape: &[i64], output: &str) -> String {
+        let shape_name = format!("{name}.shape");
+        self.initializers.push(Initializer {
+            name: shape_name.clone(),
+            shape: vec![shape.len()],
+            values: InitializerValues::Int64(shape.to_vec()),
+        });
+        self.node(name, Op::Reshape, &[input, &shape_name], output)
     }
 
     fn copied(&mut self, name: &str, tensor: &str) {
@@ -268,8 +298,93 @@ impl GraphBuilder<'_> {
         self.initializers.push(Initializer {
             name: name.to_string(),
             shape: tensor.shape.clone(),
-            values: tensor.values.clone(),
+            values: InitializerValues::Float(tensor.values.clone()),
         });
+    }
+
+    /// The conv under `{ENCODER_PREFIX}.{layer}` with its BatchNorm folded in, applied to `x`;
+    /// returns the conv's output (before any activation), named `{layer}.conv`.
+    fn folded_conv(&mut self, layer: &str, x: &str, kernel: usize, stride: usize, padding: usize) -> String {
+        let prefix = format!("{ENCODER_PREFIX}.{layer}");
+        self.folded_weights(layer, &format!("{prefix}.conv.weight"), None, &prefix);
+        let (weight, bias) = (format!("{layer}.weight"), format!("{layer}.bias"));
+        let op = Op::Conv { kernel, stride, padding };
+        self.node(&format!("{layer}/conv"), op, &[x, &weight, &bias], &format!("{layer}.conv"))
+    }
+
+    /// A bottleneck residual block: three folded convs (ReLU after the first two), the input
+    /// or its shortcut conv added, then ReLU.
+    fn bottleneck(&mut self, name: &str, x: &str, block: &Bottleneck) -> String {
+        let mut h = x.to_string();
+        for (index, conv) in block.branch().iter().enumerate() {
+            let part = format!("{name}.{}", conv.part);
+            h = self.folded_conv(&part, &h, conv.kernel, conv.stride, conv.padding);
+            if index < 2 {
+                h = self.node(&format!("{part}/relu"), Op::Relu, &[&h], &part);
+            }
+        }
+        let residual = match block.shortcut() {
+            Some(conv) => {
+                let part = format!("{name}.{}", conv.part);
+                self.folded_conv(&part, x, conv.kernel, conv.stride, conv.padding)
+            }
+            None => x.to_string(),
+        };
+        let sum = self.node(&format!("{name}/add"), Op::Add, &[&h, &residual], &format!("{name}.sum"));
+        self.node(&format!("{name}/relu"), Op::Relu, &[&sum], name)
+    }
+
+    /// Strided crops as one convolution with a one-hot kernel (output channel `c·crop² + y·crop
+    /// + x` copies input channel `c` at offset `(y, x)` exactly), then a reshape and transpose
+    /// to `[N·grid², C, crop, crop]` in row-major grid order.
+    fn strided_crops(
+        &mut self,
+        name: &str,
+        x: &str,
+        channels: usize,
+        crop: usize,
+        stride: usize,
+        grid: usize,
+    ) -> String {
+        let taps = crop * crop;
+        let mut one_hot = vec![0.0f32; channels * taps * channels * taps];
+        for channel in 0..channels {
+            for offset in 0..taps {
+                let output_channel = channel * taps + offset;
+                one_hot[(output_channel * channels + channel) * taps + offset] = 1.0;
+            }
+        }
+        let kernel_name = format!("{name}.one_hot");
+        self.initializers.push(Initializer {
+            name: kernel_name.clone(),
+            shape: vec![channels * taps, channels, crop, crop],
+            values: InitializerValues::Float(one_hot),
+        });
+        let op = Op::Conv { kernel: crop, stride, padding: 0 };
+        let patches =
+            self.node(&format!("{name}/gather"), op, &[x, &kernel_name], &format!("{name}.patches"));
+        let (c, k, g) = (channels as i64, crop as i64, grid as i64);
+        let split =
+            self.reshape(&format!("{name}/split"), &patches, &[-1, c, k, k, g, g], &format!("{name}.split"));
+        let perm = Op::Transpose { perm: &[0, 4, 5, 1, 2, 3] };
+        let by_crop = self.node(&format!("{name}/by_crop"), perm, &[&split], &format!("{name}.by_crop"));
+        self.reshape(&format!("{name}/stack"), &by_crop, &[-1, c, k, k], name)
+    }
+
+    /// `[N·grid², C, h, w]` → `[N, C·h·w, grid, grid]`, as the trainer folds crop features
+    /// (`per_crop` = C·h·w).
+    fn fold_crops(&mut self, name: &str, x: &str, per_crop: usize, grid: usize) -> String {
+        let (per_crop, grid) = (per_crop as i64, grid as i64);
+        let grouped = self.reshape(
+            &format!("{name}/group"),
+            x,
+            &[-1, grid * grid, per_crop],
+            &format!("{name}.grouped"),
+        );
+        let perm = Op::Transpose { perm: &[0, 2, 1] };
+        let by_feature =
+            self.node(&format!("{name}/by_feature"), perm, &[&grouped], &format!("{name}.by_feature"));
+        self.reshape(&format!("{name}/grid"), &by_feature, &[-1, per_crop, grid, grid], name)
     }
 
     /// Adds `{layer}.weight` and `{layer}.bias`: the checkpoint's weight (and bias) with the
@@ -284,12 +399,12 @@ impl GraphBuilder<'_> {
         self.initializers.push(Initializer {
             name: format!("{layer}.weight"),
             shape: weight.shape.clone(),
-            values: folded.weight,
+            values: InitializerValues::Float(folded.weight),
         });
         self.initializers.push(Initializer {
             name: format!("{layer}.bias"),
             shape: vec![channels],
-            values: folded.bias,
+            values: InitializerValues::Float(folded.bias),
         });
     }
 }
@@ -342,8 +457,18 @@ mod tests {
                 Op::ReduceL2 => "ReduceL2",
                 Op::Max => "Max",
                 Op::Div => "Div",
+                Op::Add => "Add",
+                Op::Reshape => "Reshape",
+                Op::Transpose { .. } => "Transpose",
             })
             .collect()
+    }
+
+    fn floats(initializer: &Initializer) -> &[f32] {
+        match &initializer.values {
+            InitializerValues::Float(values) => values,
+            InitializerValues::Int64(_) => panic!("{} holds int64 values", initializer.name),
+        }
     }
 
     const SCALE: [&str; 2] = ["Mul", "Sub"];
@@ -414,6 +539,44 @@ mod tests {
     }
 
     #[test]
+    fn residual_blocks_add_their_shortcut_and_strided_crops_gather_with_a_one_hot_kernel() {
+        let resnet =
+            EncoderGraph::build(&checkpoint_of_ones(Preset::ResNet19_32x32, 3), EmbeddingSource::Conv);
+        assert_well_formed(&resnet, EmbeddingSource::Conv);
+        let ops = op_names(&resnet);
+        // conv1, then block1 (three convs, a shortcut conv, the add), block2 (identity shortcut).
+        let block_with_shortcut = ["Conv", "Relu", "Conv", "Relu", "Conv", "Conv", "Add", "Relu"];
+        let identity_block = ["Conv", "Relu", "Conv", "Relu", "Conv", "Add", "Relu"];
+        assert_eq!(ops[2..4], CONV_RELU);
+        assert_eq!(ops[4..12], block_with_shortcut);
+        assert_eq!(ops[12..19], identity_block);
+        assert_eq!(ops.iter().filter(|op| **op == "Add").count(), 6);
+        let block2_add = resnet.nodes.iter().find(|n| n.name == "block2/add").unwrap();
+        assert_eq!(block2_add.inputs, ["block2.expand.conv", "block1"]);
+        assert_eq!(resnet.outputs[0].width, 1024 * 4 * 4);
+
+        let folded =
+            EncoderGraph::build(&checkpoint_of_ones(Preset::FoldResNet19_32x32, 3), EmbeddingSource::Y);
+        assert_well_formed(&folded, EmbeddingSource::Y);
+        let one_hot = folded.initializers.iter().find(|i| i.name == "crops.one_hot").unwrap();
+        assert_eq!(one_hot.shape, [3 * 64, 3, 8, 8]);
+        let ones = floats(one_hot);
+        assert_eq!(ones.iter().filter(|&&v| v == 1.0).count(), 3 * 64);
+        // Output channel 64 + 9 copies input channel 1 at offset (1, 1).
+        assert_eq!(ones[((64 + 9) * 3 + 1) * 64 + 9], 1.0);
+        let shape_of = |name: &str| match &folded.initializers.iter().find(|i| i.name == name).unwrap().values
+        {
+            InitializerValues::Int64(shape) => shape.clone(),
+            InitializerValues::Float(_) => panic!("{name} is not a shape"),
+        };
+        assert_eq!(shape_of("crops/split.shape"), [-1, 3, 8, 8, 7, 7]);
+        assert_eq!(shape_of("crops/stack.shape"), [-1, 3, 8, 8]);
+        assert_eq!(shape_of("fold/group.shape"), [-1, 49, 1024]);
+        assert_eq!(shape_of("fold/grid.shape"), [-1, 1024, 7, 7]);
+        assert_eq!(folded.outputs[0].width, 1024 * 7 * 7);
+    }
+
+    #[test]
     fn values_flow_from_the_input_to_every_output_for_each_embedding_source() {
         for source in [EmbeddingSource::Conv, EmbeddingSource::Fc, EmbeddingSource::Y] {
             let graph = EncoderGraph::build(&checkpoint_of_ones(Preset::Basic32x32, 1), source);
@@ -429,11 +592,11 @@ mod tests {
         let s = (1.0 / (1.0 + dim_models::parameters::BATCH_NORM_EPSILON).sqrt()) as f32;
         let conv1 = find("conv1.weight");
         assert_eq!(conv1.shape, [64, 3, 4, 4]);
-        assert!(conv1.values.iter().all(|&w| (w - s).abs() < 1e-7));
-        assert!(find("conv1.bias").values.iter().all(|&b| (b - (1.0 - s)).abs() < 1e-7));
+        assert!(floats(conv1).iter().all(|&w| (w - s).abs() < 1e-7));
+        assert!(floats(find("conv1.bias")).iter().all(|&b| (b - (1.0 - s)).abs() < 1e-7));
         // fc1 has a bias of one: s·(1 − 1) + 1 = 1.
         assert_eq!(find("fc1.weight").shape, [1024, 4096]);
-        assert!(find("fc1.bias").values.iter().all(|&b| (b - 1.0).abs() < 1e-7));
+        assert!(floats(find("fc1.bias")).iter().all(|&b| (b - 1.0).abs() < 1e-7));
         assert_eq!(find("y.weight").shape, [64, 1024]);
         assert!("embed".parse::<EmbeddingSource>().is_err());
         assert_eq!("fc".parse::<EmbeddingSource>(), Ok(EmbeddingSource::Fc));

@@ -354,7 +354,8 @@ mod tests {
         write_checkpoint(dir.path(), &json, &contract_tensors());
         assert_fails_cleanly(
             dir.path(),
-            "unknown preset `resnet50` (known: basic32x32, basic64x64, alex64x64)",
+            "unknown preset `resnet50` (known: basic32x32, basic64x64, alex64x64, resnet19_32x32, \
+             resnet34_32x32, foldresnet19_32x32)",
         );
     }
 }

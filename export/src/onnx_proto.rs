@@ -5,6 +5,8 @@
 
 /// `TensorProto.DataType.FLOAT`.
 pub const DATA_TYPE_FLOAT: i32 = 1;
+/// `TensorProto.DataType.INT64`.
+pub const DATA_TYPE_INT64: i32 = 7;
 
 /// A whole model: graph, operator sets and metadata.
 #[derive(Clone, PartialEq, prost::Message)]

@@ -1,10 +1,10 @@
 //! Turns an [`EncoderGraph`] and its metadata into an ONNX `ModelProto`, one emitter per op.
 
-use crate::graph::{EncoderGraph, Initializer, Node, Op};
+use crate::graph::{EncoderGraph, Initializer, InitializerValues, Node, Op};
 use crate::onnx_proto::{
-    AttributeProto, AttributeType, DATA_TYPE_FLOAT, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto, tensor_shape_proto,
-    type_proto,
+    AttributeProto, AttributeType, DATA_TYPE_FLOAT, DATA_TYPE_INT64, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+    tensor_shape_proto, type_proto,
 };
 use dim_models::onnx_metadata::{INPUT_NAME, ModelMetadata};
 use prost::Message;
@@ -77,10 +77,17 @@ fn value_info(name: &str, dims: &[usize]) -> ValueInfoProto {
 }
 
 fn tensor_proto(initializer: &Initializer) -> TensorProto {
-    let raw: Vec<u8> = initializer.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let (data_type, raw): (i32, Vec<u8>) = match &initializer.values {
+        InitializerValues::Float(values) => {
+            (DATA_TYPE_FLOAT, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        }
+        InitializerValues::Int64(values) => {
+            (DATA_TYPE_INT64, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        }
+    };
     TensorProto {
         dims: initializer.shape.iter().map(|&d| d as i64).collect(),
-        data_type: Some(DATA_TYPE_FLOAT),
+        data_type: Some(data_type),
         name: Some(initializer.name.clone()),
         raw_data: Some(raw),
     }
@@ -101,6 +108,9 @@ fn node_proto(node: &Node) -> NodeProto {
         Op::ReduceL2 => ("ReduceL2", vec![ints("axes", &[1]), int("keepdims", 1)]),
         Op::Max => ("Max", Vec::new()),
         Op::Div => ("Div", Vec::new()),
+        Op::Add => ("Add", Vec::new()),
+        Op::Reshape => ("Reshape", Vec::new()),
+        Op::Transpose { perm } => ("Transpose", vec![ints("perm", perm)]),
     };
     NodeProto {
         input: node.inputs.clone(),

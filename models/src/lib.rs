@@ -14,7 +14,7 @@ pub mod path_record;
 pub mod preprocess;
 pub mod preset;
 
-pub use preset::{EncoderConfig, Layer, LayerKind, Preset, TapDims};
+pub use preset::{BlockConv, Bottleneck, EncoderConfig, Layer, LayerKind, Preset, TapDims};
 
 /// The toolkit's version, recorded in checkpoints and exported models.
 pub const TOOLKIT_VERSION: &str = env!("CARGO_PKG_VERSION");

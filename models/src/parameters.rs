@@ -39,7 +39,17 @@ pub fn encoder_parameters(config: &EncoderConfig) -> Vec<ParameterSpec> {
                     push(name, vec![out_channels]);
                 }
             }
-            LayerKind::MaxPool { .. } => {}
+            LayerKind::Bottleneck(block) => {
+                for conv in block.convs() {
+                    let prefix = format!("{prefix}.{}", conv.part);
+                    let shape = vec![conv.out_channels, conv.in_channels, conv.kernel, conv.kernel];
+                    push(format!("{prefix}.conv.weight"), shape);
+                    for name in batch_norm_names(&prefix) {
+                        push(name, vec![conv.out_channels]);
+                    }
+                }
+            }
+            LayerKind::MaxPool { .. } | LayerKind::StridedCrops { .. } | LayerKind::FoldCrops { .. } => {}
             LayerKind::Linear { in_features, out_features, batch_norm_relu } => {
                 push(format!("{prefix}.linear.weight"), vec![out_features, in_features]);
                 push(format!("{prefix}.linear.bias"), vec![out_features]);
@@ -72,5 +82,23 @@ mod tests {
             .sum();
         // DIM.md: ~4.9M parameters for basic32x32 on RGB input.
         assert!((4_700_000..5_100_000).contains(&trainable), "{trainable}");
+    }
+
+    #[test]
+    fn resnet_blocks_name_each_conv_and_its_batch_norm() {
+        let config = EncoderConfig::new(Preset::ResNet19_32x32, 3).unwrap();
+        let specs = encoder_parameters(&config);
+        let shape_of = |name: &str| specs.iter().find(|s| s.name == name).map(|s| s.shape.clone());
+        assert_eq!(shape_of("encoder.conv1.conv.weight"), Some(vec![64, 3, 3, 3]));
+        assert_eq!(shape_of("encoder.block1.reduce.conv.weight"), Some(vec![64, 64, 1, 1]));
+        assert_eq!(shape_of("encoder.block1.shortcut.conv.weight"), Some(vec![256, 64, 1, 1]));
+        assert_eq!(shape_of("encoder.block3.spatial.conv.weight"), Some(vec![128, 128, 3, 3]));
+        assert_eq!(shape_of("encoder.block3.expand.bn.running_var"), Some(vec![512]));
+        assert_eq!(shape_of("encoder.block2.shortcut.conv.weight"), None, "identity shortcut");
+        assert_eq!(shape_of("encoder.fc1.linear.weight"), Some(vec![1024, 1024 * 4 * 4]));
+        let folded = EncoderConfig::new(Preset::FoldResNet19_32x32, 3).unwrap();
+        let specs = encoder_parameters(&folded);
+        let fc1 = specs.iter().find(|s| s.name == "encoder.fc1.linear.weight").unwrap();
+        assert_eq!(fc1.shape, [1024, 1024 * 7 * 7]);
     }
 }

@@ -5,6 +5,7 @@
 //! exporter reads exactly the encoder variables the trainer creates.
 
 use dim_export::{EmbeddingSource, EncoderCheckpoint, ExportOptions, export};
+use dim_infer::embedder::{Embedder, EmbedderOptions};
 use dim_models::checkpoint::{CHECKPOINT_FORMAT_VERSION, CheckpointConfig};
 use dim_models::onnx_metadata::{INPUT_NAME, OUTPUT_CONV, OUTPUT_EMBEDDING, OUTPUT_FC, OUTPUT_Y};
 use dim_models::parameters::ENCODER_PREFIX;
@@ -13,12 +14,16 @@ use dim_models::{EncoderConfig, Preset};
 use dim_train::checkpoint::save_checkpoint;
 use dim_train::critics::LocalCritic;
 use dim_train::encoder::Encoder;
+use dim_train::settings::TrainSettings;
+use dim_train::trainer::{self, RunEnd, RunOptions};
 use image::{DynamicImage, Rgb, RgbImage};
 use ort::session::Session;
 use ort::value::TensorRef;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use tch::{Device, Kind, Tensor, nn};
 
 /// Largest absolute difference accepted between ONNX Runtime and libtorch.
@@ -184,17 +189,35 @@ fn check_preset(preset: Preset, channels: usize, source: EmbeddingSource, layout
     let dir = tempfile::tempdir().unwrap();
     let checkpoint_dir = dir.path().join("checkpoint");
     write_checkpoint(&checkpoint_dir, &store, config);
+    check_export_matches(&checkpoint_dir, &store, &encoder, source);
+}
 
+/// Exports the checkpoint at `checkpoint_dir`, which holds `store`'s variables, and checks the
+/// model against `encoder` in ONNX Runtime at batch 1 and 7. Returns the directory holding the
+/// exported `model.onnx`.
+fn check_export_matches(
+    checkpoint_dir: &Path,
+    store: &nn::VarStore,
+    encoder: &Encoder,
+    source: EmbeddingSource,
+) -> tempfile::TempDir {
+    let config = *encoder.config();
+    let preset = config.preset;
     // The exporter reads exactly the encoder variables the trainer creates.
     let trainer_names: BTreeSet<String> =
         store.variables().into_keys().filter(|n| n.starts_with(&format!("{ENCODER_PREFIX}."))).collect();
     let exporter_names: BTreeSet<String> =
-        EncoderCheckpoint::read(&checkpoint_dir).unwrap().tensors.into_keys().collect();
+        EncoderCheckpoint::read(checkpoint_dir).unwrap().tensors.into_keys().collect();
     assert_eq!(trainer_names, exporter_names, "{preset}");
 
+    let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model.onnx");
-    let options =
-        ExportOptions { checkpoint_dir, out: model.clone(), embedding_source: source, search_recipe: None };
+    let options = ExportOptions {
+        checkpoint_dir: checkpoint_dir.to_path_buf(),
+        out: model.clone(),
+        embedding_source: source,
+        search_recipe: None,
+    };
     let summary = export(&options).unwrap();
     assert_eq!(summary.metadata.embedding_source, source.output_name());
     assert_onnx_checker_passes(&model);
@@ -203,16 +226,17 @@ fn check_preset(preset: Preset, channels: usize, source: EmbeddingSource, layout
     let mut session = Session::builder(environment).unwrap().commit_from_file(&model).unwrap();
     // The inference side reads back exactly the metadata the exporter wrote.
     assert_eq!(dim_infer::session::read_metadata(&session).unwrap(), summary.metadata);
-    let size = config.input_size();
+    let (channels, size) = (config.in_channels, config.input_size());
     let spec = InputSpec { channels, size, resize: ResizePolicy::Pad, background: Background::White };
     for batch in [1, 7] {
         let shape = [batch, channels, size, size];
         let random = tensor_values(&Tensor::rand(shape.map(|d| d as i64), (Kind::Float, Device::Cpu)));
-        assert_outputs_match(&mut session, &encoder, &random, shape, source.output_name());
+        assert_outputs_match(&mut session, encoder, &random, shape, source.output_name());
         let images: Vec<f32> =
             generated_images(batch).iter().flat_map(|image| image_to_input(image, &spec)).collect();
-        assert_outputs_match(&mut session, &encoder, &images, shape, source.output_name());
+        assert_outputs_match(&mut session, encoder, &images, shape, source.output_name());
     }
+    dir
 }
 
 #[test]
@@ -233,4 +257,71 @@ fn basic64x64_matches_libtorch() {
 #[test]
 fn alex64x64_with_channels_last_weights_matches_libtorch() {
     check_preset(Preset::Alex64x64, 3, EmbeddingSource::Conv, WeightLayout::ChannelsLast, 4);
+}
+
+#[test]
+fn resnet19_with_channels_last_weights_matches_libtorch() {
+    check_preset(Preset::ResNet19_32x32, 3, EmbeddingSource::Conv, WeightLayout::ChannelsLast, 5);
+}
+
+#[test]
+fn resnet34_grey_matches_libtorch() {
+    check_preset(Preset::ResNet34_32x32, 1, EmbeddingSource::Fc, WeightLayout::Contiguous, 6);
+}
+
+#[test]
+fn foldresnet19_on_strided_crops_matches_libtorch() {
+    check_preset(Preset::FoldResNet19_32x32, 3, EmbeddingSource::Y, WeightLayout::Contiguous, 7);
+}
+
+/// The ResNet on strided crops, trained a few real steps by dim-train's trainer (DIM(L), JSD,
+/// prior), exports to a graph that reproduces it.
+#[test]
+fn foldresnet19_trained_a_few_steps_exports_and_matches_libtorch() {
+    let data = tempfile::tempdir().unwrap();
+    for (index, image) in generated_images(12).iter().enumerate() {
+        image.save(data.path().join(format!("image{index:02}.png"))).unwrap();
+    }
+    let run = tempfile::tempdir().unwrap();
+    let settings = TrainSettings {
+        preset: Preset::FoldResNet19_32x32,
+        channels: 3,
+        batch_size: 6,
+        critic_width: 32,
+        lr: 1e-3,
+        ..TrainSettings::new(data.path().to_path_buf())
+    };
+    let dataset = trainer::open_training_data(&settings).unwrap();
+    let options = RunOptions {
+        out_dir: run.path().to_path_buf(),
+        device: Device::Cpu,
+        stop: Arc::new(AtomicBool::new(false)),
+        progress: false,
+        channels_last: true,
+    };
+    let outcome = trainer::train(&settings, dataset, None, &options).unwrap();
+    assert_eq!(outcome.end, RunEnd::Completed);
+    assert_eq!(outcome.epochs.last().unwrap().step, 2);
+    assert!(outcome.epochs[0].loss.is_finite());
+    let (store, encoder, config) = dim_train::checkpoint::load_encoder(run.path(), Device::Cpu).unwrap();
+    assert_eq!(config.encoder.preset, Preset::FoldResNet19_32x32);
+    let exported = check_export_matches(run.path(), &store, &encoder, EmbeddingSource::Conv);
+
+    // dim-embed's embedder reads the files and gives the encoder's normalised conv tap.
+    let options = EmbedderOptions { model: exported.path().join("model.onnx"), ..EmbedderOptions::default() };
+    let mut embedder = Embedder::try_new(options).unwrap();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(data.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    let embedded = embedder.embed(&files, 5).unwrap();
+    assert!(embedded.skipped.is_empty());
+    assert_eq!(embedded.dim, 1024 * 7 * 7);
+    let spec = config.input_spec();
+    let inputs: Vec<f32> =
+        files.iter().flat_map(|file| image_to_input(&image::open(file).unwrap(), &spec)).collect();
+    let reference = reference_outputs(&encoder, &inputs, [files.len(), 3, 32, 32], OUTPUT_CONV);
+    let (_, expected) = reference.iter().find(|(name, _)| *name == OUTPUT_EMBEDDING).unwrap();
+    let max_diff = embedded.vectors.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert_eq!(embedded.vectors.len(), expected.len());
+    assert!(max_diff <= TOLERANCE, "dim-embed differs from libtorch by {max_diff:e}");
 }

@@ -199,6 +199,23 @@ mod tests {
     }
 
     #[test]
+    fn the_global_critic_of_a_resnet_copies_the_blocks_after_the_local_map() {
+        let config = EncoderConfig::new(Preset::ResNet19_32x32, 3).unwrap();
+        let store = nn::VarStore::new(Device::Cpu);
+        let global_critic = GlobalCritic::new(&store.root(), &config, 16);
+        let [channels, height, width] = config.tap_dims().local.map(|d| d as i64);
+        let local = Tensor::rand([2, channels, height, width], (Kind::Float, Device::Cpu));
+        let y = Tensor::randn([2, 64], (Kind::Float, Device::Cpu));
+        assert_eq!(global_critic.scores(&local, &y, true).size(), [2, 2, 1]);
+        let variables = store.variables();
+        // M is block3's output: blocks 4 to 6 are copied, the earlier ones are not.
+        assert!(variables.contains_key("global_critic.local.block4.reduce.conv.weight"));
+        assert!(variables.contains_key("global_critic.local.block5.shortcut.bn.running_mean"));
+        assert!(variables.contains_key("global_critic.local.block6.expand.conv.weight"));
+        assert!(!variables.keys().any(|name| name.contains("block3") || name.contains("conv1")));
+    }
+
+    #[test]
     fn local_scores_are_dot_products_of_the_embedded_vectors() {
         let store = nn::VarStore::new(Device::Cpu);
         let critic = LocalCritic::new(&store.root(), 4, 3, 8);

@@ -28,7 +28,8 @@ struct Args {
     /// Data format.
     #[arg(long, value_enum, default_value_t = DataFormat::Auto)]
     format: DataFormat,
-    /// Encoder architecture (basic32x32, basic64x64, alex64x64).
+    /// Encoder architecture: basic32x32, basic64x64, alex64x64, or the ResNets resnet19_32x32,
+    /// resnet34_32x32 and foldresnet19_32x32 (on 7×7 strided 8×8 crops).
     #[arg(long, default_value = "basic32x32")]
     preset: Preset,
     /// Input channels: 1 (grey) or 3 (RGB).
