@@ -13,6 +13,7 @@ use dim_models::preprocess::{Background, InputSpec, ResizePolicy, image_to_input
 use dim_models::{EncoderConfig, Preset};
 use dim_train::checkpoint::save_checkpoint;
 use dim_train::critics::LocalCritic;
+use dim_train::data::CachePolicy;
 use dim_train::encoder::Encoder;
 use dim_train::settings::TrainSettings;
 use dim_train::trainer::{self, RunEnd, RunOptions};
@@ -298,6 +299,7 @@ fn foldresnet19_trained_a_few_steps_exports_and_matches_libtorch() {
         stop: Arc::new(AtomicBool::new(false)),
         progress: false,
         channels_last: true,
+        decoded_cache: CachePolicy::Auto,
     };
     let outcome = trainer::train(&settings, dataset, None, &options).unwrap();
     assert_eq!(outcome.end, RunEnd::Completed);

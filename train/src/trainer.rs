@@ -4,7 +4,10 @@
 //! stops on a non-finite loss without overwriting the last good checkpoint.
 
 use crate::checkpoint::{self, CheckpointIoError};
-use crate::data::{Augment, DataError, Dataset, LoaderOptions, Sample, batches_per_epoch, epoch_batches};
+use crate::data::{
+    Augment, CachePolicy, DataError, Dataset, DecodedCache, LoaderOptions, Sample, batches_per_epoch,
+    epoch_batches,
+};
 use crate::objective::DimModel;
 use crate::optim::{Adam, OptimizerStateError};
 use crate::prior::PRIOR_PREFIX;
@@ -105,6 +108,8 @@ pub struct RunOptions {
     /// Keep conv weights and inputs in channels-last (NHWC) memory order, which libtorch's CPU
     /// convolutions run faster on; the numbers are the same up to rounding.
     pub channels_last: bool,
+    /// Where an image folder's decoded images are kept after the first epoch.
+    pub decoded_cache: CachePolicy,
 }
 
 /// How a run ended.
@@ -210,6 +215,9 @@ impl Dataset for Prefix {
     }
     fn describe(&self) -> String {
         format!("{} (first {} used)", self.inner.describe(), self.len())
+    }
+    fn decodes_files(&self) -> bool {
+        self.inner.decodes_files()
     }
 }
 
@@ -426,6 +434,8 @@ pub fn train(
     if batch_count == 0 {
         return Err(TrainError::TooFewExamples { examples: dataset.len(), batch_size: settings.batch_size });
     }
+    let dataset =
+        DecodedCache::wrap(dataset, options.decoded_cache, &options.out_dir).map_err(TrainError::Data)?;
     let mut session =
         Session::new(settings.clone(), options.device, options.channels_last, dataset.fingerprint())?;
     if let Some(dir) = resume {

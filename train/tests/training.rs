@@ -5,7 +5,7 @@
 use dim_models::checkpoint::{CheckpointConfig, WEIGHTS_FILE};
 use dim_models::preprocess::{Background, InputSpec, ResizePolicy};
 use dim_models::{EncoderConfig, Preset};
-use dim_train::data::{DataError, Dataset, Sample};
+use dim_train::data::{CachePolicy, DataError, Dataset, Sample};
 use dim_train::estimators::Estimator;
 use dim_train::objective::{DimModel, Levers, Mode};
 use dim_train::optim::{Adam, AdamConfig};
@@ -89,6 +89,7 @@ fn options(dir: &Path) -> RunOptions {
         stop: Arc::new(AtomicBool::new(false)),
         progress: false,
         channels_last: true,
+        decoded_cache: CachePolicy::Auto,
     }
 }
 
@@ -373,4 +374,34 @@ fn dim_train_killed_with_sigkill_resumes_from_its_last_checkpoint_to_the_uninter
         .filter(|name| name.ends_with(".tmp") || name.contains("journal"))
         .collect();
     assert!(leftovers.is_empty(), "files staged by killed runs remain: {leftovers:?}");
+}
+
+#[test]
+fn the_decoded_image_cache_changes_no_loss_whichever_store_holds_it() {
+    let _turn = exclusive_torch();
+    tch::set_num_threads(2);
+    let temp = tempfile::tempdir().unwrap();
+    let data = temp.path().join("images");
+    write_image_folder(&data, 32);
+    let run_settings = TrainSettings { data: data.clone(), format: "folder".into(), ..settings(2) };
+    let mut runs = Vec::new();
+    for policy in [CachePolicy::Off, CachePolicy::Memory, CachePolicy::File] {
+        let dir = temp.path().join(format!("{policy:?}"));
+        let dataset = trainer::open_training_data(&run_settings).unwrap();
+        let options = RunOptions { decoded_cache: policy, ..options(&dir) };
+        let outcome = trainer::train(&run_settings, dataset, None, &options).unwrap();
+        assert_eq!(outcome.end, RunEnd::Completed);
+        assert_eq!(
+            dir.join(dim_train::data::CACHE_FILE).is_file(),
+            policy == CachePolicy::File,
+            "{policy:?}"
+        );
+        let losses: Vec<(f64, f64)> = outcome.epochs.iter().map(|e| (e.loss, e.mi_estimate)).collect();
+        runs.push((policy, losses));
+    }
+    let (_, uncached) = &runs[0];
+    assert_eq!(uncached.len(), 2);
+    for (policy, losses) in &runs[1..] {
+        assert_eq!(losses, uncached, "{policy:?} changed the losses");
+    }
 }

@@ -5,7 +5,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use dim_models::Preset;
 use dim_models::preprocess::{Background, ResizePolicy};
-use dim_train::data::DataFormat;
+use dim_train::data::{CachePolicy, DataFormat};
 use dim_train::device::DeviceRequest;
 use dim_train::estimators::Estimator;
 use dim_train::objective::{Levers, Mode};
@@ -107,6 +107,11 @@ struct Args {
     /// Keep tensors in the default NCHW memory order instead of channels-last (NHWC).
     #[arg(long)]
     no_channels_last: bool,
+    /// Where an image folder's decoded images are kept after the first epoch, so later epochs
+    /// (and a resumed run, with `file`) do not decode them again: auto (memory when they take
+    /// at most a quarter of the available memory, else a file in --out), memory, file or off.
+    #[arg(long, value_enum, default_value_t = CachePolicy::Auto)]
+    decoded_cache: CachePolicy,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -205,6 +210,7 @@ fn run(args: &Args) -> anyhow::Result<RunEnd> {
         stop,
         progress: !args.quiet,
         channels_last: !args.no_channels_last,
+        decoded_cache: args.decoded_cache,
     };
     let outcome = trainer::train(&settings, dataset, args.resume.as_deref(), &options)?;
     for record in &outcome.epochs {

@@ -135,6 +135,10 @@ impl Dataset for FolderDataset {
         self.fingerprint.clone()
     }
 
+    fn decodes_files(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         let classes = match self.labels {
             Some(_) => format!("{} classes", self.class_names.len()),

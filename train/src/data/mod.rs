@@ -1,14 +1,17 @@
 //! Training and evaluation data: IDX (MNIST/Fashion-MNIST), CIFAR-10/100 binaries and image
 //! folders, all yielding CHW f32 images in [0, 1] fitted to the encoder's input, plus a batch
-//! loader that shuffles by seed, decodes in parallel and prefetches.
+//! loader that shuffles by seed, decodes in parallel and prefetches, and a cache that decodes
+//! each image file only once per run.
 
 mod cifar;
+mod decoded_cache;
 mod fingerprint;
 mod folder;
 mod idx;
 mod loader;
 
 pub use cifar::{CifarDataset, CifarKind};
+pub use decoded_cache::{CACHE_FILE, CachePolicy, DecodedCache};
 pub use folder::FolderDataset;
 pub use idx::IdxDataset;
 pub use loader::{Augment, Batch, EpochBatches, LoaderOptions, batches_per_epoch, epoch_batches};
@@ -84,6 +87,11 @@ pub trait Dataset: Send + Sync {
     fn fingerprint(&self) -> String;
     /// One line for logs, e.g. "Fashion-MNIST IDX (60000 images, 10 classes)".
     fn describe(&self) -> String;
+    /// Whether [`Dataset::get`] decodes an image file (worth a [`DecodedCache`] when the same
+    /// examples are read every epoch).
+    fn decodes_files(&self) -> bool {
+        false
+    }
 }
 
 /// Which reader [`open_dataset`] uses.
