@@ -2,6 +2,7 @@
 
 mod bench;
 mod environment;
+mod regression_gate;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -16,8 +17,11 @@ Commands:
   test              setup, then cargo fmt --check, clippy -D warnings and every test.
   demo              setup, then the main job: embed the Fashion-MNIST test images with the
                     shipped model, index them, query them, and write demo-output/index.html.
-  bench [NAME...]   setup, then re-run the benchmarks (train, export, embed, index) and
-                    refresh bench/results/.
+  bench [NAME...] [--check]
+                    setup, then re-run the benchmarks (all, or the named folders of bench/)
+                    and refresh bench/results/. --check then compares every same-run ratio
+                    with the last committed report and fails when one is more than 10% lower
+                    (reports from another CPU model or core count are not compared).
 
 Environment:
   DIM_TOOLKIT_CACHE  where Python environments are kept (default ~/.cache/dim-toolkit)
