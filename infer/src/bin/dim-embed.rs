@@ -51,7 +51,9 @@ enum Command {
 /// Embedding settings.
 #[derive(clap::Args, Debug)]
 struct Args {
-    /// Image files or directories (searched recursively for image extensions).
+    /// Image files or directories (searched recursively for image extensions). A first input
+    /// named like a subcommand (`merge`, `export-parquet`) is read as that subcommand: write
+    /// `./merge` for a folder of that name.
     inputs: Vec<PathBuf>,
     /// A file listing one image path per line (relative paths are relative to the list).
     #[arg(long)]
