@@ -209,7 +209,7 @@ fn training_args(run: &TrainingRun, table: &PaperTable, data: &Path, budget: Bud
         "--data",
         &data.display().to_string(),
         "--format",
-        table.dataset.format,
+        table.dataset.train_format,
         "--preset",
         run.preset,
         "--channels",
@@ -275,7 +275,7 @@ fn probe(binaries: &Binaries, args: &PaperArgs, checkpoint: &Path, out: &Path) -
         "--data",
         &args.data.display().to_string(),
         "--format",
-        args.table.dataset.format,
+        args.table.dataset.probe_format,
         "--probes",
         "mlp",
         "--protocol",
@@ -372,6 +372,7 @@ mod tests {
             assert!(full.contains(expected), "{expected} in {full}");
         }
         assert!(full.contains("--preset alex64x64") && full.contains("--resize stretch"), "{full}");
+        assert!(full.contains("--format stl10-with-unlabelled"), "{full}");
         assert!(!full.contains("--limit"), "{full}");
         let smoke = training_args(&run, table, Path::new("/d"), Budget::Smoke).join(" ");
         assert!(smoke.contains("--epochs 1") && smoke.contains("--limit 128"), "{smoke}");

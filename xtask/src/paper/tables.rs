@@ -7,8 +7,10 @@
 pub struct PaperDataset {
     /// Name in messages.
     pub name: &'static str,
-    /// `--format` of dim-train and dim-eval.
-    pub format: &'static str,
+    /// `--format` dim-train reads.
+    pub train_format: &'static str,
+    /// `--format` dim-eval's probe reads (its labelled splits).
+    pub probe_format: &'static str,
     /// Files the train and test splits are read from.
     pub required_files: &'static [&'static str],
     /// Images in the training split (for time estimates).
@@ -20,7 +22,8 @@ pub struct PaperDataset {
 /// CIFAR-10, binary version (`cifar-10-batches-bin`).
 pub const CIFAR10: PaperDataset = PaperDataset {
     name: "CIFAR-10 (binary version)",
-    format: "cifar10",
+    train_format: "cifar10",
+    probe_format: "cifar10",
     required_files: &[
         "data_batch_1.bin",
         "data_batch_2.bin",
@@ -36,17 +39,21 @@ pub const CIFAR10: PaperDataset = PaperDataset {
 /// CIFAR-100, binary version (`cifar-100-binary`), fine labels.
 pub const CIFAR100: PaperDataset = PaperDataset {
     name: "CIFAR-100 (binary version)",
-    format: "cifar100",
+    train_format: "cifar100",
+    probe_format: "cifar100",
     required_files: &["train.bin", "test.bin"],
     train_images: 50_000,
     resize: "pad",
 };
 
 /// STL-10, binary version (`stl10_binary`): 96×96 images, resized to the 64×64 the paper's
-/// AlexNet-style encoder takes, as the official code's STL-10 command does.
+/// AlexNet-style encoder takes, as the official code's STL-10 command does. DIM trains on the
+/// labelled train images plus the 100,000 unlabelled ones (the official data loader's
+/// `train+unlabeled` split); the probe trains on the 5,000 labelled ones.
 pub const STL10: PaperDataset = PaperDataset {
     name: "STL-10 (binary version)",
-    format: "stl10",
+    train_format: "stl10-with-unlabelled",
+    probe_format: "stl10",
     required_files: &["train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin", "unlabeled_X.bin"],
     train_images: 105_000,
     resize: "stretch",
