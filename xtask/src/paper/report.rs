@@ -3,6 +3,7 @@
 
 use super::tables::{PaperTable, Row};
 use dim_models::atomic_file;
+use dim_models::checkpoint::{WEIGHTS_FILE, sha256_hex};
 use serde::Serialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -78,6 +79,18 @@ pub fn read_probe_report(path: &Path, checkpoint: &Path) -> Result<RunScore, Str
         examples: (count("train")?, count("test")?),
         epochs_trained: report["checkpoint"]["config"]["epoch"].as_u64().ok_or_else(|| bad("no epoch"))?,
     })
+}
+
+/// Whether `path` is a paper-protocol probe report, unchanged from the protocol, of the weights
+/// now in `checkpoint` (so a rerun after an interruption need not probe it again).
+pub fn probe_report_is_current(path: &Path, checkpoint: &Path) -> bool {
+    let (Ok(report), Ok(weights)) = (read_json(path), std::fs::read(checkpoint.join(WEIGHTS_FILE))) else {
+        return false;
+    };
+    let mlp = &report["settings"]["mlp"];
+    mlp["protocol"] == "paper"
+        && mlp["overrides"].as_array().is_some_and(|changes| changes.is_empty())
+        && report["checkpoint"]["weights_sha256"] == sha256_hex(&weights).as_str()
 }
 
 /// Training throughput of the last epoch dim-train logged in `checkpoint`.
@@ -243,5 +256,34 @@ impl TableReport {
         let files = vec![stage("table.md", self.markdown())?, stage("table.json", self.json())?];
         atomic_file::commit_together(dir, files)
             .map_err(|e| format!("cannot commit the table in {}: {e}", dir.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_probe_report_is_reused_only_for_the_same_weights_under_the_unchanged_paper_protocol() {
+        let dir = tempfile::tempdir().unwrap();
+        let (checkpoint, report) = (dir.path().join("run"), dir.path().join("probe.json"));
+        std::fs::create_dir(&checkpoint).unwrap();
+        std::fs::write(checkpoint.join(WEIGHTS_FILE), b"weights").unwrap();
+        let write = |protocol: &str, overrides: Vec<&str>, weights: &[u8]| {
+            let json = serde_json::json!({
+                "settings": {"mlp": {"protocol": protocol, "overrides": overrides}},
+                "checkpoint": {"weights_sha256": sha256_hex(weights)},
+            });
+            std::fs::write(&report, json.to_string()).unwrap();
+        };
+        assert!(!probe_report_is_current(&report, &checkpoint), "no report yet");
+        write("paper", vec![], b"weights");
+        assert!(probe_report_is_current(&report, &checkpoint));
+        write("paper", vec![], b"older weights");
+        assert!(!probe_report_is_current(&report, &checkpoint));
+        write("paper", vec!["epochs 2 (paper protocol: 1000)"], b"weights");
+        assert!(!probe_report_is_current(&report, &checkpoint));
+        write("fast", vec![], b"weights");
+        assert!(!probe_report_is_current(&report, &checkpoint));
     }
 }
