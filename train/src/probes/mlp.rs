@@ -7,6 +7,13 @@
 //!   `nn.Linear` initialisation, Adam at 1e-4 with betas (0.5, 0.999), the learning rate ×0.1 at
 //!   epochs 50 and 100, batches of 64, 1000 epochs (the evaluation command of the official
 //!   README), on the encoder's raw activations (no standardisation).
+//!
+//!   Known departures from the official run: features are extracted once, from un-augmented
+//!   images, with the encoder in eval mode, whereas the official code runs the frozen encoder on
+//!   every batch (so STL-10's random flips also reach its classifier); whether that encoder's
+//!   BatchNorm used batch statistics there depends on the cortex framework's train/eval
+//!   switching, which is not part of the DIM repository and was not checked. The reported score
+//!   is the test accuracy after the last epoch.
 //! - [`MlpProtocol::Fast`] is this toolkit's shortened default: Linear → BatchNorm → ReLU →
 //!   Dropout → Linear on standardised features, Adam at 1e-3 with PyTorch's default betas, 20
 //!   epochs with drops at 10 and 15, batches of 128, so that a probe on 60,000 × 4,096 features
