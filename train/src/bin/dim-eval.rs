@@ -165,7 +165,7 @@ struct ProbeArgs {
     /// Checkpoint directory (config.json + weights.safetensors).
     #[arg(long, required = true)]
     checkpoint: Option<PathBuf>,
-    /// Labelled dataset with train and test splits (IDX or CIFAR directory).
+    /// Labelled dataset with train and test splits (IDX, CIFAR or STL-10 binary directory).
     #[arg(long, required = true)]
     data: Option<PathBuf>,
     /// Separate test set, for sources without a test split (image folders).
