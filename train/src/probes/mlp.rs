@@ -13,7 +13,9 @@
 //!   every batch (so STL-10's random flips also reach its classifier); whether that encoder's
 //!   BatchNorm used batch statistics there depends on the cortex framework's train/eval
 //!   switching, which is not part of the DIM repository and was not checked. The reported score
-//!   is the test accuracy after the last epoch.
+//!   is the test accuracy after the last epoch. The official README itself warns that this
+//!   schedule "isn't precisely what was used across models in the paper" (rates differed per
+//!   classifier), so this is the official code's protocol, the closest published one.
 //! - [`MlpProtocol::Fast`] is this toolkit's shortened default: Linear → BatchNorm → ReLU →
 //!   Dropout → Linear on standardised features, Adam at 1e-3 with PyTorch's default betas, 20
 //!   epochs with drops at 10 and 15, batches of 128, so that a probe on 60,000 × 4,096 features
