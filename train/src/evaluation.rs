@@ -11,7 +11,7 @@ use crate::features::{
 };
 use crate::probes::knn::{KnnOptions, knn_probe};
 use crate::probes::linear::train_linear_probe;
-use crate::probes::mlp::train_mlp_probe;
+use crate::probes::mlp::{MlpRecipe, train_mlp_probe};
 use crate::probes::{ProbeData, ProbeError, ProbeKind, ProbeScore, TrainingSchedule};
 use dim_models::checkpoint::{CheckpointConfig, WEIGHTS_FILE, sha256_hex};
 use dim_models::preprocess::InputSpec;
@@ -34,12 +34,6 @@ pub enum Baseline {
     /// An encoder of the checkpoint's shape with seeded random weights, never trained.
     Random,
 }
-
-/// Why the MLP probe's default schedule differs from the paper's; recorded in the JSON.
-pub const MLP_SCHEDULE_NOTE: &str = "The DIM paper trains its MLP probe with Adam at lr 1e-4 for a long run with lr x0.1 \
-     at epochs 50 and 100; the defaults here are a shortened schedule so a probe on 60,000 x 4,096 features \
-     finishes in minutes on 2 CPU cores. Pass --mlp-epochs 150 --mlp-lr 1e-4 --mlp-lr-drops 50,100 for the \
-     paper's schedule.";
 
 /// Everything a probe run needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,8 +63,8 @@ pub struct EvalSettings {
     pub batch_size: usize,
     /// Linear probe schedule.
     pub linear: TrainingSchedule,
-    /// MLP probe schedule.
-    pub mlp: TrainingSchedule,
+    /// MLP probe recipe: its protocol, architecture, optimiser and schedule.
+    pub mlp: MlpRecipe,
     /// k-NN settings.
     pub knn: KnnOptions,
 }
@@ -215,8 +209,8 @@ pub struct SplitSummary {
 pub struct EvalReport {
     /// The settings it ran with.
     pub settings: EvalSettings,
-    /// Why the MLP schedule may differ from the paper's.
-    pub mlp_schedule_note: String,
+    /// The MLP probe's recipe in one line, and where its protocol's settings come from.
+    pub mlp_protocol_note: String,
     /// The checkpoint.
     pub checkpoint: CheckpointSummary,
     /// The train split.
@@ -303,13 +297,20 @@ pub fn evaluate(
     let mut run_model = |model: &str, train_features: ModelFeatures, test_features: ModelFeatures| {
         for ((_, tap, train_x), (_, _, test_x)) in train_features.into_iter().zip(test_features) {
             let (train_y, test_y) = (train.1.labels.shallow_clone(), test.1.labels.shallow_clone());
-            let data = ProbeData::new(train_x, train_y, test_x, test_y, num_classes)
-                .map_err(|source| EvalError::ProbeInput { model: model.into(), tap, source })?
-                .standardised();
+            let raw = ProbeData::new(train_x, train_y, test_x, test_y, num_classes)
+                .map_err(|source| EvalError::ProbeInput { model: model.into(), tap, source })?;
+            // Every probe reads standardised features except an MLP whose protocol reads the
+            // encoder's activations as they are (the official code's classifier).
+            let reads_raw = |probe: ProbeKind| probe == ProbeKind::Mlp && !settings.mlp.standardise_features;
+            let standardised = settings.probes.iter().any(|&p| !reads_raw(p)).then(|| raw.standardised());
             for &probe in &settings.probes {
+                let data = match &standardised {
+                    Some(standardised) if !reads_raw(probe) => standardised,
+                    _ => &raw,
+                };
                 let bar = progress.bar(format!("{probe} probe on {model}/{tap}"));
                 let started = Instant::now();
-                let score = run_probe(probe, &data, settings, device, &bar)
+                let score = run_probe(probe, data, settings, device, &bar)
                     .map_err(|source| EvalError::Probe { model: model.into(), tap, probe, source })?;
                 bar.finish_and_clear();
                 let seconds = started.elapsed().as_secs_f64();
@@ -365,7 +366,11 @@ pub fn evaluate(
 
     Ok(EvalReport {
         settings: settings.clone(),
-        mlp_schedule_note: MLP_SCHEDULE_NOTE.into(),
+        mlp_protocol_note: format!(
+            "{}. Source: {}.",
+            settings.mlp.describe(),
+            settings.mlp.protocol.source()
+        ),
         checkpoint,
         train: train.0,
         test: test.0,
@@ -504,6 +509,10 @@ impl EvalReport {
             out.push('\n');
         }
         out.push_str("test accuracy % (train accuracy % for trained probes)\n");
+        if probes.contains(&ProbeKind::Mlp) {
+            out.push_str(&self.settings.mlp.describe());
+            out.push('\n');
+        }
         out
     }
 
@@ -542,6 +551,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::checkpoint::save_checkpoint;
     use crate::probes::knn::Vote;
+    use crate::probes::mlp::MlpProtocol;
     use dim_models::checkpoint::CHECKPOINT_FORMAT_VERSION;
     use dim_models::preprocess::ResizePolicy;
     use dim_models::{EncoderConfig, Preset};
@@ -621,7 +631,11 @@ pub(crate) mod tests {
             seed: 0,
             batch_size: 16,
             linear: quick(crate::probes::linear::default_schedule()),
-            mlp: quick(crate::probes::mlp::default_schedule()),
+            // The paper's MLP reads raw features while the other probes read standardised ones.
+            mlp: MlpRecipe {
+                schedule: quick(MlpProtocol::Paper.recipe(0).schedule),
+                ..MlpProtocol::Paper.recipe(0)
+            },
             knn: KnnOptions { k: 5, vote: Vote::Majority, chunk_rows: 8 },
         };
         let report = evaluate(&settings, Device::Cpu, Progress { visible: false }).unwrap();
@@ -648,7 +662,11 @@ pub(crate) mod tests {
         assert_eq!(report.checkpoint.weights_sha256.len(), 64);
 
         let table = report.table();
-        assert_eq!(table.lines().count(), 1 + 7 + 1, "{table}");
+        assert_eq!(table.lines().count(), 1 + 7 + 2, "{table}");
+        assert!(
+            table.contains("mlp probe, paper protocol: Linear-200 then Dropout, BatchNorm, ReLU"),
+            "{table}"
+        );
         let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
         assert_eq!(header, ["model/tap", "linear", "mlp", "knn"]);
         assert!(table.contains("raw/pixels (1024d)"), "{table}");
@@ -660,6 +678,9 @@ pub(crate) mod tests {
         let value: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         assert_eq!(value["settings"]["format"], "auto");
         assert_eq!(value["entries"][0]["probe"], "linear");
+        assert_eq!(value["settings"]["mlp"]["protocol"], "paper");
+        assert_eq!(value["settings"]["mlp"]["standardise_features"], false);
+        assert!(value["mlp_protocol_note"].as_str().unwrap().contains("rdevon/DIM"), "{value}");
     }
 
     /// Writes `count` 10×10 PNGs per class folder, class `b` bright on top and `a` below.
@@ -697,7 +718,7 @@ pub(crate) mod tests {
             seed: 0,
             batch_size: 4,
             linear: crate::probes::linear::default_schedule(),
-            mlp: crate::probes::mlp::default_schedule(),
+            mlp: MlpProtocol::Fast.recipe(0),
             knn: KnnOptions { k: 3, ..KnnOptions::default() },
         };
         let err = evaluate(&settings, Device::Cpu, Progress { visible: false }).unwrap_err();
@@ -727,7 +748,7 @@ pub(crate) mod tests {
             seed: 0,
             batch_size: 16,
             linear: crate::probes::linear::default_schedule(),
-            mlp: crate::probes::mlp::default_schedule(),
+            mlp: MlpProtocol::Fast.recipe(0),
             knn: KnnOptions::default(),
         };
         let err = evaluate(&settings, Device::Cpu, Progress { visible: false }).unwrap_err();

@@ -1,7 +1,9 @@
-//! `cargo xtask`: the project's chores (set-up, tests, demo, benchmarks) as one entry point.
+//! `cargo xtask`: the project's chores (set-up, tests, demo, benchmarks, the paper's tables) as
+//! one entry point.
 
 mod bench;
 mod environment;
+mod paper;
 mod regression_gate;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +24,10 @@ Commands:
                     and refresh bench/results/. --check then compares every same-run ratio
                     with the last committed report and fails when one is more than 10% lower
                     (reports from another CPU model or core count are not compared).
+  paper <table> --data DIR [--out DIR] [--device cpu|cuda|cuda:N] [--smoke]
+                    Train and probe the rows of one of the DIM paper's tables (cifar10,
+                    cifar100, stl10, resnet-cifar10) at the official settings and write the
+                    paper's numbers beside ours. `cargo xtask paper --help` for details.
 
 Environment:
   DIM_TOOLKIT_CACHE  where Python environments are kept (default ~/.cache/dim-toolkit)
@@ -35,6 +41,7 @@ fn main() -> ExitCode {
         Some("test") => run_tests(),
         Some("demo") => run_demo(&args[1..]),
         Some("bench") => bench::run(&workspace_root(), &args[1..]),
+        Some("paper") => paper::run(&workspace_root(), &args[1..]),
         Some("-h" | "--help" | "help") | None => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;

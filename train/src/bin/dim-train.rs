@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Training data: an IDX or CIFAR directory or file, or a folder of images.
+    /// Training data: an IDX or CIFAR directory or file, an STL-10 binary directory, or a folder of
+    /// images.
     #[arg(long, required_unless_present = "resume")]
     data: Option<PathBuf>,
     /// Data format.

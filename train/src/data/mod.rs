@@ -1,7 +1,7 @@
-//! Training and evaluation data: IDX (MNIST/Fashion-MNIST), CIFAR-10/100 binaries and image
-//! folders, all yielding CHW f32 images in [0, 1] fitted to the encoder's input, plus a batch
-//! loader that shuffles by seed, decodes in parallel and prefetches, and a cache that decodes
-//! each image file only once per run.
+//! Training and evaluation data: IDX (MNIST/Fashion-MNIST), CIFAR-10/100 and STL-10 binaries
+//! and image folders, all yielding CHW f32 images in [0, 1] fitted to the encoder's input, plus a
+//! batch loader that shuffles by seed, decodes in parallel and prefetches, and a cache that
+//! decodes each image file only once per run.
 
 mod cifar;
 mod decoded_cache;
@@ -9,12 +9,14 @@ mod fingerprint;
 mod folder;
 mod idx;
 mod loader;
+mod stl10;
 
 pub use cifar::{CifarDataset, CifarKind};
 pub use decoded_cache::{CACHE_FILE, CachePolicy, DecodedCache};
 pub use folder::FolderDataset;
 pub use idx::IdxDataset;
 pub use loader::{Augment, Batch, EpochBatches, LoaderOptions, batches_per_epoch, epoch_batches};
+pub use stl10::Stl10Dataset;
 
 use dim_models::preprocess::InputSpec;
 use std::path::Path;
@@ -106,6 +108,11 @@ pub enum DataFormat {
     Cifar10,
     /// CIFAR-100 binary files (fine labels).
     Cifar100,
+    /// STL-10 binary files (`stl10_binary/`): the labelled train and test splits.
+    Stl10,
+    /// STL-10 binary files with the 100,000 unlabelled images added to the train split, for
+    /// self-supervised training (the test split is unchanged).
+    Stl10WithUnlabelled,
     /// A folder of image files, labelled by first-level subfolder when every image has one.
     Folder,
 }
@@ -140,6 +147,8 @@ pub fn open_dataset(
         DataFormat::Idx => Arc::new(IdxDataset::open(path, split, spec)?),
         DataFormat::Cifar10 => Arc::new(CifarDataset::open(path, CifarKind::Cifar10, split, spec)?),
         DataFormat::Cifar100 => Arc::new(CifarDataset::open(path, CifarKind::Cifar100, split, spec)?),
+        DataFormat::Stl10 => Arc::new(Stl10Dataset::open(path, split, false, spec)?),
+        DataFormat::Stl10WithUnlabelled => Arc::new(Stl10Dataset::open(path, split, true, spec)?),
         DataFormat::Folder => Arc::new(FolderDataset::open(path, spec)?),
         DataFormat::Auto => unreachable!("detect_format picks a concrete format"),
     })
@@ -160,6 +169,9 @@ fn detect_format(path: &Path) -> Result<DataFormat, DataError> {
         if CifarKind::Cifar100.has_split_files(path) {
             return Ok(DataFormat::Cifar100);
         }
+        if stl10::has_split_files(path) {
+            return Ok(DataFormat::Stl10);
+        }
         return Ok(DataFormat::Folder);
     }
     if dim_models::idx::has_idx_magic(path)? {
@@ -168,7 +180,7 @@ fn detect_format(path: &Path) -> Result<DataFormat, DataError> {
     Err(DataError::Format {
         path: path.into(),
         reason: "cannot tell the dataset format: not a directory and not an IDX file; \
-                 pass --format (idx, cifar10, cifar100 or folder)"
+                 pass --format (idx, cifar10, cifar100, stl10 or folder)"
             .into(),
     })
 }

@@ -19,7 +19,8 @@ use tch::{Device, Kind, Tensor};
 pub enum ProbeKind {
     /// Multinomial logistic regression.
     Linear,
-    /// Linear → BatchNorm → ReLU → Dropout → Linear (the DIM paper's nonlinear probe).
+    /// One hidden layer of 200 units with BatchNorm, ReLU and dropout (the DIM paper's nonlinear
+    /// probe), trained by a named protocol (fast or paper).
     Mlp,
     /// k-nearest neighbours by cosine similarity.
     Knn,
@@ -131,7 +132,7 @@ impl ProbeData {
 
     /// Standardises both splits with the train split's per-dimension mean and standard deviation,
     /// so probe learning rates and k-NN similarities do not depend on each feature's scale.
-    pub fn standardised(self) -> Self {
+    pub fn standardised(&self) -> Self {
         let _guard = tch::no_grad_guard();
         let mean = self.train_features.mean_dim(0, true, Kind::Float);
         let std = self.train_features.std_dim(0, false, true);
@@ -139,8 +140,10 @@ impl ProbeData {
         let scale = |x: &Tensor| (x - &mean) / &std;
         ProbeData {
             train_features: scale(&self.train_features),
+            train_labels: self.train_labels.shallow_clone(),
             test_features: scale(&self.test_features),
-            ..self
+            test_labels: self.test_labels.shallow_clone(),
+            num_classes: self.num_classes,
         }
     }
 
