@@ -190,6 +190,9 @@ fn resuming_on_other_data_is_refused() {
 
 #[test]
 fn the_discriminator_step_changes_only_the_discriminator() {
+    // Creating the variables draws from libtorch's global generator, which the reproducibility
+    // tests must have to themselves.
+    let _turn = exclusive_torch();
     let store = nn::VarStore::new(Device::Cpu);
     let config = EncoderConfig::new(Preset::Basic32x32, 1).unwrap();
     let model =
