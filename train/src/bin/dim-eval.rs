@@ -14,6 +14,7 @@ use dim_train::data::DataFormat;
 use dim_train::device::DeviceRequest;
 use dim_train::evaluation::{Baseline, EvalSettings, Progress, evaluate};
 use dim_train::features::Tap;
+use dim_train::measures::mine::{self, MineOptions};
 use dim_train::measures::ms_ssim::{self, MsSsimOptions};
 use dim_train::measures::{
     MeasureReport, MeasureRun, MeasureSchedule, MeasureScore, MeasureSettings, run_measure,
@@ -64,6 +65,10 @@ enum Command {
     /// reconstructions by MS-SSIM (and single-scale SSIM), for the checkpoint and the baselines.
     #[command(after_long_help = MS_SSIM_NOTES)]
     MsSsim(MsSsimArgs),
+    /// Estimate I(X; Y) between images and a frozen tap with MINE: a Donsker-Varadhan critic
+    /// trained after the fact, reporting its bound on held-out pairs.
+    #[command(after_long_help = MINE_NOTES)]
+    Mine(MineArgs),
     /// Train the same encoder end to end with labels (linear classifier on Y, cross-entropy,
     /// Adam betas 0.5/0.999 as in DIM runs) and write a checkpoint that `probe` reads.
     TrainSupervised(SupervisedArgs),
@@ -106,6 +111,18 @@ Notes:
   for CPU runs. The official run trains for 150 epochs at batch 64 (lr x0.1 at 50 and 100); the
   step budget here is yours to set, and the JSON records it. Raw pixels are an upper reference:
   the decoder only has to learn the identity.";
+
+/// Notes shown after the mine options in `--help`.
+const MINE_NOTES: &str = "\
+Example:
+  dim-eval mine --checkpoint runs/fmnist --data /usr/share/datasets/fashion-mnist --tap y \\
+      --steps 2000 --out mine.json
+
+Notes:
+  The critic is T(x, y) = <phi(x), psi(y)> / sqrt(units): phi a fresh encoder of the checkpoint's
+  preset plus a linear layer, psi an MLP. It is trained on the train split (every other image of a
+  batch serves as a marginal sample) and the bound is reported on the test split over every pair
+  of distinct test images. Raw pixels have no finite I(X; X) and are not a baseline here.";
 
 /// What every measure reads and which models it scores.
 #[derive(Debug, Args)]
@@ -190,6 +207,32 @@ struct MsSsimArgs {
     width: usize,
     /// JSON report path (written atomically).
     #[arg(long, default_value = "ms-ssim.json")]
+    out: PathBuf,
+}
+
+/// MINE run settings.
+#[derive(Debug, Args)]
+struct MineArgs {
+    #[command(flatten)]
+    common: MeasureArgs,
+    /// Baselines, comma-separated: random (untrained encoder, seeded). Give `--baselines` with
+    /// no value for none.
+    #[arg(long, value_enum, value_delimiter = ',', num_args = 0.., default_value = "random")]
+    baselines: Vec<Baseline>,
+    /// Critic optimiser steps.
+    #[arg(long, default_value_t = 2000)]
+    steps: usize,
+    /// Pairs per critic step (each batch also gives batch x (batch - 1) marginal pairs).
+    #[arg(long, default_value_t = 128)]
+    train_batch: usize,
+    /// Critic Adam learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Width of the critic's MLP and of its embeddings.
+    #[arg(long, default_value_t = 256)]
+    units: usize,
+    /// JSON report path (written atomically).
+    #[arg(long, default_value = "mine.json")]
     out: PathBuf,
 }
 
@@ -541,6 +584,31 @@ fn measure_ms_ssim(args: MsSsimArgs) -> anyhow::Result<()> {
     finish_measure(&report, &args.out)
 }
 
+fn measure_mine(args: MineArgs) -> anyhow::Result<()> {
+    set_threads(args.common.threads)?;
+    let device = args.common.device.resolve()?;
+    let options = MineOptions {
+        schedule: MeasureSchedule {
+            steps: args.steps,
+            batch_size: args.train_batch,
+            learning_rate: args.lr,
+            seed: args.common.seed,
+        },
+        units: args.units,
+    };
+    let run = MeasureRun {
+        name: "mine",
+        options: &options,
+        method: mine::METHOD,
+        raw_not_applicable: Some("I(X; X) of continuous pixels is infinite; use --baselines random"),
+    };
+    let settings = args.common.settings(args.baselines);
+    let report = run_measure(&settings, run, device, Progress { visible: true }, |data, bar| {
+        mine::image_mine_score(data, &options, device, bar)
+    })?;
+    finish_measure(&report, &args.out)
+}
+
 fn train_supervised(args: SupervisedArgs) -> anyhow::Result<()> {
     set_threads(args.threads)?;
     let job = SupervisedJob {
@@ -577,6 +645,7 @@ fn main() -> ExitCode {
         Some(Command::Probe(args)) => probe(args),
         Some(Command::Retrieval(args)) => retrieval(args),
         Some(Command::MsSsim(args)) => measure_ms_ssim(args),
+        Some(Command::Mine(args)) => measure_mine(args),
         Some(Command::TrainSupervised(args)) => train_supervised(args),
         None => probe(cli.probe),
     };

@@ -4,6 +4,7 @@
 //! run settings, reading a checkpoint, its baselines and the data splits once, the training
 //! schedule of the measures' own small networks, and the JSON report.
 
+pub mod mine;
 pub mod ms_ssim;
 
 use crate::checkpoint::load_encoder;
@@ -14,6 +15,7 @@ use crate::evaluation::{
     read_split, utc_timestamp,
 };
 use crate::features::{LabelledImages, Tap, encoder_features, pixel_features, random_encoder};
+use dim_models::EncoderConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -191,6 +193,8 @@ pub struct TapData<'a> {
     pub train_images: &'a Tensor,
     /// `[N_test, C, H, W]` images in [0, 1].
     pub test_images: &'a Tensor,
+    /// The checkpoint's encoder shape, which a measure's own image networks copy.
+    pub encoder: EncoderConfig,
 }
 
 /// A measure's result on one model and tap: a name per column for the table, and its values.
@@ -368,6 +372,7 @@ pub fn run_measure<O: Clone + Serialize, S: MeasureScore>(
                 test_features,
                 train_images: &train.images,
                 test_images: &test.images,
+                encoder: config.encoder,
             };
             let bar = progress.bar(format!("{} on {model}/{tap}", run.name));
             let started = Instant::now();
@@ -448,9 +453,16 @@ pub(crate) fn ensure_finite(loss: &Tensor, what: &'static str) -> Result<(), Mea
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use super::mine::{MineOptions, image_mine_score};
     use super::ms_ssim::{METHOD, MsSsimOptions, reconstruction_score};
     use super::*;
+
+    /// One libtorch thread for the measures' tiny networks: they gain nothing from intra-op
+    /// parallelism, and on a busy two-core machine spin-waiting workers slow them tenfold.
+    pub(crate) fn single_threaded() {
+        tch::set_num_threads(1);
+    }
     use crate::evaluation::tests::{write_checkpoint, write_checkpoint_with_channels, write_idx};
 
     pub(crate) fn settings(dir: &Path, taps: Vec<Tap>, baselines: Vec<Baseline>) -> MeasureSettings {
@@ -484,6 +496,7 @@ mod tests {
 
     #[test]
     fn ms_ssim_runs_on_every_model_and_the_json_reads_back() {
+        single_threaded();
         let dir = tempfile::tempdir().unwrap();
         let mut settings = settings(dir.path(), vec![Tap::Y], vec![Baseline::Raw, Baseline::Random]);
         let supervised = dir.path().join("supervised");
@@ -556,5 +569,37 @@ mod tests {
         let err =
             run_measure(&settings, run(), Device::Cpu, Progress { visible: false }, measure).unwrap_err();
         assert!(err.to_string().contains("nowhere"), "{err}");
+    }
+
+    #[test]
+    fn mine_runs_on_the_checkpoint_and_the_random_encoder_and_refuses_raw_pixels() {
+        single_threaded();
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = settings(dir.path(), vec![Tap::Y], vec![Baseline::Random, Baseline::Raw]);
+        let options = MineOptions {
+            schedule: MeasureSchedule { steps: 10, batch_size: 16, learning_rate: 1e-3, seed: 0 },
+            units: 32,
+        };
+        let run = || MeasureRun {
+            name: "mine",
+            options: &options,
+            method: mine::METHOD,
+            raw_not_applicable: Some("I(X; X) is infinite"),
+        };
+        let measure = |data: &TapData<'_>, bar: &indicatif::ProgressBar| {
+            image_mine_score(data, &options, Device::Cpu, bar)
+        };
+        let err =
+            run_measure(&settings, run(), Device::Cpu, Progress { visible: false }, measure).unwrap_err();
+        assert!(matches!(err, MeasureError::NotApplicable { .. }), "{err}");
+        assert!(err.to_string().contains("raw pixels"), "{err}");
+
+        settings.baselines = vec![Baseline::Random];
+        let report =
+            run_measure(&settings, run(), Device::Cpu, Progress { visible: false }, measure).unwrap();
+        let rows: Vec<(&str, Tap)> = report.entries.iter().map(|e| (e.model.as_str(), e.tap)).collect();
+        assert_eq!(rows, [("checkpoint", Tap::Y), ("random", Tap::Y)]);
+        assert!(report.entries.iter().all(|e| e.score.mi.is_finite() && e.score.train_mi.is_finite()));
+        assert_eq!(report.measure, "mine");
     }
 }
