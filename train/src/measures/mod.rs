@@ -6,6 +6,7 @@
 
 pub mod mine;
 pub mod ms_ssim;
+pub mod ndm;
 
 use crate::checkpoint::load_encoder;
 use crate::data::DataFormat;
@@ -456,6 +457,7 @@ pub(crate) fn ensure_finite(loss: &Tensor, what: &'static str) -> Result<(), Mea
 pub(crate) mod tests {
     use super::mine::{MineOptions, image_mine_score};
     use super::ms_ssim::{METHOD, MsSsimOptions, reconstruction_score};
+    use super::ndm::{NdmOptions, feature_ndm_score};
     use super::*;
 
     /// One libtorch thread for the measures' tiny networks: they gain nothing from intra-op
@@ -541,10 +543,17 @@ pub(crate) mod tests {
             (&read.settings, &read.options, &read.checkpoint),
             (&report.settings, &options, &report.checkpoint)
         );
-        let scores = |r: &MeasureReport<MsSsimOptions, ms_ssim::MsSsimScore>| -> Vec<_> {
-            r.entries.iter().map(|e| (e.model.clone(), e.tap, e.score.clone())).collect()
-        };
-        assert_eq!(scores(&read), scores(&report));
+        assert_eq!(read.entries.len(), report.entries.len());
+        for (read, written) in read.entries.iter().zip(&report.entries) {
+            assert_eq!(
+                (&read.model, read.tap, read.score.scales),
+                (&written.model, written.tap, written.score.scales)
+            );
+            let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+            assert!(
+                close(read.score.ms_ssim, written.score.ms_ssim) && close(read.score.mse, written.score.mse)
+            );
+        }
     }
 
     #[test]
@@ -601,5 +610,26 @@ pub(crate) mod tests {
         assert_eq!(rows, [("checkpoint", Tap::Y), ("random", Tap::Y)]);
         assert!(report.entries.iter().all(|e| e.score.mi.is_finite() && e.score.train_mi.is_finite()));
         assert_eq!(report.measure, "mine");
+    }
+
+    #[test]
+    fn ndm_runs_on_the_checkpoint_and_raw_pixels() {
+        single_threaded();
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path(), vec![Tap::Y], vec![Baseline::Raw]);
+        let options = NdmOptions {
+            schedule: MeasureSchedule { steps: 5, batch_size: 32, learning_rate: 1e-4, seed: 0 },
+        };
+        let run =
+            MeasureRun { name: "ndm", options: &options, method: ndm::METHOD, raw_not_applicable: None };
+        let report = run_measure(&settings, run, Device::Cpu, Progress { visible: false }, |data, bar| {
+            feature_ndm_score(data, &options, Device::Cpu, bar)
+        })
+        .unwrap();
+        let rows: Vec<(&str, Tap, usize)> =
+            report.entries.iter().map(|e| (e.model.as_str(), e.tap, e.dims)).collect();
+        assert_eq!(rows, [("checkpoint", Tap::Y, 64), ("raw", Tap::Pixels, 1024)]);
+        assert!(report.entries.iter().all(|e| e.score.ndm.is_finite() && e.score.kl.is_finite()));
+        assert!(report.table().lines().next().unwrap().contains("ndm"));
     }
 }
