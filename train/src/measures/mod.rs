@@ -289,7 +289,8 @@ impl<O: Serialize, S: MeasureScore> MeasureReport<O, S> {
     }
 }
 
-/// What a measure says about the models it is run on.
+/// How a measure presents itself to [`run_measure`]: its name, options and method note for the
+/// report, and whether it refuses the raw-pixel baseline.
 pub struct MeasureRun<'a, O> {
     /// Its name in reports and errors.
     pub name: &'static str,
