@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor, nn};
 
 /// What the JSON records about how the measure is computed.
 pub const METHOD: &str = "MINE without the moving-average gradient correction: a separable critic \
-     T(x, y) = <phi(x), psi(y)> is trained with Adam to maximise the Donsker-Varadhan bound \
+     T(x, y) = <phi(x), psi(y)> is trained with Adam, on features standardised with the train split's per-dimension mean and std (which leaves I(X; Y) unchanged), to maximise the Donsker-Varadhan bound \
      E_joint[T] - log E_marginals[exp T] on the train split, where each batch pairs every image with every \
      other image's features as marginal samples. phi is a freshly initialised encoder of the checkpoint's \
      preset (its Y output) followed by Linear(64 -> units); psi is Linear-ReLU-Linear-ReLU-Linear with units \

@@ -15,7 +15,7 @@ use crate::evaluation::{
     Baseline, CheckpointSummary, EvalError, Progress, SplitSummary, checkpoint_summary, open_splits,
     read_split, utc_timestamp,
 };
-use crate::features::{LabelledImages, Tap, encoder_features, pixel_features, random_encoder};
+use crate::features::{LabelledImages, Tap, encoder_features, pixel_features, random_encoder, standardise};
 use dim_models::EncoderConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -186,9 +186,10 @@ pub enum MeasureError {
 /// One model's frozen features of one tap, with the images they came from.
 #[derive(Debug)]
 pub struct TapData<'a> {
-    /// `[N_train, D]` f32 features.
+    /// `[N_train, D]` f32 features, standardised with the train split's per-dimension mean and
+    /// standard deviation (see [`run_measure`]).
     pub train_features: Tensor,
-    /// `[N_test, D]` f32 features.
+    /// `[N_test, D]` f32 features, standardised with the train split's statistics.
     pub test_features: Tensor,
     /// `[N_train, C, H, W]` images in [0, 1].
     pub train_images: &'a Tensor,
@@ -304,6 +305,12 @@ pub struct MeasureRun<'a, O> {
 
 /// Reads the checkpoint, its baselines and the data once, then calls `measure` on every tap of
 /// every model (checkpoint, supervised, random, raw pixels) and collects the report.
+///
+/// Features are standardised per dimension with the train split's statistics first. Mutual
+/// information and total correlation are unchanged by such invertible per-dimension maps, and a
+/// decoder's first linear layer absorbs them, so the measures' values are not altered; their
+/// networks only train better than on features whose scale differs by orders of magnitude
+/// between encoders.
 pub fn run_measure<O: Clone + Serialize, S: MeasureScore>(
     settings: &MeasureSettings,
     run: MeasureRun<'_, O>,
@@ -369,6 +376,7 @@ pub fn run_measure<O: Clone + Serialize, S: MeasureScore>(
             features(&train, "train")?.into_iter().zip(features(&test, "test")?)
         {
             let dims = train_features.size()[1] as usize;
+            let (train_features, test_features) = standardise(&train_features, &test_features);
             let data = TapData {
                 train_features,
                 test_features,

@@ -24,7 +24,7 @@ pub const MS_SSIM_WEIGHTS: [f64; 5] = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333];
 pub const METHOD: &str = "A decoder (Linear to width x 4 x 4 + BatchNorm + ReLU, then transposed convs \
      4/2/1 halving the channels + BatchNorm + ReLU up to the input size, then a 3x3 conv without bias and tanh; \
      the official basic32x32 decoder at width 512) is trained with Adam on the mean squared error between its \
-     output and the image scaled to [-1, 1], on the train split's frozen features. Held-out images and their \
+     output and the image scaled to [-1, 1], on the train split's frozen features, standardised per dimension. Held-out images and their \
      reconstructions (mapped back to [0, 1]) are compared by MS-SSIM (Wang et al. 2003: 2x2 average pooling between \
      scales, weights 0.0448/0.2856/0.3001/0.2363/0.1333, contrast-structure at the finer scales and full SSIM at the \
      coarsest, negative terms clamped to 0; fewer scales with the weights renormalised when the image is smaller \

@@ -17,7 +17,7 @@ pub const HIDDEN_UNITS: [i64; 2] = [1000, 200];
 /// What the JSON records about how the measure is computed.
 pub const METHOD: &str = "The official NDM evaluation: a discriminator Linear(D -> 1000)-ReLU-Linear(1000 -> 200)-\
      ReLU-Linear(200 -> 1) is trained with Adam on the f-divergence (KL) objective E_P[T] - E_Q[exp(T - 1)], where P \
-     is a batch of the train split's frozen features and Q the same batch with every dimension permuted \
+     is a batch of the train split's frozen features (standardised per dimension, which leaves the total correlation unchanged) and Q the same batch with every dimension permuted \
      independently. The reported NDM is the Donsker-Varadhan estimate E_P[T] - log E_Q[exp T] on the test split \
      (all of it as P, one seeded per-dimension shuffle of it as Q), as the official code reports; the KL form on \
      the test split is given beside it. The official run uses batches of 10,000 and lr 1e-4 with drops x0.1 at \
