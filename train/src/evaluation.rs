@@ -282,7 +282,8 @@ pub fn evaluate(
     let checkpoint = checkpoint_summary(&settings.checkpoint, &config)?;
 
     let spec = config.input_spec();
-    let Splits { train: train_set, test: test_set } = open_splits(settings, spec)?;
+    let Splits { train: train_set, test: test_set } =
+        open_splits(&settings.data, settings.test_data.as_deref(), settings.format, spec)?;
     let train =
         read_split(&*train_set, settings.limit_train, settings.seed, "reading train split", progress)?;
     let test = read_split(&*test_set, settings.limit_test, settings.seed, "reading test split", progress)?;
@@ -411,22 +412,28 @@ fn baselines_in_order(baselines: &[Baseline]) -> Vec<Baseline> {
 }
 
 /// The opened train and test datasets.
-struct Splits {
-    train: Arc<dyn Dataset>,
-    test: Arc<dyn Dataset>,
+pub(crate) struct Splits {
+    pub(crate) train: Arc<dyn Dataset>,
+    pub(crate) test: Arc<dyn Dataset>,
 }
 
-/// Opens the train and test splits and makes sure they are different data.
-fn open_splits(settings: &EvalSettings, spec: InputSpec) -> Result<Splits, EvalError> {
+/// Opens the train split of `data` and the test split of `test_data` (or of `data`) and makes
+/// sure they are different data.
+pub(crate) fn open_splits(
+    data: &Path,
+    test_data: Option<&Path>,
+    format: DataFormat,
+    spec: InputSpec,
+) -> Result<Splits, EvalError> {
     let open = |path: &Path, split: Split, name: &'static str| {
-        open_dataset(path, settings.format, split, spec).map_err(|source| EvalError::Data {
+        open_dataset(path, format, split, spec).map_err(|source| EvalError::Data {
             path: path.into(),
             split: name,
             source: Box::new(source),
         })
     };
-    let train = open(&settings.data, Split::Train, "train")?;
-    let test = open(settings.test_data.as_deref().unwrap_or(&settings.data), Split::Test, "test")?;
+    let train = open(data, Split::Train, "train")?;
+    let test = open(test_data.unwrap_or(data), Split::Test, "test")?;
     if train.fingerprint() == test.fingerprint() {
         return Err(EvalError::NoTestSplit(train.describe()));
     }

@@ -199,6 +199,21 @@ pub fn encoder_features(
     Ok(taps.iter().copied().zip(parts.iter().map(|p| Tensor::cat(p, 0))).collect())
 }
 
+/// Standard deviations below this are treated as 1, so that constant features (a padding pixel,
+/// a dead ReLU unit) stay at zero instead of being blown up by a division by ~0.
+const MIN_STANDARD_DEVIATION: f64 = 1e-6;
+
+/// Standardises `[N, D]` train and test features with the train split's per-dimension mean and
+/// standard deviation.
+pub fn standardise(train: &Tensor, test: &Tensor) -> (Tensor, Tensor) {
+    let _guard = tch::no_grad_guard();
+    let mean = train.mean_dim(0, true, Kind::Float);
+    let std = train.std_dim(0, false, true);
+    let std = std.where_self(&std.ge(MIN_STANDARD_DEVIATION), &std.ones_like());
+    let scale = |x: &Tensor| (x - &mean) / &std;
+    (scale(train), scale(test))
+}
+
 /// A randomly initialised encoder of the given shape, the "random" baseline. Initialisation is
 /// seeded so that runs are comparable.
 pub fn random_encoder(config: EncoderConfig, seed: u64, device: Device) -> (nn::VarStore, Encoder) {

@@ -1,6 +1,7 @@
 //! `dim-eval`: scores frozen encoders with probes (linear, the paper's MLP, k-NN) on each tap
-//! against raw-pixel and random-encoder baselines, measures nearest-neighbour retrieval the same
-//! way, and trains the supervised baseline.
+//! against raw-pixel and random-encoder baselines, measures nearest-neighbour retrieval and the
+//! DIM paper's other measures (MS-SSIM of reconstructions, MINE, NDM) the same way, and trains
+//! the supervised baseline.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -13,11 +14,18 @@ use dim_train::data::DataFormat;
 use dim_train::device::DeviceRequest;
 use dim_train::evaluation::{Baseline, EvalSettings, Progress, evaluate};
 use dim_train::features::Tap;
+use dim_train::measures::mine::{self, MineOptions};
+use dim_train::measures::ms_ssim::{self, MsSsimOptions};
+use dim_train::measures::ndm::{self, NdmOptions};
+use dim_train::measures::{
+    MeasureReport, MeasureRun, MeasureSchedule, MeasureScore, MeasureSettings, run_measure,
+};
 use dim_train::probes::knn::{KnnOptions, Vote};
 use dim_train::probes::mlp::{MlpProtocol, ScheduleOverrides};
 use dim_train::probes::{ProbeKind, TrainingSchedule, linear};
 use dim_train::retrieval_evaluation::{RetrievalSettings, evaluate_retrieval};
 use dim_train::supervised::{SupervisedJob, SupervisedOptions, run_supervised_job};
+use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -55,6 +63,19 @@ enum Command {
     /// --embeddings, scores an existing dim-embed output instead.
     #[command(after_long_help = RETRIEVAL_NOTES)]
     Retrieval(RetrievalArgs),
+    /// Train a decoder on a tap's frozen features to reconstruct the input, and score held-out
+    /// reconstructions by MS-SSIM (and single-scale SSIM), for the checkpoint and the baselines.
+    #[command(after_long_help = MS_SSIM_NOTES)]
+    MsSsim(MsSsimArgs),
+    /// Estimate I(X; Y) between images and a frozen tap with MINE: a Donsker-Varadhan critic
+    /// trained after the fact, reporting its bound on held-out pairs.
+    #[command(after_long_help = MINE_NOTES)]
+    Mine(MineArgs),
+    /// Measure how dependent a tap's dimensions are (NDM): a discriminator trained to tell the
+    /// features from the same features with each dimension shuffled across the batch, reporting
+    /// its Donsker-Varadhan estimate of the total correlation on held-out data.
+    #[command(after_long_help = NDM_NOTES)]
+    Ndm(NdmArgs),
     /// Train the same encoder end to end with labels (linear classifier on Y, cross-entropy,
     /// Adam betas 0.5/0.999 as in DIM runs) and write a checkpoint that `probe` reads.
     TrainSupervised(SupervisedArgs),
@@ -88,6 +109,178 @@ Notes:
   train images, or on the searched images when the data has no separate train split. A tap
   narrower than --pca keeps all its directions. Scores are those of `dim-search retrieval`: the
   query is excluded from its own neighbours, and ties rank the lower row first.";
+
+/// Notes shown after the ms-ssim options in `--help`.
+const MS_SSIM_NOTES: &str = "\
+Example:
+  dim-eval ms-ssim --checkpoint runs/fmnist --data /usr/share/datasets/fashion-mnist --tap y,fc \\
+      --steps 2000 --out ms-ssim.json
+
+Notes:
+  The decoder is the official DIM evaluation's (Linear to 512x4x4, transposed convs to the input
+  size, tanh), trained with Adam (betas 0.5/0.999) on the mean squared error; --width narrows it
+  for CPU runs. The official run trains for 150 epochs at batch 64 (lr x0.1 at 50 and 100); the
+  step budget here is yours to set, and the JSON records it. Raw pixels are an upper reference:
+  the decoder only has to learn the identity.";
+
+/// Notes shown after the mine options in `--help`.
+const MINE_NOTES: &str = "\
+Example:
+  dim-eval mine --checkpoint runs/fmnist --data /usr/share/datasets/fashion-mnist --tap y \\
+      --steps 2000 --out mine.json
+
+Notes:
+  The critic is T(x, y) = <phi(x), psi(y)> / sqrt(units): phi a fresh encoder of the checkpoint's
+  preset plus a linear layer, psi an MLP. It is trained on the train split (every other image of a
+  batch serves as a marginal sample) and the bound is reported on the test split over every pair
+  of distinct test images. Raw pixels have no finite I(X; X) and are not a baseline here.";
+
+/// Notes shown after the ndm options in `--help`.
+const NDM_NOTES: &str = "\
+Example:
+  dim-eval ndm --checkpoint runs/fmnist --data /usr/share/datasets/fashion-mnist --tap y \\
+      --steps 1000 --out ndm.json
+
+Notes:
+  The discriminator is the official one (Linear-1000, ReLU, Linear-200, ReLU, Linear-1), trained on
+  the KL f-divergence objective as the official code does; the JSON reports its DV estimate (the
+  NDM) and its KL estimate on the test split. 0 means independent factors. The official run uses
+  batches of 10,000 for 1,000 epochs; the defaults here are CPU-sized.";
+
+/// What every measure reads and which models it scores.
+#[derive(Debug, Args)]
+struct MeasureArgs {
+    /// Checkpoint directory of the DIM encoder to measure.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Dataset with train and test splits (IDX or CIFAR directory, or a folder of class
+    /// subfolders with --test-data).
+    #[arg(long)]
+    data: PathBuf,
+    /// Separate held-out dataset, for sources without a test split.
+    #[arg(long)]
+    test_data: Option<PathBuf>,
+    /// Data format.
+    #[arg(long, value_enum, default_value_t = DataFormat::Auto)]
+    format: DataFormat,
+    /// Encoder taps to measure, comma-separated (conv is the last conv map flattened).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "y")]
+    tap: Vec<Tap>,
+    /// Checkpoint of a supervised encoder (`dim-eval train-supervised`) measured as a baseline.
+    #[arg(long)]
+    supervised: Option<PathBuf>,
+    /// Use a seeded random subset of this many training examples.
+    #[arg(long)]
+    limit_train: Option<usize>,
+    /// Use a seeded random subset of this many test examples.
+    #[arg(long)]
+    limit_test: Option<usize>,
+    /// Seed for subsets, the random encoder and the measure's network.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// CPU threads for libtorch and decoding (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceRequest,
+    /// Images per encoder pass during feature extraction.
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+}
+
+impl MeasureArgs {
+    fn settings(&self, baselines: Vec<Baseline>) -> MeasureSettings {
+        MeasureSettings {
+            checkpoint: self.checkpoint.clone(),
+            data: self.data.clone(),
+            test_data: self.test_data.clone(),
+            format: self.format,
+            taps: self.tap.clone(),
+            baselines,
+            supervised: self.supervised.clone(),
+            limit_train: self.limit_train,
+            limit_test: self.limit_test,
+            seed: self.seed,
+            batch_size: self.batch,
+        }
+    }
+}
+
+/// MS-SSIM run settings.
+#[derive(Debug, Args)]
+struct MsSsimArgs {
+    #[command(flatten)]
+    common: MeasureArgs,
+    /// Baselines, comma-separated: raw (pixels) and random (untrained encoder, seeded). Give
+    /// `--baselines` with no value for none.
+    #[arg(long, value_enum, value_delimiter = ',', num_args = 0.., default_value = "raw,random")]
+    baselines: Vec<Baseline>,
+    /// Decoder optimiser steps.
+    #[arg(long, default_value_t = 2000)]
+    steps: usize,
+    /// Images per decoder step (official: 64).
+    #[arg(long, default_value_t = 64)]
+    train_batch: usize,
+    /// Decoder Adam learning rate (official: 1e-4).
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Channels of the decoder's 4x4 starting map (official: 512).
+    #[arg(long, default_value_t = 512)]
+    width: usize,
+    /// JSON report path (written atomically).
+    #[arg(long, default_value = "ms-ssim.json")]
+    out: PathBuf,
+}
+
+/// MINE run settings.
+#[derive(Debug, Args)]
+struct MineArgs {
+    #[command(flatten)]
+    common: MeasureArgs,
+    /// Baselines, comma-separated: random (untrained encoder, seeded). Give `--baselines` with
+    /// no value for none.
+    #[arg(long, value_enum, value_delimiter = ',', num_args = 0.., default_value = "random")]
+    baselines: Vec<Baseline>,
+    /// Critic optimiser steps.
+    #[arg(long, default_value_t = 2000)]
+    steps: usize,
+    /// Pairs per critic step (each batch also gives batch x (batch - 1) marginal pairs).
+    #[arg(long, default_value_t = 128)]
+    train_batch: usize,
+    /// Critic Adam learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// Width of the critic's MLP and of its embeddings.
+    #[arg(long, default_value_t = 256)]
+    units: usize,
+    /// JSON report path (written atomically).
+    #[arg(long, default_value = "mine.json")]
+    out: PathBuf,
+}
+
+/// NDM run settings.
+#[derive(Debug, Args)]
+struct NdmArgs {
+    #[command(flatten)]
+    common: MeasureArgs,
+    /// Baselines, comma-separated: raw (pixels) and random (untrained encoder, seeded). Give
+    /// `--baselines` with no value for none.
+    #[arg(long, value_enum, value_delimiter = ',', num_args = 0.., default_value = "random")]
+    baselines: Vec<Baseline>,
+    /// Discriminator optimiser steps.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Feature rows per discriminator step, shuffled against themselves (official: 10000).
+    #[arg(long, default_value_t = 1000)]
+    train_batch: usize,
+    /// Discriminator Adam learning rate (official: 1e-4).
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// JSON report path (written atomically).
+    #[arg(long, default_value = "ndm.json")]
+    out: PathBuf,
+}
 
 /// Retrieval run settings.
 #[derive(Debug, Args)]
@@ -408,6 +601,93 @@ fn retrieval(args: RetrievalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a measure's table and skipped examples and writes its JSON.
+fn finish_measure<O: Serialize, S: MeasureScore>(
+    report: &MeasureReport<O, S>,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    for (split, summary) in [("train", &report.train), ("test", &report.test)] {
+        if !summary.skipped.is_empty() {
+            eprintln!("skipped {} unreadable {split} examples:", summary.skipped.len());
+            for skipped in &summary.skipped {
+                eprintln!("  #{}: {}", skipped.index, skipped.reason);
+            }
+        }
+    }
+    print!("{}", report.table());
+    report.write_json(out)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+fn measure_ms_ssim(args: MsSsimArgs) -> anyhow::Result<()> {
+    set_threads(args.common.threads)?;
+    let device = args.common.device.resolve()?;
+    let options = MsSsimOptions {
+        schedule: MeasureSchedule {
+            steps: args.steps,
+            batch_size: args.train_batch,
+            learning_rate: args.lr,
+            seed: args.common.seed,
+        },
+        width: args.width,
+    };
+    let run =
+        MeasureRun { name: "ms-ssim", options: &options, method: ms_ssim::METHOD, raw_not_applicable: None };
+    let settings = args.common.settings(args.baselines);
+    let report = run_measure(&settings, run, device, Progress { visible: true }, |data, bar| {
+        ms_ssim::reconstruction_score(data, &options, device, bar)
+    })
+    .with_context(|| format!("cannot measure MS-SSIM of {}", settings.checkpoint.display()))?;
+    finish_measure(&report, &args.out)
+}
+
+fn measure_mine(args: MineArgs) -> anyhow::Result<()> {
+    set_threads(args.common.threads)?;
+    let device = args.common.device.resolve()?;
+    let options = MineOptions {
+        schedule: MeasureSchedule {
+            steps: args.steps,
+            batch_size: args.train_batch,
+            learning_rate: args.lr,
+            seed: args.common.seed,
+        },
+        units: args.units,
+    };
+    let run = MeasureRun {
+        name: "mine",
+        options: &options,
+        method: mine::METHOD,
+        raw_not_applicable: Some("I(X; X) of continuous pixels is infinite; use --baselines random"),
+    };
+    let settings = args.common.settings(args.baselines);
+    let report = run_measure(&settings, run, device, Progress { visible: true }, |data, bar| {
+        mine::image_mine_score(data, &options, device, bar)
+    })
+    .with_context(|| format!("cannot measure MINE of {}", settings.checkpoint.display()))?;
+    finish_measure(&report, &args.out)
+}
+
+fn measure_ndm(args: NdmArgs) -> anyhow::Result<()> {
+    set_threads(args.common.threads)?;
+    let device = args.common.device.resolve()?;
+    let options = NdmOptions {
+        schedule: MeasureSchedule {
+            steps: args.steps,
+            batch_size: args.train_batch,
+            learning_rate: args.lr,
+            seed: args.common.seed,
+        },
+    };
+    let run = MeasureRun { name: "ndm", options: &options, method: ndm::METHOD, raw_not_applicable: None };
+    let settings = args.common.settings(args.baselines);
+    let report = run_measure(&settings, run, device, Progress { visible: true }, |data, bar| {
+        ndm::feature_ndm_score(data, &options, device, bar)
+    })
+    .with_context(|| format!("cannot measure NDM of {}", settings.checkpoint.display()))?;
+    finish_measure(&report, &args.out)
+}
+
 fn train_supervised(args: SupervisedArgs) -> anyhow::Result<()> {
     set_threads(args.threads)?;
     let job = SupervisedJob {
@@ -443,6 +723,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Probe(args)) => probe(args),
         Some(Command::Retrieval(args)) => retrieval(args),
+        Some(Command::MsSsim(args)) => measure_ms_ssim(args),
+        Some(Command::Mine(args)) => measure_mine(args),
+        Some(Command::Ndm(args)) => measure_ndm(args),
         Some(Command::TrainSupervised(args)) => train_supervised(args),
         None => probe(cli.probe),
     };

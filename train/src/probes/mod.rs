@@ -7,6 +7,7 @@ pub mod knn;
 pub mod linear;
 pub mod mlp;
 
+use crate::features::standardise;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use tch::{Device, Kind, Tensor};
@@ -81,10 +82,6 @@ pub struct ProbeData {
     pub num_classes: usize,
 }
 
-/// Standard deviations below this are treated as 1, so that constant features (a padding pixel,
-/// a dead ReLU unit) stay at zero instead of being blown up by a division by ~0.
-const MIN_STANDARD_DEVIATION: f64 = 1e-6;
-
 impl ProbeData {
     /// Checks shapes and label ranges and converts features to f32 and labels to i64.
     pub fn new(
@@ -133,15 +130,11 @@ impl ProbeData {
     /// Standardises both splits with the train split's per-dimension mean and standard deviation,
     /// so probe learning rates and k-NN similarities do not depend on each feature's scale.
     pub fn standardised(&self) -> Self {
-        let _guard = tch::no_grad_guard();
-        let mean = self.train_features.mean_dim(0, true, Kind::Float);
-        let std = self.train_features.std_dim(0, false, true);
-        let std = std.where_self(&std.ge(MIN_STANDARD_DEVIATION), &std.ones_like());
-        let scale = |x: &Tensor| (x - &mean) / &std;
+        let (train_features, test_features) = standardise(&self.train_features, &self.test_features);
         ProbeData {
-            train_features: scale(&self.train_features),
+            train_features,
             train_labels: self.train_labels.shallow_clone(),
-            test_features: scale(&self.test_features),
+            test_features,
             test_labels: self.test_labels.shallow_clone(),
             num_classes: self.num_classes,
         }
