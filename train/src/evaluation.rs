@@ -5,6 +5,7 @@
 
 use crate::checkpoint::{CheckpointIoError, load_encoder};
 use crate::data::{DataError, DataFormat, Dataset, Split, open_dataset};
+use crate::encoder::Encoder;
 use crate::features::{
     FeatureError, LabelledImages, SkippedExample, Tap, encoder_features, pixel_features, random_encoder,
     read_labelled_images,
@@ -21,7 +22,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use tch::{Device, Tensor};
+use tch::{Device, Tensor, nn};
 
 /// A comparison model evaluated beside the checkpoint.
 #[derive(
@@ -115,6 +116,18 @@ pub enum EvalError {
         split: &'static str,
         /// The cause (boxed: data errors are large and this path is cold).
         source: Box<DataError>,
+    },
+    /// The supervised checkpoint's input differs from the DIM checkpoint's.
+    #[error(
+        "the supervised checkpoint {path} takes {found} input, the DIM checkpoint {expected}; train it with the same --channels and preset"
+    )]
+    SupervisedInput {
+        /// The supervised checkpoint.
+        path: PathBuf,
+        /// The DIM checkpoint's input.
+        expected: String,
+        /// The supervised checkpoint's input.
+        found: String,
     },
     /// The train and test splits are the same data.
     #[error(
@@ -381,6 +394,52 @@ pub fn evaluate(
         toolkit_version: dim_models::TOOLKIT_VERSION.into(),
         entries,
     })
+}
+
+/// The encoder under evaluation and, when asked for, a supervised baseline taking the same input.
+pub(crate) struct LoadedEncoders {
+    /// The evaluated checkpoint's variables (kept alive with its encoder).
+    pub store: nn::VarStore,
+    /// The evaluated encoder.
+    pub encoder: Encoder,
+    /// Its checkpoint's configuration.
+    pub config: CheckpointConfig,
+    /// Its identity.
+    pub checkpoint: CheckpointSummary,
+    /// The supervised baseline's variables, encoder and identity.
+    pub supervised: Option<(nn::VarStore, Encoder, CheckpointSummary)>,
+}
+
+/// Loads the checkpoint at `checkpoint` and, when given, the supervised checkpoint at
+/// `supervised`, which must take the same input (channels and size).
+pub(crate) fn load_encoders(
+    checkpoint: &Path,
+    supervised: Option<&Path>,
+    device: Device,
+) -> Result<LoadedEncoders, EvalError> {
+    let checkpoint_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EvalError::Checkpoint { path, source }
+    };
+    let (store, encoder, config) = load_encoder(checkpoint, device).map_err(checkpoint_error(checkpoint))?;
+    let summary = checkpoint_summary(checkpoint, &config)?;
+    let supervised = match supervised {
+        Some(path) => {
+            let (store, model, supervised_config) =
+                load_encoder(path, device).map_err(checkpoint_error(path))?;
+            let (expected, found) = (config.input_spec(), supervised_config.input_spec());
+            if (expected.channels, expected.size) != (found.channels, found.size) {
+                return Err(EvalError::SupervisedInput {
+                    path: path.to_path_buf(),
+                    expected: format!("{}x{}x{}", expected.channels, expected.size, expected.size),
+                    found: format!("{}x{}x{}", found.channels, found.size, found.size),
+                });
+            }
+            Some((store, model, checkpoint_summary(path, &supervised_config)?))
+        }
+        None => None,
+    };
+    Ok(LoadedEncoders { store, encoder, config, checkpoint: summary, supervised })
 }
 
 /// The identity of the checkpoint in `dir`, whose config has been read as `config`.

@@ -5,12 +5,11 @@
 //! are dim-infer's precision@k (micro and macro), mAP@k and k-NN accuracy, so they are the
 //! numbers `dim-search retrieval` gives for the same vectors.
 
-use crate::checkpoint::load_encoder;
 use crate::data::{DataError, DataFormat, Split, open_dataset};
 use crate::encoder::Encoder;
 use crate::evaluation::{
-    Baseline, CheckpointSummary, EvalError, Progress, SplitSummary, checkpoint_summary, read_split,
-    utc_timestamp,
+    Baseline, CheckpointSummary, EvalError, LoadedEncoders, Progress, SplitSummary, load_encoders,
+    read_split, utc_timestamp,
 };
 use crate::features::{LabelledImages, Tap, encoder_features, pixel_features, random_encoder};
 use dim_infer::index::Metric;
@@ -61,18 +60,6 @@ pub enum RetrievalEvalError {
     /// Loading the checkpoint, the data or the features failed.
     #[error(transparent)]
     Eval(#[from] EvalError),
-    /// The supervised checkpoint's input differs from the DIM checkpoint's.
-    #[error(
-        "the supervised checkpoint {path} takes {found} input, the DIM checkpoint {expected}; train it with the same --channels and preset"
-    )]
-    SupervisedInput {
-        /// The supervised checkpoint.
-        path: PathBuf,
-        /// The DIM checkpoint's input.
-        expected: String,
-        /// The supervised checkpoint's input.
-        found: String,
-    },
     /// Scoring failed.
     #[error("retrieval on {model}/{tap}")]
     Retrieval {
@@ -141,29 +128,8 @@ pub fn evaluate_retrieval(
     progress: Progress,
 ) -> Result<RetrievalReport, RetrievalEvalError> {
     let taps: Vec<Tap> = settings.taps.iter().copied().filter(|&t| t != Tap::Pixels).collect();
-    let checkpoint_error = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| EvalError::Checkpoint { path, source }
-    };
-    let (_store, encoder, config) =
-        load_encoder(&settings.checkpoint, device).map_err(checkpoint_error(&settings.checkpoint))?;
-    let checkpoint = checkpoint_summary(&settings.checkpoint, &config)?;
-    let supervised = match &settings.supervised {
-        Some(path) => {
-            let (store, model, supervised_config) =
-                load_encoder(path, device).map_err(checkpoint_error(path))?;
-            let (expected, found) = (config.input_spec(), supervised_config.input_spec());
-            if (expected.channels, expected.size) != (found.channels, found.size) {
-                return Err(RetrievalEvalError::SupervisedInput {
-                    path: path.clone(),
-                    expected: format!("{}x{}x{}", expected.channels, expected.size, expected.size),
-                    found: format!("{}x{}x{}", found.channels, found.size, found.size),
-                });
-            }
-            Some((store, model, checkpoint_summary(path, &supervised_config)?))
-        }
-        None => None,
-    };
+    let LoadedEncoders { store: _store, encoder, config, checkpoint, supervised } =
+        load_encoders(&settings.checkpoint, settings.supervised.as_deref(), device)?;
 
     let spec = config.input_spec();
     let open = |path: &Path, split: Split, name: &'static str| {
@@ -519,7 +485,7 @@ mod tests {
         let mut settings = settings(checkpoint, data);
         settings.supervised = Some(supervised);
         let err = evaluate_retrieval(&settings, Device::Cpu, Progress { visible: false }).unwrap_err();
-        assert!(matches!(err, RetrievalEvalError::SupervisedInput { .. }), "{err}");
+        assert!(matches!(err, RetrievalEvalError::Eval(EvalError::SupervisedInput { .. })), "{err}");
         assert!(err.to_string().contains("3x32x32"), "{err}");
     }
 }

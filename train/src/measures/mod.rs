@@ -8,12 +8,11 @@ pub mod mine;
 pub mod ms_ssim;
 pub mod ndm;
 
-use crate::checkpoint::load_encoder;
 use crate::data::DataFormat;
 use crate::encoder::Encoder;
 use crate::evaluation::{
-    Baseline, CheckpointSummary, EvalError, Progress, SplitSummary, checkpoint_summary, open_splits,
-    read_split, utc_timestamp,
+    Baseline, CheckpointSummary, EvalError, LoadedEncoders, Progress, SplitSummary, load_encoders,
+    open_splits, read_split, utc_timestamp,
 };
 use crate::features::{LabelledImages, Tap, encoder_features, pixel_features, random_encoder, standardise};
 use dim_models::EncoderConfig;
@@ -127,18 +126,6 @@ pub enum MeasureError {
     /// Loading the checkpoint, the data or the features failed.
     #[error(transparent)]
     Eval(#[from] EvalError),
-    /// The supervised checkpoint's input differs from the DIM checkpoint's.
-    #[error(
-        "the supervised checkpoint {path} takes {found} input, the DIM checkpoint {expected}; train it with the same --channels and preset"
-    )]
-    SupervisedInput {
-        /// The supervised checkpoint.
-        path: PathBuf,
-        /// The DIM checkpoint's input.
-        expected: String,
-        /// The supervised checkpoint's input.
-        found: String,
-    },
     /// The measure is undefined for a model or tap.
     #[error("{measure} does not apply to {what}: {why}")]
     NotApplicable {
@@ -327,29 +314,8 @@ pub fn run_measure<O: Clone + Serialize, S: MeasureScore>(
     if taps.is_empty() && !settings.baselines.contains(&Baseline::Raw) {
         return Err(MeasureError::Option("no encoder taps and no raw-pixel baseline selected".into()));
     }
-    let checkpoint_error = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| EvalError::Checkpoint { path, source }
-    };
-    let (_store, encoder, config) =
-        load_encoder(&settings.checkpoint, device).map_err(checkpoint_error(&settings.checkpoint))?;
-    let checkpoint = checkpoint_summary(&settings.checkpoint, &config)?;
-    let supervised = match &settings.supervised {
-        Some(path) => {
-            let (store, model, supervised_config) =
-                load_encoder(path, device).map_err(checkpoint_error(path))?;
-            let (expected, found) = (config.input_spec(), supervised_config.input_spec());
-            if (expected.channels, expected.size) != (found.channels, found.size) {
-                return Err(MeasureError::SupervisedInput {
-                    path: path.clone(),
-                    expected: format!("{}x{}x{}", expected.channels, expected.size, expected.size),
-                    found: format!("{}x{}x{}", found.channels, found.size, found.size),
-                });
-            }
-            Some((store, model, checkpoint_summary(path, &supervised_config)?))
-        }
-        None => None,
-    };
+    let LoadedEncoders { store: _store, encoder, config, checkpoint, supervised } =
+        load_encoders(&settings.checkpoint, settings.supervised.as_deref(), device)?;
 
     let splits =
         open_splits(&settings.data, settings.test_data.as_deref(), settings.format, config.input_spec())?;
@@ -580,7 +546,7 @@ pub(crate) mod tests {
         };
         let err =
             run_measure(&settings, run(), Device::Cpu, Progress { visible: false }, measure).unwrap_err();
-        assert!(matches!(err, MeasureError::SupervisedInput { .. }), "{err}");
+        assert!(matches!(err, MeasureError::Eval(EvalError::SupervisedInput { .. })), "{err}");
 
         settings.supervised = None;
         settings.checkpoint = dir.path().join("nowhere");
