@@ -1,6 +1,6 @@
 //! `cargo xtask paper` end to end on CIFAR-10-format files written by the test: the smoke run
 //! trains and probes every DIM row and writes the table, a full run on the CPU is refused with a
-//! measured estimate, and a table whose encoder preset is missing says which.
+//! measured estimate, and the ResNet table's smoke run trains both ResNet presets.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -37,30 +37,28 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-#[test]
-fn the_smoke_run_trains_and_probes_every_dim_row_and_writes_a_labelled_table() {
+/// Runs `table`'s smoke run on CIFAR-10 files of `per_file` records; returns the work directory
+/// (holding `out/`) and the table's JSON.
+fn smoke_run(table: &str, per_file: usize) -> (tempfile::TempDir, serde_json::Value) {
     let temp = tempfile::tempdir().unwrap();
     let (data, out) = (temp.path().join("cifar"), temp.path().join("out"));
-    write_cifar10(&data, 60);
+    write_cifar10(&data, per_file);
     let started = std::time::Instant::now();
-    let output = xtask_paper(&[
-        "cifar10",
-        "--data",
-        data.to_str().unwrap(),
-        "--smoke",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let output =
+        xtask_paper(&[table, "--data", data.to_str().unwrap(), "--smoke", "--out", out.to_str().unwrap()]);
     assert!(output.status.success(), "{}", text(&output.stderr));
-    eprintln!("smoke run: {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!("{table} smoke run: {:.1} s", started.elapsed().as_secs_f64());
+    let json = serde_json::from_slice(&std::fs::read(out.join("table.json")).unwrap()).unwrap();
+    (temp, json)
+}
 
-    let markdown = std::fs::read_to_string(out.join("table.md")).unwrap();
+#[test]
+fn the_smoke_run_trains_and_probes_every_dim_row_and_writes_a_labelled_table() {
+    let (temp, table) = smoke_run("cifar10", 60);
+    let markdown = std::fs::read_to_string(temp.path().join("out/table.md")).unwrap();
     assert!(markdown.contains("SMOKE RUN"), "{markdown}");
     assert!(markdown.contains("| DIM(L) JSD | 73.25 |"), "{markdown}");
     assert!(markdown.contains("| VAE | 60.71 | not trained here |"), "{markdown}");
-
-    let table: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("table.json")).unwrap()).unwrap();
     assert_eq!(table["table"], "cifar10");
     assert_eq!(table["smoke"], true);
     let rows = table["rows"].as_array().unwrap();
@@ -109,20 +107,7 @@ fn a_full_run_on_the_cpu_is_refused_with_a_measured_estimate() {
 
 #[test]
 fn the_resnet_table_smoke_run_trains_both_resnets_end_to_end() {
-    let temp = tempfile::tempdir().unwrap();
-    let (data, out) = (temp.path().join("cifar"), temp.path().join("out"));
-    write_cifar10(&data, 20);
-    let output = xtask_paper(&[
-        "resnet-cifar10",
-        "--data",
-        data.to_str().unwrap(),
-        "--smoke",
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    let table: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("table.json")).unwrap()).unwrap();
+    let (_temp, table) = smoke_run("resnet-cifar10", 20);
     let trained: Vec<&serde_json::Value> =
         table["rows"].as_array().unwrap().iter().filter(|row| !row["ours"].is_null()).collect();
     assert_eq!(trained.len(), 2, "{table}");
