@@ -5,7 +5,7 @@
 //!
 //! As in the official DIM evaluation, the discriminator is Linear(D→1000)-ReLU-Linear(1000→200)-
 //! ReLU-Linear(200→1), trained on the f-divergence form of the KL divergence
-//! (E_P[T] − E_Q[exp(T − 1)]), and the DV form (E_P[T] − log E_Q[exp T]) is reported.
+//! (`E_P[T] − E_Q[exp(T − 1)]`), and the DV form (`E_P[T] − log E_Q[exp T]`) is reported.
 
 use super::{MeasureError, MeasureSchedule, MeasureScore, TapData, ensure_finite, forward_in_chunks};
 use serde::{Deserialize, Serialize};
