@@ -1,7 +1,7 @@
 """Scores near-duplicate pairs found by dim-search against the set's truth and against
 perceptual hashes (imagehash's pHash and dHash, 64 bits), computed here in the same run.
 
-usage: evaluate.py SET_DIR DUPLICATES_JSON DIM_SECONDS OUT_JSON
+usage: evaluate.py SET_DIR DUPLICATES_JSON DIM_SECONDS OUT_JSON METHOD_LABEL
 
 A pair is predicted when its score passes a threshold (cosine >= t for dim-search, Hamming
 distance <= d for the hashes) and is a true pair when both files share a group. For every
@@ -88,7 +88,7 @@ def per_kind_recall(scored, true, truth, threshold, closer):
 
 
 def main():
-    set_dir, duplicates_json, dim_seconds, out_json = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+    set_dir, duplicates_json, dim_seconds, out_json, label = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5]
     truth = json.load(open(os.path.join(set_dir, "truth.json")))
     splits = {split: split_pairs(truth, split) for split in ("calibration", "test")}
     truth_by_split = {split: true for split, (_, true) in splits.items()}
@@ -108,7 +108,7 @@ def main():
     }
     higher = lambda score, threshold: score >= threshold  # noqa: E731
     lower = lambda distance, threshold: distance <= threshold  # noqa: E731
-    results = [evaluate("dim-search duplicates (shipped model, `embedding`, --pca 0)", dim_by_split, truth_by_split, higher)]
+    results = [evaluate(label, dim_by_split, truth_by_split, higher)]
     dim_threshold = results[0]["threshold"]
     results[0]["test_recall_by_kind"] = per_kind_recall(
         dim_by_split["test"], truth_by_split["test"], truth, dim_threshold, higher

@@ -5,9 +5,11 @@
 //!
 //! Scores are in the index's space: an index built with whitening (the shipped model's
 //! recommended post-processing on large collections) spreads scores differently from the raw
-//! embeddings the default threshold was chosen on, so pass a threshold for such an index or build
-//! the index with `--pca 0`.
+//! vectors the default thresholds were chosen on, so pass a threshold for such an index or build
+//! the index with `--pca 0`. The `duplicate` feature (`dim-embed --feature duplicate`) is made
+//! for this search: it does not move under brightness and contrast changes or mirroring.
 
+use crate::embedder::Feature;
 use crate::html_preview::{escape, file_preview, jpeg_data_uri};
 use crate::index::{IndexError, Metric, SearchIndex};
 use dim_models::path_record::PathRecord;
@@ -17,12 +19,24 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-/// Cosine similarity at or above which two images are called near-duplicates by default: chosen
-/// on the duplicate benchmark (`cargo xtask bench duplicates`, bench/results/duplicates.md) as
-/// the loosest threshold with pair precision of at least 0.95 on its calibration photos, for the
-/// shipped model's `embedding` output without post-processing (its unrelated photo crops already
-/// score above 0.99 with each other, so the threshold sits very close to 1).
-pub const DEFAULT_THRESHOLD: f32 = 0.9994;
+/// Default threshold for the `duplicate` feature: chosen on the duplicate benchmark
+/// (`cargo xtask bench duplicates`, bench/results/duplicates.md) as the loosest cosine with pair
+/// precision of at least 0.95 on its calibration photos, for the shipped model without
+/// post-processing.
+pub const DUPLICATE_FEATURE_THRESHOLD: f32 = 0.9964;
+
+/// Default threshold for the `embedding` feature, chosen the same way (its unrelated photo crops
+/// already score above 0.99 with each other, so it sits very close to 1).
+pub const EMBEDDING_FEATURE_THRESHOLD: f32 = 0.9994;
+
+/// The default threshold for vectors of `feature`, where the benchmark chose one.
+pub fn default_threshold(feature: Feature) -> Option<f32> {
+    match feature {
+        Feature::Duplicate => Some(DUPLICATE_FEATURE_THRESHOLD),
+        Feature::Embedding => Some(EMBEDDING_FEATURE_THRESHOLD),
+        Feature::Conv | Feature::Fc | Feature::Y => None,
+    }
+}
 
 /// How to look for near-duplicates.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -29,13 +29,30 @@ pub enum Feature {
     Fc,
     /// The global vector Y.
     Y,
+    /// For near-duplicate finding: the `embedding` output of the image and of its mirror image,
+    /// each from a contrast-normalised input ([`preprocess::normalise_contrast`]), averaged and
+    /// L2-normalised. Brightness and contrast changes and left-right mirroring leave it
+    /// (nearly) unchanged; it costs two model runs per image.
+    Duplicate,
 }
 
 impl Feature {
-    /// The output tensor's name, also the feature's name on command lines and in manifests.
+    /// Every feature, in the order `--help` lists them.
+    pub const ALL: [Feature; 5] =
+        [Feature::Embedding, Feature::Conv, Feature::Fc, Feature::Y, Feature::Duplicate];
+
+    /// The feature's name on command lines, in manifests, Parquet files and database registries.
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::Duplicate => "duplicate",
+            other => other.output_name(),
+        }
+    }
+
+    /// The model output the feature is made from.
     pub fn output_name(self) -> &'static str {
         match self {
-            Feature::Embedding => OUTPUT_EMBEDDING,
+            Feature::Embedding | Feature::Duplicate => OUTPUT_EMBEDDING,
             Feature::Conv => OUTPUT_CONV,
             Feature::Fc => OUTPUT_FC,
             Feature::Y => OUTPUT_Y,
@@ -46,10 +63,10 @@ impl Feature {
 impl std::str::FromStr for Feature {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [Feature::Embedding, Feature::Conv, Feature::Fc, Feature::Y]
-            .into_iter()
-            .find(|f| f.output_name() == s)
-            .ok_or_else(|| format!("unknown feature `{s}` (known: embedding, conv, fc, y)"))
+        Feature::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
+            let known: Vec<&str> = Feature::ALL.iter().map(|f| f.name()).collect();
+            format!("unknown feature `{s}` (known: {})", known.join(", "))
+        })
     }
 }
 
@@ -172,6 +189,9 @@ pub struct Preprocessor {
     pub reduced_jpeg: bool,
     /// Pixel cap per image.
     pub max_image_pixels: u64,
+    /// Normalise each image's contrast ([`preprocess::normalise_contrast`]), as
+    /// [`Feature::Duplicate`] does.
+    pub normalise_contrast: bool,
 }
 
 impl Preprocessor {
@@ -187,7 +207,17 @@ impl Preprocessor {
             Some(image) => image,
             None => preprocess::decode_bytes(&bytes, self.max_image_pixels)?,
         };
-        Ok(preprocess::image_to_input(&image, &self.spec))
+        Ok(self.prepare_image(&image))
+    }
+
+    /// Preprocesses one decoded image into the model's input layout.
+    pub fn prepare_image(&self, image: &DynamicImage) -> Vec<f32> {
+        if !self.normalise_contrast {
+            return preprocess::image_to_input(image, &self.spec);
+        }
+        let (mut input, region) = preprocess::image_to_input_with_region(image, &self.spec);
+        preprocess::normalise_contrast(&mut input, &self.spec, region);
+        input
     }
 }
 
@@ -224,7 +254,7 @@ impl Embedder {
         let dim =
             model.metadata.output_dim(feature.output_name()).ok_or_else(|| EmbedError::NoSuchFeature {
                 model: options.model.clone(),
-                feature: feature.output_name(),
+                feature: feature.name(),
                 available: model
                     .metadata
                     .outputs
@@ -240,6 +270,7 @@ impl Embedder {
             spec: model.metadata.input,
             reduced_jpeg: options.reduced_jpeg,
             max_image_pixels: options.max_image_pixels,
+            normalise_contrast: feature == Feature::Duplicate,
         };
         Ok(Embedder { model, model_path: options.model, feature, dim, preprocessor, run_options })
     }
@@ -314,11 +345,11 @@ impl Embedder {
         if batch_size == 0 {
             return Err(EmbedError::ZeroBatchSize);
         }
-        let spec = self.model.metadata.input;
+        let preprocessor = self.preprocessor();
         let mut vectors = Vec::with_capacity(images.len() * self.dim);
         for chunk in images.chunks(batch_size) {
             let batch: Vec<f32> =
-                chunk.par_iter().flat_map_iter(|image| preprocess::image_to_input(image, &spec)).collect();
+                chunk.par_iter().flat_map_iter(|image| preprocessor.prepare_image(image)).collect();
             vectors.extend(self.run_batch(&batch)?);
         }
         Ok(vectors)
@@ -333,6 +364,26 @@ impl Embedder {
         }
         assert!(inputs.len().is_multiple_of(spec.len()), "inputs must hold whole images");
         let count = inputs.len() / spec.len();
+        if self.feature != Feature::Duplicate {
+            return self.run_model(inputs, count);
+        }
+        // The images and their mirror images in one run; each image's two unit vectors are
+        // averaged and normalised again.
+        let mut both = inputs.to_vec();
+        both.extend(mirrored(inputs, spec.size));
+        let outputs = self.run_model(&both, 2 * count)?;
+        let (plain, mirror) = outputs.split_at(count * self.dim);
+        let mut averaged: Vec<f32> = plain.iter().zip(mirror).map(|(a, b)| a + b).collect();
+        for row in averaged.chunks_exact_mut(self.dim) {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(f32::MIN_POSITIVE);
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
+        Ok(averaged)
+    }
+
+    /// One model run on `count` inputs; the selected output as row-major `[count, dim]`.
+    fn run_model(&mut self, inputs: &[f32], count: usize) -> Result<Vec<f32>, EmbedError> {
+        let spec = self.model.metadata.input;
         let shape = [count, spec.channels, spec.size, spec.size];
         let run_error = |e: ort::Error| EmbedError::Run(e.to_string());
         let tensor = TensorRef::from_array_view((shape, inputs)).map_err(run_error)?;
@@ -350,5 +401,36 @@ impl Embedder {
             )));
         }
         Ok(values.to_vec())
+    }
+}
+
+/// Inputs laid out as `[N, C, size, size]` with every row reversed: each image mirrored left to
+/// right.
+fn mirrored(inputs: &[f32], size: usize) -> Vec<f32> {
+    inputs.chunks_exact(size).flat_map(|row| row.iter().rev().copied()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirroring_reverses_every_row_of_every_channel_and_image() {
+        // Two 2-channel 3x3 images, values 0..36 in layout order.
+        let inputs: Vec<f32> = (0..36).map(|v| v as f32).collect();
+        let flipped = mirrored(&inputs, 3);
+        assert_eq!(&flipped[..6], &[2.0, 1.0, 0.0, 5.0, 4.0, 3.0]);
+        assert_eq!(&flipped[33..], &[35.0, 34.0, 33.0]);
+        assert_eq!(mirrored(&flipped, 3), inputs);
+    }
+
+    #[test]
+    fn feature_names_round_trip_and_duplicate_reads_the_embedding_output() {
+        for feature in Feature::ALL {
+            assert_eq!(feature.name().parse::<Feature>(), Ok(feature));
+        }
+        assert_eq!(Feature::Duplicate.output_name(), OUTPUT_EMBEDDING);
+        let unknown = "pixels".parse::<Feature>().unwrap_err();
+        assert!(unknown.contains("duplicate"), "{unknown}");
     }
 }

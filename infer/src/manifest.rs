@@ -60,11 +60,7 @@ impl ModelIdentity {
                 short(&self.checkpoint_sha256)
             ))
         } else if self.feature != other.feature {
-            Some(format!(
-                "feature `{}` differs from `{}`",
-                other.feature.output_name(),
-                self.feature.output_name()
-            ))
+            Some(format!("feature `{}` differs from `{}`", other.feature.name(), self.feature.name()))
         } else if self.dim != other.dim {
             Some(format!("dimension {} differs from {}", other.dim, self.dim))
         } else {

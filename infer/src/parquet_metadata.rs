@@ -285,7 +285,7 @@ fn key_values(manifest: &Manifest) -> Vec<KeyValue> {
     let mut pairs = vec![
         KeyValue::new("dim.model_sha256".into(), manifest.model.checkpoint_sha256.clone()),
         KeyValue::new("dim.preset".into(), manifest.model.preset.clone()),
-        KeyValue::new("dim.feature".into(), manifest.model.feature.output_name().to_string()),
+        KeyValue::new("dim.feature".into(), manifest.model.feature.name().to_string()),
         KeyValue::new("dim.dim".into(), manifest.model.dim.to_string()),
         KeyValue::new("dim.toolkit_version".into(), dim_models::TOOLKIT_VERSION.to_string()),
     ];
@@ -306,7 +306,7 @@ fn write_row_group<W: std::io::Write + Send>(
     let present = |facts: &Option<FileFacts>| i16::from(facts.is_some());
     let fact_levels: Vec<i16> = facts.iter().map(present).collect();
     let model = ByteArray::from(manifest.model.checkpoint_sha256.as_str());
-    let feature = ByteArray::from(manifest.model.feature.output_name());
+    let feature = ByteArray::from(manifest.model.feature.name());
 
     let mut group = writer.next_row_group()?;
     let mut column_index = 0;

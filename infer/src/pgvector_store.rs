@@ -328,7 +328,7 @@ fn prepare_table(
     if stored_dim > HNSW_MAX_DIMS {
         return Err(StoreError::TooWide(stored_dim));
     }
-    let feature = model.feature.output_name();
+    let feature = model.feature.name();
     let dim = model.dim as i32;
     let (m, ef) = (options.m as i32, options.ef_construction as i32);
     transaction.execute(

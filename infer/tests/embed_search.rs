@@ -988,4 +988,77 @@ fn near_duplicates_form_groups_whose_pairs_match_exact_cosine_and_the_contact_sh
     let page = std::fs::read_to_string(&html).unwrap();
     assert_eq!(page.matches("<section>").count(), 2);
     assert_eq!(page.matches("src=\"data:image/jpeg;base64,").count(), 5, "every member has a thumbnail");
+
+    // Without --threshold the feature's calibrated default is used; a feature without one is
+    // refused with what to do.
+    let log = tool(search, &["duplicates".as_ref(), "--index".as_ref(), index_dir.as_os_str()]);
+    assert!(log.contains("pairs at cosine >= 0.9994"), "{log}");
+    let fc_out = temp.path().join("fc-embeddings");
+    let fc_index = temp.path().join("fc-index");
+    let feature_args = ["--feature".as_ref(), "fc".as_ref(), "--out".as_ref(), fc_out.as_os_str()];
+    tool(
+        embed,
+        &[&[images.as_os_str(), "--model".as_ref(), model.as_os_str()][..], &feature_args[..]].concat(),
+    );
+    let build = ["build", "--embeddings"].map(std::ffi::OsStr::new);
+    tool(search, &[&build[..], &[fc_out.as_os_str(), "--out".as_ref(), fc_index.as_os_str()][..]].concat());
+    let refused = Command::new(search)
+        .args(["duplicates".as_ref(), "--index".as_ref(), fc_index.as_os_str()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("no default threshold for feature `fc`") && stderr.contains("--feature duplicate"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_duplicate_feature_does_not_move_under_mirroring_or_brightness_and_contrast_changes() {
+    let temp = tempfile::tempdir().unwrap();
+    let model = write_model(temp.path(), "model-duplicate-feature", true);
+    let base = pattern(3, 48, 40);
+    let mirror = image::imageops::flip_horizontal(&base);
+    // Brighter and flatter, without clipping: every channel value v becomes 40 + 0.6 v.
+    let mut changed = base.clone();
+    changed.pixels_mut().for_each(|p| p.0 = p.0.map(|v| (40.0 + 0.6 * f32::from(v)).round() as u8));
+    let other = pattern(4, 48, 40);
+    let images: Vec<DynamicImage> =
+        [base, mirror, changed, other].into_iter().map(DynamicImage::ImageRgb8).collect();
+    let vectors = |feature| {
+        let mut embedder = Embedder::try_new(EmbedderOptions {
+            model: model.clone(),
+            feature,
+            threads: 1,
+            ..Default::default()
+        })
+        .unwrap();
+        let dim = embedder.dim();
+        let flat = embedder.embed_images(&images, 3).unwrap();
+        flat.chunks_exact(dim).map(<[f32]>::to_vec).collect::<Vec<_>>()
+    };
+    let cosine = |x: &[f32], y: &[f32]| {
+        let dot: f32 = x.iter().zip(y).map(|(p, q)| p * q).sum();
+        let norm = |v: &[f32]| v.iter().map(|p| p * p).sum::<f32>().sqrt();
+        dot / (norm(x) * norm(y))
+    };
+    let duplicate = vectors(Feature::Duplicate);
+    let plain = vectors(Feature::Embedding);
+    for vector in &duplicate {
+        let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "unit length, got {norm}");
+    }
+    let (mirror, changed, other) = (
+        cosine(&duplicate[0], &duplicate[1]),
+        cosine(&duplicate[0], &duplicate[2]),
+        cosine(&duplicate[0], &duplicate[3]),
+    );
+    assert!(mirror > 1.0 - 1e-5, "mirror image: {mirror}");
+    assert!(changed > 0.999, "brightness and contrast change: {changed}");
+    assert!(other < changed - 0.01, "another image {other} vs the changed copy {changed}");
+    // The plain embedding of the same model does move: the invariances are the feature's doing.
+    let (plain_mirror, plain_changed) = (cosine(&plain[0], &plain[1]), cosine(&plain[0], &plain[2]));
+    assert!(plain_mirror < mirror - 1e-3, "plain embedding of the mirror image: {plain_mirror}");
+    assert!(plain_changed < changed - 1e-3, "plain embedding of the changed copy: {plain_changed}");
 }

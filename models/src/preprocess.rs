@@ -234,8 +234,27 @@ pub fn exif_orientation(exif: Option<&[u8]>) -> Orientation {
 /// Any pixel type works (8/16-bit, float, grey+alpha, RGBA); alpha is composited over
 /// `spec.background` first.
 pub fn image_to_input(image: &DynamicImage, spec: &InputSpec) -> Vec<f32> {
+    image_to_input_with_region(image, spec).0
+}
+
+/// Where an image's own pixels lie on the input canvas: all of it, except for the border that
+/// [`ResizePolicy::Pad`] adds around an image that is not square.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentRegion {
+    /// Left column.
+    pub x: usize,
+    /// Top row.
+    pub y: usize,
+    /// Columns.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+}
+
+/// [`image_to_input`], and where the image's pixels lie on the canvas.
+pub fn image_to_input_with_region(image: &DynamicImage, spec: &InputSpec) -> (Vec<f32>, ContentRegion) {
     let opaque = composite_alpha(image, spec.background);
-    let fitted = fit(&opaque, spec);
+    let (fitted, region) = fit(&opaque, spec);
     let size = spec.size;
     let mut out = vec![0.0f32; spec.len()];
     if spec.channels == 1 {
@@ -252,7 +271,46 @@ pub fn image_to_input(image: &DynamicImage, spec: &InputSpec) -> Vec<f32> {
             }
         }
     }
-    out
+    (out, region)
+}
+
+/// Mean that [`normalise_contrast`] gives an image's pixels.
+pub const NORMALISED_MEAN: f32 = 0.5;
+/// Standard deviation that [`normalise_contrast`] gives an image's pixels.
+pub const NORMALISED_STD: f32 = 0.25;
+/// Images whose pixels vary less than this (one 8-bit level) are flat and left as they are:
+/// stretching them would turn sensor and JPEG noise into structure, and every flat image of any
+/// brightness into the same one.
+pub const FLAT_BELOW_STD: f32 = 1.0 / 255.0;
+
+/// Per-image contrast normalisation of an input laid out by [`image_to_input`]: the pixels of
+/// `region` (all channels together, so colours keep their ratios) are shifted and scaled to
+/// [`NORMALISED_MEAN`] and [`NORMALISED_STD`], then clamped to [0, 1]; the padding border is left
+/// black. A brightness or contrast change of the whole image (an affine map of its values) then
+/// gives the same input, up to clipping and rounding. Flat images are left as they are.
+pub fn normalise_contrast(input: &mut [f32], spec: &InputSpec, region: ContentRegion) {
+    let plane = spec.size * spec.size;
+    let indices: Vec<usize> = (0..spec.channels)
+        .flat_map(|channel| (region.y..region.y + region.height).map(move |row| (channel, row)))
+        .flat_map(|(channel, row)| {
+            let start = channel * plane + row * spec.size + region.x;
+            start..start + region.width
+        })
+        .collect();
+    if indices.is_empty() {
+        return;
+    }
+    let count = indices.len() as f64;
+    let mean = indices.iter().map(|&i| f64::from(input[i])).sum::<f64>() / count;
+    let variance = indices.iter().map(|&i| (f64::from(input[i]) - mean).powi(2)).sum::<f64>() / count;
+    let std = variance.sqrt();
+    if std < f64::from(FLAT_BELOW_STD) {
+        return;
+    }
+    let gain = f64::from(NORMALISED_STD) / std;
+    for &i in &indices {
+        input[i] = ((f64::from(input[i]) - mean) * gain + f64::from(NORMALISED_MEAN)).clamp(0.0, 1.0) as f32;
+    }
 }
 
 /// The image with its alpha channel composited over `background` (no alpha channel, or
@@ -295,15 +353,16 @@ fn blend_u8(value: u8, alpha: u8, background: f32) -> u8 {
     (f32::from(value) * alpha + background * (1.0 - alpha)).round() as u8
 }
 
-/// Fits an image to `spec.size` × `spec.size` by the policy.
-fn fit<'a>(image: &'a DynamicImage, spec: &InputSpec) -> Cow<'a, DynamicImage> {
+/// Fits an image to `spec.size` × `spec.size` by the policy; says where its pixels landed.
+fn fit<'a>(image: &'a DynamicImage, spec: &InputSpec) -> (Cow<'a, DynamicImage>, ContentRegion) {
     let size = spec.size as u32;
     let (width, height) = image.dimensions();
+    let whole = ContentRegion { x: 0, y: 0, width: spec.size, height: spec.size };
     if (width, height) == (size, size) {
-        return Cow::Borrowed(image);
+        return (Cow::Borrowed(image), whole);
     }
-    Cow::Owned(match spec.resize {
-        ResizePolicy::Stretch => image.resize_exact(size, size, FilterType::Triangle),
+    match spec.resize {
+        ResizePolicy::Stretch => (Cow::Owned(image.resize_exact(size, size, FilterType::Triangle)), whole),
         ResizePolicy::Pad => {
             let inner = if width > size || height > size {
                 Cow::Owned(image.resize(size, size, FilterType::Triangle))
@@ -314,9 +373,15 @@ fn fit<'a>(image: &'a DynamicImage, spec: &InputSpec) -> Cow<'a, DynamicImage> {
             let x = (size - inner.width()) / 2;
             let y = (size - inner.height()) / 2;
             image::imageops::overlay(&mut canvas, inner.as_ref(), i64::from(x), i64::from(y));
-            canvas
+            let region = ContentRegion {
+                x: x as usize,
+                y: y as usize,
+                width: inner.width() as usize,
+                height: inner.height() as usize,
+            };
+            (Cow::Owned(canvas), region)
         }
-    })
+    }
 }
 
 #[cfg(test)]
@@ -339,6 +404,58 @@ mod tests {
         assert_eq!(input[29 * 32 + 29], 1.0);
         assert_eq!(input[30 * 32 + 30], 0.0);
         assert_eq!(input.iter().filter(|&&v| v == 1.0).count(), 28 * 28);
+    }
+
+    #[test]
+    fn pad_reports_where_the_image_landed_and_stretch_covers_the_canvas() {
+        let wide = DynamicImage::ImageLuma8(GrayImage::from_pixel(400, 300, image::Luma([9])));
+        let (_, region) = image_to_input_with_region(&wide, &GREY_32);
+        assert_eq!(region, ContentRegion { x: 0, y: 4, width: 32, height: 24 });
+        let (_, region) = image_to_input_with_region(&wide, &RGB_4);
+        assert_eq!(region, ContentRegion { x: 0, y: 0, width: 4, height: 4 });
+    }
+
+    #[test]
+    fn contrast_normalisation_sets_mean_and_spread_and_undoes_brightness_and_contrast_changes() {
+        // A 30x20 image on a 32x32 canvas (1-pixel border left and right, 6 rows top and bottom)
+        // holding every level 0..60 equally often, so no value lands beyond the clamp at 1.73 sigma.
+        let pixel = |x: u32, y: u32, gain: u32, offset: u32| {
+            image::Luma([(offset + gain * ((x + 30 * y) % 60)) as u8])
+        };
+        let dim = DynamicImage::ImageLuma8(GrayImage::from_fn(30, 20, |x, y| pixel(x, y, 1, 40)));
+        let bright = DynamicImage::ImageLuma8(GrayImage::from_fn(30, 20, |x, y| pixel(x, y, 2, 60)));
+        let normalised = |image: &DynamicImage| {
+            let (mut input, region) = image_to_input_with_region(image, &GREY_32);
+            assert_eq!(region, ContentRegion { x: 1, y: 6, width: 30, height: 20 });
+            normalise_contrast(&mut input, &GREY_32, region);
+            (input, region)
+        };
+        let (dim_input, region) = normalised(&dim);
+        let (bright_input, _) = normalised(&bright);
+        let content: Vec<f32> = (region.y..region.y + region.height)
+            .flat_map(|row| dim_input[row * 32 + 1..row * 32 + 31].to_vec())
+            .collect();
+        let mean = content.iter().sum::<f32>() / content.len() as f32;
+        let std = (content.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / content.len() as f32).sqrt();
+        assert!((mean - NORMALISED_MEAN).abs() < 1e-5, "mean {mean}");
+        assert!((std - NORMALISED_STD).abs() < 1e-5, "std {std}");
+        // The border stays black.
+        assert!(dim_input[..32 * 6].iter().all(|&v| v == 0.0));
+        assert_eq!(dim_input[6 * 32], 0.0);
+        // Twice the contrast and brighter: the same input (the values are affine in each other
+        // exactly, so only float rounding differs).
+        for (a, b) in dim_input.iter().zip(&bright_input) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn flat_images_are_left_as_they_are_by_contrast_normalisation() {
+        let flat = DynamicImage::ImageLuma8(GrayImage::from_pixel(32, 32, image::Luma([61])));
+        let (mut input, region) = image_to_input_with_region(&flat, &GREY_32);
+        let before = input.clone();
+        normalise_contrast(&mut input, &GREY_32, region);
+        assert_eq!(input, before);
     }
 
     #[test]

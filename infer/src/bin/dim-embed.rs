@@ -74,7 +74,9 @@ struct Args {
     /// ONNX Runtime threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Which output to store: embedding, conv, fc or y.
+    /// Which output to store: embedding, conv, fc or y; or duplicate, for `dim-search
+    /// duplicates`: the embedding made invariant to brightness, contrast and mirroring (contrast-
+    /// normalised input, averaged with its mirror image; two model runs per image).
     #[arg(long, default_value = "embedding")]
     feature: Feature,
     /// Execution provider: cpu or cuda.
@@ -201,7 +203,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         summary.dropped,
         summary.total_rows,
         embedder.dim(),
-        embedder.feature().output_name(),
+        embedder.feature().name(),
         dim_models::path_record::display(&out)
     );
     if !summary.skipped.is_empty() {

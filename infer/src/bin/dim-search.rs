@@ -5,7 +5,7 @@
 
 use anyhow::Context;
 use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
-use dim_infer::duplicates::{self, DEFAULT_THRESHOLD, DuplicateParams};
+use dim_infer::duplicates::{self, DuplicateParams};
 use dim_infer::embedder::{Embedder, EmbedderOptions};
 use dim_infer::index::{self, Hit, IndexFiles, IndexParams, Metric};
 use dim_infer::manifest::{Manifest, ModelIdentity};
@@ -121,11 +121,13 @@ enum Command {
         /// The index directory (built with the cosine metric).
         #[arg(long)]
         index: PathBuf,
-        /// Cosine similarity at or above which two images are near-duplicates. The default was
+        /// Cosine similarity at or above which two images are near-duplicates. The defaults were
         /// chosen on the duplicate benchmark (bench/results/duplicates.md) for vectors without
-        /// whitening; pass one for an index built with --whiten.
-        #[arg(long, default_value_t = DEFAULT_THRESHOLD)]
-        threshold: f32,
+        /// whitening: 0.9964 for the `duplicate` feature (embed with `dim-embed --feature
+        /// duplicate`, which also matches brightened and mirrored copies), 0.9994 for
+        /// `embedding`. Required for other features and for an index built with --whiten.
+        #[arg(long)]
+        threshold: Option<f32>,
         /// Neighbours each image searches.
         #[arg(short, default_value_t = 10)]
         k: usize,
@@ -358,15 +360,26 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Duplicates { index, threshold, k, ef, json, html, html_groups } => {
             let mut files = IndexFiles::open(&index)?;
             let loaded = files.load()?;
-            if let Some(pca) = loaded.info.post_process.as_ref().filter(|pca| pca.whiten)
-                && threshold == DEFAULT_THRESHOLD
-            {
-                eprintln!(
-                    "dim-search: the index is whitened ({}-d PCA); the default threshold was chosen on unwhitened \
-                     vectors, so pass --threshold or build with --pca 0",
-                    pca.dims
-                );
-            }
+            let feature = loaded.info.model.feature;
+            let threshold = match threshold {
+                Some(threshold) => threshold,
+                None => {
+                    if let Some(pca) = loaded.info.post_process.as_ref().filter(|pca| pca.whiten) {
+                        anyhow::bail!(
+                            "the index is whitened ({}-d PCA) and the default thresholds were chosen on unwhitened \
+                             vectors: pass --threshold, or build the index with --pca 0",
+                            pca.dims
+                        );
+                    }
+                    duplicates::default_threshold(feature).ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "no default threshold for feature `{}`: pass --threshold, or embed with \
+                             `dim-embed --feature duplicate` (made for near-duplicates)",
+                            feature.name()
+                        )
+                    })?
+                }
+            };
             let report = duplicates::find(&loaded, &DuplicateParams { threshold, k, ef })?;
             println!(
                 "{} groups of near-duplicates ({} images, {} pairs at cosine >= {threshold}) among {} images",
