@@ -1,5 +1,7 @@
 """The faiss-cpu baseline for the index benchmark: HNSW (IndexHNSWFlat) over the same vectors and
 held-out queries as a dim-search index directory, at the same M, ef_construction and ef values.
+An index with a post-processing transform (`post_process` in index.json) has it applied first,
+from the files the index saved, so faiss searches the very vectors dim-search's graph holds.
 
 usage: faiss_baseline.py INDEX_DIR M EF_CONSTRUCTION THREADS K EF [EF ...]
 Prints one JSON object: build_seconds and, per ef, recall_at_k and queries_per_second.
@@ -21,6 +23,13 @@ def main():
     vectors = np.load(f"{index_dir}/vectors.npy").astype(np.float32)
     held_out = np.array(info["held_out"], dtype=np.int64)
     indexed = np.setdiff1d(np.arange(len(vectors)), held_out)
+    pca = info.get("post_process")
+    if pca:
+        mean = np.load(f"{index_dir}/pca_mean.npy").astype(np.float64).reshape(-1)
+        components = np.load(f"{index_dir}/pca_components.npy").astype(np.float64)
+        variances = np.load(f"{index_dir}/pca_variances.npy").astype(np.float64).reshape(-1)
+        scales = 1.0 / np.sqrt(variances + pca["eps"]) if pca["whiten"] else np.ones_like(variances)
+        vectors = (((vectors - mean) @ components.T) * scales).astype(np.float32)
     cosine = info["params"]["metric"] == "cosine"
     if cosine:
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

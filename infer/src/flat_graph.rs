@@ -6,11 +6,12 @@
 //! contiguous vector matrix, row-numbered link lists and a visited bitset returns the same kind
 //! of result with far less work per visited node. hnsw_rs still builds, saves and loads the graph.
 
-use hnsw_rs::prelude::{DistDot, DistL2, Distance};
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
 use crate::index::Metric;
+use crate::vector_distance::{self, DistDot, DistL2};
+use hnsw_rs::prelude::Distance;
 
 /// The links of one layer in compressed-row form: row `r` links to
 /// `targets[offsets[r]..offsets[r + 1]]`.
@@ -127,17 +128,23 @@ impl FlatGraph {
         visited[current as usize / 64] |= 1 << (current % 64);
         let mut candidates = BinaryHeap::from([Reverse(Scored(current_distance, current))]);
         let mut nearest = BinaryHeap::from([Scored(current_distance, current)]);
+        let mut unvisited = Vec::new();
         while let Some(Reverse(Scored(distance, row))) = candidates.pop() {
             let farthest_kept = nearest.peek().map_or(f32::INFINITY, |s| s.0);
             if nearest.len() >= ef && distance > farthest_kept {
                 break;
             }
+            // The unvisited neighbours, their rows' loads started before any is scored.
+            unvisited.clear();
             for &next in self.layers[0].links(row) {
                 let (word, bit) = (next as usize / 64, 1u64 << (next % 64));
-                if visited[word] & bit != 0 {
-                    continue;
+                if visited[word] & bit == 0 {
+                    visited[word] |= bit;
+                    vector_distance::prefetch(self.row(next as usize));
+                    unvisited.push(next);
                 }
-                visited[word] |= bit;
+            }
+            for &next in &unvisited {
                 let distance = self.distance_to_row(query, next as usize);
                 if nearest.len() < ef || distance < nearest.peek().map_or(f32::INFINITY, |s| s.0) {
                     candidates.push(Reverse(Scored(distance, next)));

@@ -24,7 +24,8 @@ use crate::flat_graph::FlatGraph;
 use crate::manifest::{self, MANIFEST_FILE, Manifest, ManifestError, ModelIdentity};
 use crate::npy::{self, Matrix, NpyError};
 use crate::post_process::{Pca, PcaDescription, PcaSpec, PostProcessError};
-use hnsw_rs::prelude::{AnnT, DistDot, DistL2, Distance, Hnsw, HnswIo};
+use crate::vector_distance::{DistDot, DistL2};
+use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -44,10 +45,6 @@ const MAX_LAYERS: usize = 16;
 /// Results and candidate-list size of the build's search of each indexed vector for itself.
 const SELF_CHECK_K: usize = 2;
 const SELF_CHECK_EF: usize = 10;
-/// Cosine vectors are stored at this length instead of 1: hnsw_rs's dot distance asserts that a
-/// dot product never exceeds 1 (+2e-6), which rounding could break for a vector with itself;
-/// scaling every vector alike keeps the ranking and leaves a safe margin.
-const COSINE_SCALE: f32 = 1.0 - 1e-5;
 
 /// How vectors are compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -278,13 +275,13 @@ fn rows_missed_by_own_vector(graph: &FlatGraph, rows: &[usize]) -> Vec<usize> {
         .collect()
 }
 
-/// Brings a vector into the space the graph compares in: unit length (times a safety margin)
-/// for cosine, unchanged for L2.
+/// Brings a vector into the space the graph compares in: unit length for cosine, unchanged for
+/// L2.
 fn to_graph_space(metric: Metric, vector: &[f32]) -> Vec<f32> {
     match metric {
         Metric::Cosine => {
             let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
-            let scale = if norm > 0.0 { COSINE_SCALE / norm } else { 0.0 };
+            let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
             vector.iter().map(|v| v * scale).collect()
         }
         Metric::L2 => vector.to_vec(),
@@ -308,7 +305,7 @@ fn graph_space_rows(
 /// Turns a graph distance into the score shown to users: cosine similarity or L2 distance.
 fn score(metric: Metric, distance: f32) -> f32 {
     match metric {
-        Metric::Cosine => (1.0 - distance) / (COSINE_SCALE * COSINE_SCALE),
+        Metric::Cosine => 1.0 - distance,
         Metric::L2 => distance,
     }
 }

@@ -23,3 +23,4 @@ pub mod retrieval;
 pub mod runtime;
 pub mod session;
 pub mod shard;
+mod vector_distance;
