@@ -5,6 +5,7 @@ usage: prepare_data.py CACHE_DIR WALLPAPER_DIR
   CACHE_DIR/photos/NNNNN.jpg               5,000 camera-sized JPEGs (640x480 to 1600x1200): random
                                            crops of the real photos in WALLPAPER_DIR, rescaled and
                                            re-encoded at quality 85-95
+WALLPAPER_DIR "-" writes the Fashion-MNIST collection only (what the index benchmark needs).
 Each collection is written once; a complete one (marked by a .complete file) is reused.
 """
 
@@ -66,7 +67,8 @@ def photos(out, wallpapers):
 def main():
     cache, wallpapers = sys.argv[1], sys.argv[2]
     fashion_mnist(os.path.join(cache, "fashion-mnist-t10k"))
-    photos(os.path.join(cache, "photos"), wallpapers)
+    if wallpapers != "-":
+        photos(os.path.join(cache, "photos"), wallpapers)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,9 @@ pub(crate) struct FlatGraph {
     vectors: Vec<f32>,
     dim: usize,
     metric: Metric,
+    /// Wide rows also as 8-bit codes, which the walk scores before the nearest it kept are
+    /// scored again exactly.
+    codes: Option<RowCodes>,
 }
 
 impl FlatGraph {
@@ -78,12 +81,14 @@ impl FlatGraph {
         dim: usize,
         metric: Metric,
     ) -> Self {
+        let codes = (dim >= CODED_MIN_DIM).then(|| RowCodes::new(&vectors, dim));
         FlatGraph {
             layers: links.iter().map(|l| Layer::from_lists(l)).collect(),
             entry,
             vectors,
             dim,
             metric,
+            codes,
         }
     }
 
@@ -102,15 +107,38 @@ impl FlatGraph {
     }
 
     /// The (up to) `k` nearest rows found with a candidate list of `ef`, nearest first.
+    ///
+    /// With 8-bit codes the walk compares codes, then the `ef` nearest it kept are scored again
+    /// from the f32 rows and the best `k` of those returned, with their exact distances.
     pub(crate) fn search(&self, query: &[f32], k: usize, ef: usize) -> Vec<(usize, f32)> {
+        let mut found = match &self.codes {
+            Some(codes) => {
+                let coded = CodedQuery::new(query);
+                let mut kept = self.walk(k, ef, |row| codes.distance(&coded, row as usize, self.metric));
+                for (row, distance) in &mut kept {
+                    *distance = self.distance_to_row(query, *row);
+                }
+                kept
+            }
+            None => self.walk(k, ef, |row| self.distance_to_row(query, row as usize)),
+        };
+        found.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        found.truncate(k);
+        found
+    }
+
+    /// The HNSW search under `distance` (from the query to a row): a greedy walk down the upper
+    /// layers, then a best-first search of layer 0 keeping the `ef` (at least `k`) nearest seen,
+    /// returned unsorted.
+    fn walk(&self, k: usize, ef: usize, distance_to: impl Fn(u32) -> f32) -> Vec<(usize, f32)> {
         let Some(mut current) = self.entry else { return Vec::new() };
-        let mut current_distance = self.distance_to_row(query, current as usize);
+        let mut current_distance = distance_to(current);
         // Upper layers: walk greedily to the nearest node each layer offers.
         for layer in self.layers.iter().skip(1).rev() {
             loop {
                 let mut moved = false;
                 for &next in layer.links(current) {
-                    let distance = self.distance_to_row(query, next as usize);
+                    let distance = distance_to(next);
                     if distance < current_distance {
                         (current, current_distance) = (next, distance);
                         moved = true;
@@ -134,18 +162,16 @@ impl FlatGraph {
             if nearest.len() >= ef && distance > farthest_kept {
                 break;
             }
-            // The unvisited neighbours, their rows' loads started before any is scored.
             unvisited.clear();
             for &next in self.layers[0].links(row) {
                 let (word, bit) = (next as usize / 64, 1u64 << (next % 64));
                 if visited[word] & bit == 0 {
                     visited[word] |= bit;
-                    vector_distance::prefetch(self.row(next as usize));
                     unvisited.push(next);
                 }
             }
             for &next in &unvisited {
-                let distance = self.distance_to_row(query, next as usize);
+                let distance = distance_to(next);
                 if nearest.len() < ef || distance < nearest.peek().map_or(f32::INFINITY, |s| s.0) {
                     candidates.push(Reverse(Scored(distance, next)));
                     nearest.push(Scored(distance, next));
@@ -155,11 +181,67 @@ impl FlatGraph {
                 }
             }
         }
-        let mut found: Vec<(usize, f32)> =
-            nearest.into_iter().map(|Scored(d, row)| (row as usize, d)).collect();
-        found.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-        found.truncate(k);
-        found
+        nearest.into_iter().map(|Scored(d, row)| (row as usize, d)).collect()
+    }
+}
+
+/// Rows at least this wide are also kept as 8-bit codes: their f32 rows (16 KiB at 4096-d) make
+/// the walk wait on memory, and a code is a quarter of that.
+const CODED_MIN_DIM: usize = 1024;
+
+/// Every row as signed 8-bit codes scaled to its largest magnitude, with the scale and the
+/// row's exact squared length.
+struct RowCodes {
+    codes: Vec<i8>,
+    scales: Vec<f32>,
+    squared_lengths: Vec<f32>,
+    dim: usize,
+}
+
+/// A vector quantised to codes like a row.
+struct CodedQuery {
+    codes: Vec<i8>,
+    scale: f32,
+    squared_length: f32,
+}
+
+/// `vector`'s codes and their scale: `vector ≈ scale × codes`.
+fn quantise(vector: &[f32], codes: &mut Vec<i8>) -> f32 {
+    let largest = vector.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let scale = if largest > 0.0 { largest / 127.0 } else { 1.0 };
+    codes.extend(vector.iter().map(|v| (v / scale).round().clamp(-127.0, 127.0) as i8));
+    scale
+}
+
+impl CodedQuery {
+    fn new(query: &[f32]) -> Self {
+        let mut codes = Vec::with_capacity(query.len());
+        let scale = quantise(query, &mut codes);
+        CodedQuery { codes, scale, squared_length: vector_distance::dot(query, query) }
+    }
+}
+
+impl RowCodes {
+    fn new(vectors: &[f32], dim: usize) -> Self {
+        let rows = vectors.len() / dim;
+        let mut codes = Vec::with_capacity(vectors.len());
+        let mut scales = Vec::with_capacity(rows);
+        let mut squared_lengths = Vec::with_capacity(rows);
+        for row in vectors.chunks_exact(dim) {
+            scales.push(quantise(row, &mut codes));
+            squared_lengths.push(vector_distance::dot(row, row));
+        }
+        RowCodes { codes, scales, squared_lengths, dim }
+    }
+
+    /// The graph's distance from `query` to `row`, from their codes.
+    fn distance(&self, query: &CodedQuery, row: usize, metric: Metric) -> f32 {
+        let codes = &self.codes[row * self.dim..(row + 1) * self.dim];
+        let dot = vector_distance::dot_i8(&query.codes, codes) as f32 * query.scale * self.scales[row];
+        match metric {
+            Metric::Cosine => (1.0 - dot).max(0.0),
+            Metric::L2 => (query.squared_length + self.squared_lengths[row] - 2.0 * dot).max(0.0).sqrt(),
+        }
     }
 }
 
@@ -182,6 +264,58 @@ mod tests {
         let rows: Vec<usize> = found.iter().map(|&(row, _)| row).collect();
         assert_eq!(rows, [4, 3, 2]);
         assert!((found[0].1 - 0.1).abs() < 1e-6 && (found[2].1 - 1.9).abs() < 1e-6, "{found:?}");
+    }
+
+    /// 300 pseudo-random unit vectors of `CODED_MIN_DIM` values, every row linked to every
+    /// other on layer 0 (so the walk sees them all), entry row 0.
+    fn wide_complete_graph(metric: Metric) -> (FlatGraph, Vec<f32>) {
+        let (rows, dim) = (300, CODED_MIN_DIM);
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut vectors: Vec<f32> = (0..rows * dim)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        for row in vectors.chunks_exact_mut(dim) {
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            row.iter_mut().for_each(|v| *v /= norm);
+        }
+        let layer0: Vec<Vec<u32>> =
+            (0..rows as u32).map(|r| (0..rows as u32).filter(|&o| o != r).collect()).collect();
+        let query: Vec<f32> =
+            vectors[..dim].iter().zip(&vectors[dim..2 * dim]).map(|(a, b)| a + 0.5 * b).collect();
+        let norm = query.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let query = query.iter().map(|v| v / norm).collect();
+        (FlatGraph::new(&[layer0], Some(0), vectors, dim, metric), query)
+    }
+
+    #[test]
+    fn a_coded_search_returns_the_exact_nearest_with_exact_distances() {
+        for metric in [Metric::Cosine, Metric::L2] {
+            let (graph, query) = wide_complete_graph(metric);
+            assert!(graph.codes.is_some(), "rows of {CODED_MIN_DIM} values are coded");
+            let rows = graph.vectors.len() / graph.dim;
+            let mut exact: Vec<(usize, f32)> =
+                (0..rows).map(|r| (r, graph.distance_to_row(&query, r))).collect();
+            exact.sort_by(|a, b| a.1.total_cmp(&b.1));
+            let found = graph.search(&query, 5, 300);
+            assert_eq!(found, exact[..5].to_vec(), "{metric:?}");
+        }
+    }
+
+    #[test]
+    fn codes_score_close_to_the_f32_rows() {
+        let (graph, query) = wide_complete_graph(Metric::Cosine);
+        let codes = graph.codes.as_ref().unwrap();
+        let coded = CodedQuery::new(&query);
+        for row in 0..300 {
+            let exact = graph.distance_to_row(&query, row);
+            let approximate = codes.distance(&coded, row, Metric::Cosine);
+            assert!((exact - approximate).abs() < 0.01, "row {row}: {exact} vs {approximate}");
+        }
     }
 
     #[test]

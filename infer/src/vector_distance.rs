@@ -91,15 +91,26 @@ impl WithSimd for Kernel<'_> {
     }
 }
 
-/// Hints the CPU to start loading the first cache lines of `row`, for a distance soon to come.
-#[inline]
-pub(crate) fn prefetch(row: &[f32]) {
-    // Touching one value per cache line is the portable, safe form of a prefetch: the loads have
-    // no dependants, so the CPU issues them and carries on.
-    const FLOATS_PER_LINE: usize = 16;
-    const LINES: usize = 4;
-    for line in row.chunks(FLOATS_PER_LINE).take(LINES) {
-        std::hint::black_box(line[0]);
+/// `a·b` of two code vectors over their common length, exactly (in i32).
+pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    let n = a.len().min(b.len());
+    Arch::new().dispatch(CodeDot { a: &a[..n], b: &b[..n] })
+}
+
+/// The dot product of 8-bit codes. Integer sums may be reordered freely, so plain Rust,
+/// compiled inside pulp's dispatch for the CPU's instruction set, vectorises on its own
+/// (widening multiply-adds).
+struct CodeDot<'a> {
+    a: &'a [i8],
+    b: &'a [i8],
+}
+
+impl WithSimd for CodeDot<'_> {
+    type Output = i32;
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, _simd: S) -> i32 {
+        self.a.iter().zip(self.b).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum()
     }
 }
 
@@ -160,6 +171,17 @@ mod tests {
             assert!((got.0 - want.0).abs() < tolerance(want.0), "n {}: {got:?} vs {want:?}", a.len());
             assert!((got.1 - want.1).abs() < tolerance(want.1), "n {}: {got:?} vs {want:?}", a.len());
         }
+    }
+
+    #[test]
+    fn code_dot_is_exact_at_every_length() {
+        for n in 0..=300usize {
+            let a: Vec<i8> = (0..n).map(|i| (i * 37 % 255) as i32 - 127).map(|v| v as i8).collect();
+            let b: Vec<i8> = (0..n).map(|i| (i * 91 % 251) as i32 - 125).map(|v| v as i8).collect();
+            let want: i32 = a.iter().zip(&b).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum();
+            assert_eq!(dot_i8(&a, &b), want, "n {n}");
+        }
+        assert_eq!(dot_i8(&[-127; 4096], &[-127; 4096]), 4096 * 127 * 127);
     }
 
     #[test]
