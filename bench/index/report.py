@@ -61,7 +61,8 @@ def main():
                   "query_run_seconds_including_load": min(query_runs), "searches": []}
         lines += [f"## {name}: {vectors}", "",
                   f"- {info['count']} indexed + {len(info['held_out'])} held-out queries, {p['metric']}; "
-                  f"M {p['m']}, ef_construction {p['ef_construction']}; `dim-search build {args}`".rstrip(),
+                  f"M {p['m']}, ef_construction {p['ef_construction']}; "
+                  + (f"`dim-search build {args}`" if args else "`dim-search build` with no post-processing flag"),
                   f"- build: dim-search {ours_build:.2f} s (graph and its self-check; whole command "
                   f"{min(walls):.2f} s), faiss {faiss_build:.2f} s: **dim-search {faiss_build / ours_build:.2f}x "
                   "faiss's speed**",
