@@ -7,7 +7,9 @@ A pair is predicted when its score passes a threshold (cosine >= t for dim-searc
 distance <= d for the hashes) and is a true pair when both files share a group. For every
 method the threshold is chosen on the calibration split as the loosest one with pair precision of
 at least 0.95 there, and precision and recall are reported on the test split at that threshold;
-the hashes are also reported at their customary fixed distances."""
+the hashes are also reported at their customary fixed distances. Every method is also scored,
+with the same protocol, on the as-cut labels (`crop`: visually identical crops counted distinct,
+see make_set.py), under "as_cut"."""
 
 import itertools
 import json
@@ -23,13 +25,9 @@ TARGET_PRECISION = 0.95
 CUSTOMARY = {"phash": 8, "dhash": 10}
 
 
-def split_pairs(truth, split):
+def split_pairs(truth, split, label):
     names = sorted(n for n, t in truth.items() if t["split"] == split)
-    true = {
-        (a, b)
-        for a, b in itertools.combinations(names, 2)
-        if truth[a]["group"] == truth[b]["group"]
-    }
+    true = {(a, b) for a, b in itertools.combinations(names, 2) if truth[a][label] == truth[b][label]}
     return names, true
 
 
@@ -78,7 +76,7 @@ def per_kind_recall(scored, true, truth, threshold, closer):
     found = {}
     for a, b in true:
         kinds = {truth[a]["kind"], truth[b]["kind"]}
-        if "original" not in kinds:
+        if "original" not in kinds or len(kinds) == 1 or truth[a]["crop"] != truth[b]["crop"]:
             continue
         kind = (kinds - {"original"}).pop()
         hit = threshold is not None and (a, b) in scored and closer(scored[(a, b)], threshold)
@@ -90,8 +88,9 @@ def per_kind_recall(scored, true, truth, threshold, closer):
 def main():
     set_dir, duplicates_json, dim_seconds, out_json, label = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5]
     truth = json.load(open(os.path.join(set_dir, "truth.json")))
-    splits = {split: split_pairs(truth, split) for split in ("calibration", "test")}
+    splits = {split: split_pairs(truth, split, "group") for split in ("calibration", "test")}
     truth_by_split = {split: true for split, (_, true) in splits.items()}
+    as_cut_by_split = {split: split_pairs(truth, split, "crop")[1] for split in splits}
 
     report = json.load(open(duplicates_json))
     names_by_row = {}
@@ -109,6 +108,7 @@ def main():
     higher = lambda score, threshold: score >= threshold  # noqa: E731
     lower = lambda distance, threshold: distance <= threshold  # noqa: E731
     results = [evaluate(label, dim_by_split, truth_by_split, higher)]
+    results[0]["as_cut"] = evaluate(label, dim_by_split, as_cut_by_split, higher)
     dim_threshold = results[0]["threshold"]
     results[0]["test_recall_by_kind"] = per_kind_recall(
         dim_by_split["test"], truth_by_split["test"], truth, dim_threshold, higher
@@ -136,10 +136,13 @@ def main():
         result["test_recall_by_kind"] = per_kind_recall(
             by_split["test"], truth_by_split["test"], truth, result["threshold"], lower
         )
+        result["as_cut"] = evaluate(f"imagehash {method}", by_split, as_cut_by_split, lower)
         results.append(result)
     summary = {
         "images": len(truth),
         "true_pairs": {split: len(true) for split, true in truth_by_split.items()},
+        "as_cut_true_pairs": {split: len(true) for split, true in as_cut_by_split.items()},
+        "merged": json.load(open(os.path.join(set_dir, "merged.json"))),
         "target_precision": TARGET_PRECISION,
         "seconds": {"dim (embed + index + duplicates)": dim_seconds, **hash_seconds},
         "results": results,

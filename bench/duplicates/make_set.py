@@ -9,16 +9,31 @@ re-encoded as JPEG at qualities 30, 60 and 90, cropped by 4% on every side, brig
 and mirrored left-right. OUT/truth.json maps each file to its group (a near-copy shares its
 original's group; other originals are alone) and to its split: sources alternate between the
 "calibration" split, on which the default threshold is chosen, and the "test" split, on which it
-is reported. Deterministic; skipped when OUT/.complete exists."""
+is reported.
 
+Some wallpapers hold large uniform areas, whose crops are the same picture: flat blue or white
+fields that differ by less than JPEG noise. Counting such crops as distinct would make every
+method's find of them a false pair. So two originals of one split whose 40x30 thumbnails are
+closer (mean absolute difference over RGB, in grey levels) than the median q30 copy is to its
+original share a group: they differ less than a copy the truth already calls a duplicate. Each
+file's own crop is kept as "crop", so the as-cut labels can be scored too.
+
+Deterministic; skipped when OUT/.complete holds this script's SET_VERSION."""
+
+import itertools
 import json
 import os
+import statistics
 import sys
 
+import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 GRID = (4, 3)
 CROP = (400, 300)
+THUMBNAIL = (40, 30)
+# 2: visually identical originals share a group (see the module docstring).
+SET_VERSION = "2"
 
 
 def sources(wallpapers):
@@ -44,9 +59,43 @@ def variants(image):
     yield "mirrored", ImageOps.mirror(image), {}
 
 
+def thumbnail(path):
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB").resize(THUMBNAIL, Image.BOX), dtype=np.float64)
+
+
+def merge_identical_originals(truth, images_dir):
+    """Gives originals that differ less than the median q30 copy from its original one group;
+    returns that limit and the number of groups merged away."""
+    thumbnails = {name: thumbnail(os.path.join(images_dir, name)) for name in truth}
+    difference = lambda a, b: float(np.abs(thumbnails[a] - thumbnails[b]).mean())  # noqa: E731
+    limit = statistics.median(
+        difference(name, name.replace("_q30", "_original")) for name, t in truth.items() if t["kind"] == "q30"
+    )
+    parent = {t["group"]: t["group"] for t in truth.values()}
+
+    def root(group):
+        while parent[group] != group:
+            group = parent[group]
+        return group
+
+    originals = sorted(name for name, t in truth.items() if t["kind"] == "original")
+    merged = 0
+    for a, b in itertools.combinations(originals, 2):
+        if truth[a]["split"] == truth[b]["split"] and difference(a, b) < limit:
+            ra, rb = root(truth[a]["group"]), root(truth[b]["group"])
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+                merged += 1
+    for t in truth.values():
+        t["group"] = root(t["crop"])
+    return limit, merged
+
+
 def main():
     out, wallpapers = sys.argv[1], sys.argv[2]
-    if os.path.exists(os.path.join(out, ".complete")):
+    complete = os.path.join(out, ".complete")
+    if os.path.exists(complete) and open(complete).read() == SET_VERSION:
         return
     images_dir = os.path.join(out, "images")
     os.makedirs(images_dir, exist_ok=True)
@@ -67,17 +116,25 @@ def main():
                 group = f"g{original_number:04d}"
                 name = f"{group}_original.jpg"
                 crop.save(os.path.join(images_dir, name), quality=95)
-                truth[name] = {"group": group, "split": split, "kind": "original"}
+                truth[name] = {"group": group, "crop": group, "split": split, "kind": "original"}
                 if original_number % 3 == 0:
                     for kind, image, options in variants(crop):
                         variant = f"{group}_{kind}.jpg"
                         image.save(os.path.join(images_dir, variant), quality=options.get("quality", 95))
-                        truth[variant] = {"group": group, "split": split, "kind": kind}
+                        truth[variant] = {"group": group, "crop": group, "split": split, "kind": kind}
                 original_number += 1
+    limit, merged = merge_identical_originals(truth, images_dir)
     with open(os.path.join(out, "truth.json"), "w") as f:
         json.dump(truth, f, indent=1, sort_keys=True)
-    open(os.path.join(out, ".complete"), "w").close()
-    print(f"{len(truth)} images: {original_number} originals from {len(paths)} photos", file=sys.stderr)
+    with open(os.path.join(out, "merged.json"), "w") as f:
+        json.dump({"limit_grey_levels": limit, "groups_merged": merged}, f)
+    with open(complete, "w") as f:
+        f.write(SET_VERSION)
+    print(
+        f"{len(truth)} images: {original_number} originals from {len(paths)} photos; "
+        f"{merged} groups merged (originals closer than {limit:.2f} grey levels)",
+        file=sys.stderr,
+    )
 
 
 main()
