@@ -229,6 +229,15 @@ impl Graph<'_> {
         FlatGraph::new(&links, entry, vectors, dim, metric)
     }
 
+    /// The `rows` rows of `dim` values the graph holds, row-major by origin id, in graph space;
+    /// rows it does not hold are zero. An error when a point does not fit.
+    fn stored_rows(&self, rows: usize, dim: usize) -> Result<Vec<f32>, String> {
+        match self {
+            Graph::Cosine(h) => rows_of(h, rows, dim),
+            Graph::L2(h) => rows_of(h, rows, dim),
+        }
+    }
+
     fn dump(&self, dir: &Path) -> Result<(), IndexError> {
         match self {
             Graph::Cosine(h) => h.file_dump(dir, GRAPH_BASENAME),
@@ -263,6 +272,27 @@ fn links_of<D: Distance<f32> + Send + Sync>(
         }
     }
     (links, entry.map(|(_, row)| row))
+}
+
+/// The vectors of the points of an hnsw_rs graph, at their origin ids in a `[rows, dim]` matrix;
+/// an error when a point does not fit it (a graph from another index).
+fn rows_of<D: Distance<f32> + Send + Sync>(
+    graph: &Hnsw<'_, f32, D>,
+    rows: usize,
+    dim: usize,
+) -> Result<Vec<f32>, String> {
+    let mut values = vec![0f32; rows * dim];
+    for point in graph.get_point_indexation() {
+        let (row, vector) = (point.get_origin_id(), point.get_v());
+        if row >= rows || vector.len() != dim {
+            return Err(format!(
+                "the graph holds a {}-d point for row {row}, but the index has {rows} rows of {dim}; rebuild the index",
+                vector.len()
+            ));
+        }
+        values[row * dim..(row + 1) * dim].copy_from_slice(vector);
+    }
+    Ok(values)
 }
 
 /// The indexed rows that a search for their own vector does not return.
@@ -481,7 +511,20 @@ impl IndexFiles {
             Metric::Cosine => Graph::Cosine(loader.load_hnsw::<f32, DistDot>().map_err(load_error)?),
             Metric::L2 => Graph::L2(loader.load_hnsw::<f32, DistL2>().map_err(load_error)?),
         };
-        let (rows, dim) = graph_space_rows(metric, post_process.as_ref(), vectors)?;
+        // The graph holds its rows as they were inserted, in graph space: no need to transform
+        // every row again. The held-out rows it does not hold are transformed here.
+        let dim = post_process.as_ref().map_or(vectors.cols, |pca| pca.description().dims);
+        let mut rows = loaded.stored_rows(vectors.rows, dim).map_err(|message| IndexError::Io {
+            path: PathBuf::from(format!("{GRAPH_BASENAME}.hnsw.data")),
+            message,
+        })?;
+        for &row in &info.held_out {
+            let transformed = match post_process.as_ref() {
+                Some(pca) => to_graph_space(metric, &pca.apply(vectors.row(row))?),
+                None => to_graph_space(metric, vectors.row(row)),
+            };
+            rows[row * dim..(row + 1) * dim].copy_from_slice(&transformed);
+        }
         let graph = loaded.flatten(rows, dim, metric);
         Ok(SearchIndex { info, manifest, vectors, post_process: post_process.as_ref(), graph })
     }

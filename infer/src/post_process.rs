@@ -19,6 +19,7 @@
 //! that its entry of largest magnitude is positive.
 
 use crate::npy::{self, NpyError};
+use crate::vector_distance;
 use dim_models::onnx_metadata::SearchRecipe;
 use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
 use rayon::prelude::*;
@@ -267,7 +268,7 @@ impl Pca {
         for ((value, component), scale) in
             out.iter_mut().zip(self.components.chunks_exact(input)).zip(&self.scales)
         {
-            *value = dot(centred, component) * scale;
+            *value = vector_distance::dot(centred, component) * scale;
         }
     }
 
@@ -308,20 +309,6 @@ impl Pca {
         let variances = read(VARIANCES_FILE, 1, dims)?;
         Ok(Pca::from_parts(description.clone(), mean, components, variances))
     }
-}
-
-/// A dot product with a fixed summation order (16 running sums, then the tail).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut sums = [0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for lane in 0..LANES {
-            sums[lane] += x[lane] * y[lane];
-        }
-    }
-    sums.iter().sum::<f32>() + tail
 }
 
 /// The mean of each column, in f64.

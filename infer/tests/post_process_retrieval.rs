@@ -118,6 +118,12 @@ fn an_index_built_with_pca_stores_it_and_every_query_path_transforms_alike() {
         let graph_space = index.query_to_graph_space(query).unwrap();
         assert!(graph_space.iter().zip(&expected).all(|(g, e)| (g * norm - e).abs() < 1e-4 * norm));
     }
+    // Held-out rows (not in the graph) are queries like any other: the graph finds their exact
+    // nearest indexed row.
+    for &row in &info.held_out {
+        let query = &values[row * dim..(row + 1) * dim];
+        assert_eq!(index.search(query, 1, 64).unwrap()[0].row, index.exact_search(query, 1).unwrap()[0].row);
+    }
     let evaluation = &index::evaluate(&index, 20, 5, &[64]).unwrap()[0];
     assert!(evaluation.recall_at_k > 0.9, "{evaluation:?}");
 
