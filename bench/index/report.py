@@ -7,6 +7,7 @@ recall of that round, and their ratio; the build time is the best round's on eac
 
 import datetime
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,6 +15,17 @@ import sys
 
 def best_round(rounds, key):
     return max(rounds, key=key)
+
+
+def at_recall(curve, recall):
+    """faiss's queries/s at `recall`, interpolated linearly in log queries/s between the two of its
+    (recall, queries/s) points around it; None outside the recalls it measured."""
+    curve = sorted(curve)
+    for (r0, q0), (r1, q1) in zip(curve, curve[1:]):
+        if r0 <= recall <= r1:
+            fraction = 0.0 if r1 == r0 else (recall - r0) / (r1 - r0)
+            return math.exp(math.log(q0) + fraction * (math.log(q1) - math.log(q0)))
+    return None
 
 
 def main():
@@ -68,17 +80,28 @@ def main():
                   "faiss's speed**",
                   f"- a `dim-search query --row 0` run, loading the saved index: {min(query_runs):.2f} s", "",
                   "| ef | dim-search recall@10 | dim-search queries/s | faiss recall@10 | faiss queries/s | "
-                  "queries/s ratio dim-search / faiss |", "|---|---|---|---|---|---|"]
-        for i, ef in enumerate(s["ef"] for s in ours[0]):
-            mine = best_round([o[i] for o in ours], key=lambda s: s["queries_per_second"])
-            base = best_round([t["searches"][i] for t in theirs], key=lambda s: s["queries_per_second"])
+                  "queries/s ratio dim-search / faiss (same ef) | faiss queries/s at dim-search's recall | "
+                  "ratio at equal recall |", "|---|---|---|---|---|---|---|---|"]
+        efs = [s["ef"] for s in ours[0]]
+        bests = [(best_round([o[i] for o in ours], key=lambda s: s["queries_per_second"]),
+                  best_round([t["searches"][i] for t in theirs], key=lambda s: s["queries_per_second"]))
+                 for i in range(len(efs))]
+        faiss_curve = [(base["recall_at_k"], base["queries_per_second"]) for _, base in bests]
+        for i, (ef, (mine, base)) in enumerate(zip(efs, bests)):
             ratio = mine["queries_per_second"] / base["queries_per_second"]
-            config["searches"].append({
+            faiss_equal = at_recall(faiss_curve, mine["recall_at_k"])
+            search = {
                 "ef": ef, "dim_search": mine, "faiss": base, "queries_per_second_ratio": ratio,
                 "dim_search_rounds": [o[i]["queries_per_second"] for o in ours],
-                "faiss_rounds": [t["searches"][i]["queries_per_second"] for t in theirs]})
+                "faiss_rounds": [t["searches"][i]["queries_per_second"] for t in theirs]}
+            if faiss_equal is not None:
+                search["faiss_queries_per_second_at_equal_recall"] = faiss_equal
+                search["equal_recall_ratio"] = mine["queries_per_second"] / faiss_equal
+            config["searches"].append(search)
+            equal = (f"{faiss_equal:.0f} | {mine['queries_per_second'] / faiss_equal:.2f}" if faiss_equal is not None
+                     else "outside faiss's measured recalls | ")
             lines.append(f"| {ef} | {mine['recall_at_k']:.4f} | {mine['queries_per_second']:.0f} | "
-                         f"{base['recall_at_k']:.4f} | {base['queries_per_second']:.0f} | {ratio:.2f} |")
+                         f"{base['recall_at_k']:.4f} | {base['queries_per_second']:.0f} | {ratio:.2f} | {equal} |")
             print(f"{name} ef {ef}: dim-search recall {mine['recall_at_k']:.4f} at {mine['queries_per_second']:.0f} q/s; "
                   f"faiss recall {base['recall_at_k']:.4f} at {base['queries_per_second']:.0f} q/s; ratio {ratio:.2f}")
         print(f"{name} build: dim-search {ours_build:.2f} s, faiss {faiss_build:.2f} s, ratio {faiss_build / ours_build:.2f}")
@@ -86,7 +109,9 @@ def main():
         report["configurations"].append(config)
     lines += ["Queries are the held-out rows (never inserted); recall is against exact brute force over the",
               "indexed rows. Both libraries search all queries in one parallel call; queries/s is the best of",
-              "three runs within a round, and the best round is shown. dim-search's build time includes its",
+              "three runs within a round, and the best round is shown. The equal-recall columns interpolate",
+              "faiss's queries/s at dim-search's recall, linearly in log queries/s between faiss's two ef",
+              "points around it (no extrapolation). dim-search's build time includes its",
               "search of every indexed row for itself (the rows it cannot reach are listed and scored exactly);",
               "faiss's does not."]
     os.makedirs("bench/results", exist_ok=True)
