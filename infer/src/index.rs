@@ -318,16 +318,35 @@ fn to_graph_space(metric: Metric, vector: &[f32]) -> Vec<f32> {
     }
 }
 
+/// One vector as embedded brought into graph space: post-processed if the index is, then
+/// prepared for the metric.
+fn vector_to_graph_space(
+    metric: Metric,
+    post_process: Option<&Pca>,
+    vector: &[f32],
+) -> Result<Vec<f32>, PostProcessError> {
+    Ok(match post_process {
+        Some(pca) => to_graph_space(metric, &pca.apply(vector)?),
+        None => to_graph_space(metric, vector),
+    })
+}
+
+/// The width of the graph's rows: the post-processing's output, or the vectors as embedded.
+fn graph_dim(post_process: Option<&Pca>, embedded_dim: usize) -> usize {
+    post_process.map_or(embedded_dim, |pca| pca.description().dims)
+}
+
 /// Every row of `vectors` (as embedded) in graph space, row-major, and the graph's width.
 fn graph_space_rows(
     metric: Metric,
     post_process: Option<&Pca>,
     vectors: &Matrix,
 ) -> Result<(Vec<f32>, usize), IndexError> {
-    let (values, dim) = match post_process {
-        Some(pca) => (Cow::Owned(pca.apply_rows(&vectors.values)?), pca.description().dims),
-        None => (Cow::Borrowed(&vectors.values[..]), vectors.cols),
+    let values = match post_process {
+        Some(pca) => Cow::Owned(pca.apply_rows(&vectors.values)?),
+        None => Cow::Borrowed(&vectors.values[..]),
     };
+    let dim = graph_dim(post_process, vectors.cols);
     let rows = values.par_chunks(dim.max(1)).flat_map_iter(|row| to_graph_space(metric, row)).collect();
     Ok((rows, dim))
 }
@@ -513,16 +532,13 @@ impl IndexFiles {
         };
         // The graph holds its rows as they were inserted, in graph space: no need to transform
         // every row again. The held-out rows it does not hold are transformed here.
-        let dim = post_process.as_ref().map_or(vectors.cols, |pca| pca.description().dims);
+        let dim = graph_dim(post_process.as_ref(), vectors.cols);
         let mut rows = loaded.stored_rows(vectors.rows, dim).map_err(|message| IndexError::Io {
             path: PathBuf::from(format!("{GRAPH_BASENAME}.hnsw.data")),
             message,
         })?;
         for &row in &info.held_out {
-            let transformed = match post_process.as_ref() {
-                Some(pca) => to_graph_space(metric, &pca.apply(vectors.row(row))?),
-                None => to_graph_space(metric, vectors.row(row)),
-            };
+            let transformed = vector_to_graph_space(metric, post_process.as_ref(), vectors.row(row))?;
             rows[row * dim..(row + 1) * dim].copy_from_slice(&transformed);
         }
         let graph = loaded.flatten(rows, dim, metric);
@@ -591,11 +607,7 @@ impl SearchIndex<'_> {
                 self.info.model.dim
             )));
         }
-        let metric = self.info.params.metric;
-        Ok(match self.post_process {
-            Some(pca) => to_graph_space(metric, &pca.apply(query)?),
-            None => to_graph_space(metric, query),
-        })
+        Ok(vector_to_graph_space(self.info.params.metric, self.post_process, query)?)
     }
 
     fn hits(&self, found: Vec<(usize, f32)>) -> Vec<Hit> {

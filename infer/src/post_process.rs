@@ -9,12 +9,13 @@
 //! for cosine). `dim-search retrieval --pca D` fits it on the collection it scores.
 //!
 //! The covariance is accumulated in f64 by blocked matrix products. Its leading eigenpairs come
-//! from faer's symmetric eigensolver, or, for 1024 columns or more with at most half of them
-//! kept, from subspace iteration with Rayleigh–Ritz steps (matrix products only; about 2.5x
-//! faster for 256 of 4096 columns, eigenvalues within 1e-6 of the full decomposition's), which
-//! falls back to the full decomposition if it does not converge. With fewer rows than dimensions the N × N Gram matrix of the centred
-//! rows is decomposed instead (same non-zero eigenvalues; components are the centred rows
-//! combined by its eigenvectors), so a few hundred 4096-d vectors do not need a 4096² problem.
+//! from faer's symmetric eigensolver or, for 1024 columns or more with at most half of them kept,
+//! from subspace iteration with Rayleigh–Ritz steps: matrix products only, about 2.5x faster than
+//! the full decomposition for 256 of 4096 columns, with eigenvalues within 1e-6 of its own; it
+//! falls back to the full decomposition if it does not converge. With fewer rows than dimensions
+//! the N × N Gram matrix of the centred rows is decomposed instead (same non-zero eigenvalues;
+//! components are the centred rows combined by its eigenvectors), so a few hundred 4096-d
+//! vectors do not need a 4096² problem.
 //! The variance is normalised by N − 1, as numpy's `cov` does. A component's sign is fixed so
 //! that its entry of largest magnitude is positive.
 
