@@ -10,6 +10,7 @@ pub mod estimators;
 pub mod evaluation;
 pub mod extra_globals;
 pub mod features;
+pub mod heap;
 pub mod measures;
 pub mod objective;
 pub mod occlusion;

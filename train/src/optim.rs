@@ -53,6 +53,9 @@ pub struct Adam {
     variables: Vec<(String, Tensor)>,
     first_moments: Vec<Tensor>,
     second_moments: Vec<Tensor>,
+    /// One buffer per variable for the update's intermediate values, so that a step allocates
+    /// nothing.
+    scratch: Vec<Tensor>,
 }
 
 impl Adam {
@@ -67,6 +70,7 @@ impl Adam {
             step: 0,
             first_moments: zeros(&variables),
             second_moments: zeros(&variables),
+            scratch: zeros(&variables),
             variables,
         }
     }
@@ -76,34 +80,40 @@ impl Adam {
         self.step
     }
 
-    /// Clears the gradients of this optimiser's variables.
-    pub fn zero_grad(&mut self) {
-        for (_, variable) in &mut self.variables {
-            variable.zero_grad();
-        }
-    }
-
-    /// One Adam update from the current gradients (variables without a gradient are skipped).
-    pub fn step(&mut self) {
+    /// One Adam update down the gradient of the scalar `loss` with respect to this optimiser's
+    /// variables. The gradients are computed for these variables only and handed to the update
+    /// directly: nothing is accumulated into (or left on) any variable's `.grad`, so no
+    /// gradients need zeroing and other modules in the graph get none. Variables the loss does
+    /// not depend on are left alone.
+    pub fn minimise(&mut self, loss: &Tensor) {
+        let variables: Vec<&Tensor> = self.variables.iter().map(|(_, variable)| variable).collect();
+        let gradients = Tensor::run_backward(&[loss], &variables, false, false);
         self.step += 1;
         let AdamConfig { lr, beta1, beta2, eps } = self.config;
         let first_correction = 1.0 - beta1.powi(self.step as i32);
         let second_correction = 1.0 - beta2.powi(self.step as i32);
         let step_size = lr / first_correction;
+        // x ← x − step·m / (√v / √c₂ + ε) is computed as x ← x + m / d with
+        // d = √v·(−1 / (step·√c₂)) − ε / step, all in place.
+        let root_scale = -1.0 / (step_size * second_correction.sqrt());
+        let offset = -eps / step_size;
         tch::no_grad(|| {
-            for ((_, variable), (m, v)) in self
+            for (((variable, grad), (m, v)), scratch) in self
                 .variables
                 .iter_mut()
+                .map(|(_, variable)| variable)
+                .zip(&gradients)
                 .zip(self.first_moments.iter_mut().zip(self.second_moments.iter_mut()))
+                .zip(self.scratch.iter_mut())
             {
-                let grad = variable.grad();
                 if !grad.defined() {
                     continue;
                 }
-                let _ = m.lerp_(&grad, 1.0 - beta1);
-                let _ = v.g_mul_scalar_(beta2).addcmul_(&grad, &grad.g_mul_scalar(1.0 - beta2));
-                let denominator = (v.sqrt() / second_correction.sqrt()).g_add_scalar_(eps);
-                let _ = variable.addcdiv_(&m.g_mul_scalar(-step_size), &denominator);
+                let _ = m.lerp_(grad, 1.0 - beta1);
+                let _ = grad.mul_out(scratch, grad);
+                let _ = v.lerp_(scratch, 1.0 - beta2);
+                let _ = v.sqrt_out(scratch).g_mul_scalar_(root_scale).g_add_scalar_(offset);
+                let _ = variable.addcdiv_(m, scratch);
             }
         });
     }
@@ -166,22 +176,62 @@ mod tests {
         let config = AdamConfig { lr: 0.1, beta1: 0.5, beta2: 0.999, eps: 1e-8 };
         let mut adam = Adam::new("test", config, vec![("x".into(), x.shallow_clone())]);
         for expected in [0.9, 0.8018876] {
-            adam.zero_grad();
-            x.square().sum(Kind::Float).backward();
-            adam.step();
+            adam.minimise(&x.square().sum(Kind::Float));
             assert!((x.double_value(&[0]) - expected).abs() < 1e-6, "{}", x.double_value(&[0]));
         }
         assert_eq!(adam.step_count(), 2);
     }
 
     #[test]
+    fn follows_the_textbook_update_on_several_variables_and_skips_unused_ones() {
+        // The in-place update (folded scaling, lerp for v) against Adam written out in f64.
+        let a = Tensor::from_slice(&[0.3f32, -1.2, 2.5, 0.0]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[1.5f32, -0.5]).reshape([2, 1]).set_requires_grad(true);
+        let unused = Tensor::from_slice(&[4.0f32]).set_requires_grad(true);
+        let config = AdamConfig { lr: 0.05, beta1: 0.5, beta2: 0.999, eps: 1e-8 };
+        let mut adam = Adam::new(
+            "test",
+            config,
+            vec![
+                ("a".into(), a.shallow_clone()),
+                ("b".into(), b.shallow_clone()),
+                ("u".into(), unused.shallow_clone()),
+            ],
+        );
+        let loss = |a: &Tensor, b: &Tensor| (a * a * a).sum(Kind::Float) + (b.exp() * 2.0).sum(Kind::Float);
+        let mut expected: Vec<Vec<f64>> =
+            [&a, &b].iter().map(|t| Vec::<f64>::try_from(t.flatten(0, -1)).unwrap()).collect();
+        let mut moments = [(vec![0.0; 4], vec![0.0; 4]), (vec![0.0; 2], vec![0.0; 2])];
+        for step in 1..=5 {
+            let gradients = [
+                expected[0].iter().map(|x| 3.0 * x * x).collect::<Vec<f64>>(),
+                expected[1].iter().map(|x| 2.0 * x.exp()).collect(),
+            ];
+            for ((values, (m, v)), grad) in expected.iter_mut().zip(moments.iter_mut()).zip(&gradients) {
+                for i in 0..values.len() {
+                    m[i] = config.beta1 * m[i] + (1.0 - config.beta1) * grad[i];
+                    v[i] = config.beta2 * v[i] + (1.0 - config.beta2) * grad[i] * grad[i];
+                    let m_hat = m[i] / (1.0 - config.beta1.powi(step));
+                    let v_hat = v[i] / (1.0 - config.beta2.powi(step));
+                    values[i] -= config.lr * m_hat / (v_hat.sqrt() + config.eps);
+                }
+            }
+            adam.minimise(&loss(&a, &b));
+        }
+        for (tensor, values) in [&a, &b].iter().zip(&expected) {
+            let found = Vec::<f64>::try_from(tensor.flatten(0, -1)).unwrap();
+            for (found, expected) in found.iter().zip(values) {
+                assert!((found - expected).abs() < 1e-5, "{found} vs {expected}");
+            }
+        }
+        assert_eq!(unused.double_value(&[0]), 4.0);
+        assert!(!a.grad().defined() && !b.grad().defined(), "gradients must not be left on the variables");
+    }
+
+    #[test]
     fn state_round_trips_and_reproduces_the_next_update() {
         let make = || Tensor::from_slice(&[0.5f32, -1.0, 2.0]).set_requires_grad(true);
-        let train = |adam: &mut Adam, x: &Tensor| {
-            adam.zero_grad();
-            (x * x * x).sum(Kind::Float).backward();
-            adam.step();
-        };
+        let train = |adam: &mut Adam, x: &Tensor| adam.minimise(&(x * x * x).sum(Kind::Float));
         let x = make();
         let mut adam = Adam::new("enc", AdamConfig::dim_default(), vec![("x".into(), x.shallow_clone())]);
         train(&mut adam, &x);

@@ -43,9 +43,9 @@ impl Discriminator {
         self.layers.forward(samples).squeeze_dim(1)
     }
 
-    /// The encoder's non-saturating generator loss `−log σ(D(sigmoid(Y)))` (mean). Gradients also
-    /// reach the discriminator's variables; the caller steps only the encoder's optimiser with
-    /// it and clears the discriminator's gradients before its own step.
+    /// The encoder's non-saturating generator loss `−log σ(D(sigmoid(Y)))` (mean). The caller
+    /// minimises it over the encoder's variables only (`Adam::minimise` computes no gradients
+    /// for the discriminator's).
     pub fn generator_loss(&self, y: &Tensor) -> Tensor {
         self.logits(&y.sigmoid()).neg().softplus().mean(Kind::Float)
     }

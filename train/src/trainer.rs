@@ -354,19 +354,15 @@ impl Session {
         };
         let loss = self.model.encoder_loss(images);
         let total = check("total", loss.total.double_value(&[]))?;
-        self.encoder_optimizer.zero_grad();
-        loss.total.backward();
-        self.encoder_optimizer.step();
+        self.encoder_optimizer.minimise(&loss.total);
 
         let discriminator = match (&self.model.discriminator, &mut self.discriminator_optimizer) {
             (Some(discriminator), Some(optimizer)) => {
-                // The encoder's backward pass also left generator-loss gradients on the
-                // discriminator; they must not leak into its own update.
-                optimizer.zero_grad();
+                // The encoder's update computed no gradients for the discriminator, so nothing of
+                // the generator loss leaks into its own update.
                 let loss = discriminator.discriminator_loss(&loss.y);
                 let value = check("discriminator", loss.total.double_value(&[]))?;
-                loss.total.backward();
-                optimizer.step();
+                optimizer.minimise(&loss.total);
                 Some(value)
             }
             _ => None,

@@ -720,6 +720,9 @@ fn train_supervised(args: SupervisedArgs) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !dim_train::heap::keep_freed_tensor_memory() {
+        eprintln!("warning: glibc refused the heap settings; running on, with more page faults");
+    }
     let result = match cli.command {
         Some(Command::Probe(args)) => probe(args),
         Some(Command::Retrieval(args)) => retrieval(args),

@@ -237,6 +237,9 @@ fn run(args: &Args) -> anyhow::Result<RunEnd> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if !dim_train::heap::keep_freed_tensor_memory() {
+        eprintln!("warning: glibc refused the heap settings; running on, with more page faults");
+    }
     match run(&args) {
         Ok(RunEnd::Completed) => ExitCode::SUCCESS,
         Ok(RunEnd::Interrupted) => ExitCode::from(130),
