@@ -63,7 +63,8 @@ pub fn commit_together(dir: &Path, files: Vec<StagedFile>) -> io::Result<()> {
 }
 
 /// Removes the files staged for `destinations` (file names in `dir`) that no commit will use:
-/// what a process killed before committing left behind. Call it after
+/// what a process killed before committing left behind, including a journal it was killed while
+/// writing (never renamed into place, so its commit never began). Call it after
 /// [`finish_interrupted_commit`] and only while no other process writes `dir`. A file that cannot
 /// be removed only costs disk space, so failures are ignored.
 pub fn remove_abandoned_staged_files(dir: &Path, destinations: &[&str]) {
@@ -72,7 +73,10 @@ pub fn remove_abandoned_staged_files(dir: &Path, destinations: &[&str]) {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         let abandoned = name.ends_with(TEMP_SUFFIX)
-            && destinations.iter().any(|file| name.starts_with(&format!("{TEMP_PREFIX}{file}.")));
+            && destinations
+                .iter()
+                .chain([&JOURNAL_FILE])
+                .any(|file| name.starts_with(&format!("{TEMP_PREFIX}{file}.")));
         if abandoned {
             let _ = fs::remove_file(entry.path());
         }
@@ -186,6 +190,10 @@ mod tests {
         abandoned.temp.into_temp_path().keep().unwrap();
         let other = stage(&dir.path().join("c.txt"), |w| w.write_all(b"not ours")).unwrap();
         other.temp.into_temp_path().keep().unwrap();
+        // Killed while writing the journal: its temporary file was never renamed into place.
+        let half_journal =
+            stage(&dir.path().join(JOURNAL_FILE), |w| w.write_all(b".b.npy.x.tmp\tb")).unwrap();
+        half_journal.temp.into_temp_path().keep().unwrap();
         remove_abandoned_staged_files(dir.path(), &["a.json", "b.npy"]);
         let mut names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
