@@ -220,6 +220,8 @@ mod tests {
 
     fn estimate(rho: f64) -> MineScore {
         crate::measures::tests::single_threaded();
+        // Seeded numbers: no other test may draw from the generator while this one trains.
+        let _turn = crate::torch_generator::exclusive();
         tch::manual_seed(21);
         let (train_x, train_y) = correlated_gaussians(4000, 2, rho);
         let (test_x, test_y) = correlated_gaussians(1000, 2, rho);
