@@ -6,8 +6,8 @@
 /// 32 MiB each, so the threshold sits well above them.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD_BYTES: i32 = 512 << 20;
-/// The largest threshold glibc before 2.35 accepts (half its heap size limit), tried when the
-/// first is refused.
+/// The largest threshold older glibc versions accept (half their heap size limit), tried when
+/// the first is refused.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const FALLBACK_MMAP_THRESHOLD_BYTES: i32 = 32 << 20;
 /// Free memory at the top of a heap that glibc keeps before trimming it.
@@ -20,8 +20,9 @@ const TOP_PAD_BYTES: i32 = 64 << 20;
 /// Keeps freed tensor memory in the process for reuse: tensors under 512 MiB come from the heap
 /// rather than from their own mmap, and up to 1 GiB of free heap is kept instead of trimmed.
 /// On two 20-step epochs of basic32x32 with critic width 512 this cut page faults from 800,000
-/// to 99,000 and CPU time by a third (bench/results/train.md). A no-op outside glibc. Returns whether every
-/// setting was accepted.
+/// to 99,000 and CPU time by a third (`perf stat`); bench/train/run gives PyTorch the same
+/// values through `GLIBC_TUNABLES`, so keep the two in step. A no-op outside glibc. Returns
+/// whether every setting was accepted.
 pub fn keep_freed_tensor_memory() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
