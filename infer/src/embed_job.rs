@@ -18,10 +18,9 @@ use crate::npy;
 use dim_models::atomic_file::{self, StagedFile};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Seek, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Instant;
@@ -31,9 +30,6 @@ use std::time::Instant;
 const CHUNKS_IN_FLIGHT: usize = 2;
 /// Held (as an advisory lock) by the job writing a directory.
 pub const LOCK_FILE: &str = ".dim-embed.lock";
-/// Prefix and suffix of the spool file that collects a run's new rows.
-const SPOOL_PREFIX: &str = ".embeddings.";
-const SPOOL_SUFFIX: &str = ".spool";
 
 /// What to embed and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,18 +136,9 @@ pub fn run(embedder: &mut Embedder, job: &EmbedJob) -> Result<EmbedSummary, Embe
     }
     kept.sort_by_key(|(index, _)| *index);
 
-    let mut spool = tempfile::Builder::new()
-        .prefix(SPOOL_PREFIX)
-        .suffix(SPOOL_SUFFIX)
-        .tempfile_in(&job.out_dir)
-        .map_err(io_error(&job.out_dir))?;
-    let started = Instant::now();
-    let new_rows = embed_into(embedder, &to_embed, job, spool.as_file_mut(), &mut skipped)?;
-    let seconds = started.elapsed().as_secs_f64();
-
+    let StagedVectors { file: vectors, sha256: embeddings_sha256, new_rows, seconds } =
+        stage_vectors(embedder, job, &kept, &to_embed, &mut skipped)?;
     let total_rows = kept.len() + new_rows.len();
-    let (vectors, embeddings_sha256) =
-        stage_vectors(&job.out_dir, embedder.dim(), &kept, spool.as_file_mut(), total_rows)?;
     let rows: Vec<ManifestRow> =
         kept.iter().map(|(_, row)| row.clone()).chain(new_rows.iter().cloned()).collect();
     let manifest = Manifest {
@@ -196,21 +183,12 @@ fn lock_directory(dir: &Path) -> Result<File, EmbedJobError> {
     }
 }
 
-/// Removes the spool and staged files a killed run left behind (the lock says none is in use).
+/// Removes the staged files a killed run left behind (the lock says none is in use).
 fn remove_leftovers(dir: &Path) {
     atomic_file::remove_abandoned_staged_files(
         dir,
         &[EMBEDDINGS_FILE, MANIFEST_FILE, manifest::SKIPPED_FILE],
     );
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(SPOOL_PREFIX) && name.ends_with(SPOOL_SUFFIX) {
-            // A leftover that cannot be removed only costs disk space.
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
 }
 
 /// The previous run's manifest when its rows can be reused, else why they cannot (`None`
@@ -239,20 +217,20 @@ fn previous_manifest(
 
 type DecodedChunk = Vec<(ManifestRow, Result<Vec<f32>, String>)>;
 
-/// Embeds `files`, appending raw little-endian rows to `spool`; returns the rows embedded.
+/// Embeds `files`, appending raw little-endian rows to `out`; returns the rows embedded.
 fn embed_into(
     embedder: &mut Embedder,
     files: &[ManifestRow],
     job: &EmbedJob,
-    spool: &mut std::fs::File,
+    out: &mut dyn Write,
     skipped: &mut Vec<Skipped>,
 ) -> Result<Vec<ManifestRow>, EmbedJobError> {
     let progress = progress_bar(files.len() as u64, "images", job.show_progress);
     let preprocessor = embedder.preprocessor();
     let spec = preprocessor.spec;
     let mut embedded = Vec::with_capacity(files.len());
-    let mut spool_writer = std::io::BufWriter::new(spool);
-    let spool_error = io_error(&job.out_dir);
+    let vectors_path = job.out_dir.join(EMBEDDINGS_FILE);
+    let write_error = io_error(&vectors_path);
     std::thread::scope(|scope| -> Result<(), EmbedJobError> {
         let (sender, receiver) = mpsc::sync_channel::<DecodedChunk>(CHUNKS_IN_FLIGHT);
         scope.spawn(move || {
@@ -281,13 +259,12 @@ fn embed_into(
                 }
             }
             let vectors = embedder.run_batch(&batch)?;
-            npy::write_rows(&mut spool_writer, &vectors).map_err(&spool_error)?;
+            npy::write_rows(out, &vectors).map_err(&write_error)?;
             progress.inc(chunk_len as u64);
             embedded.extend(rows);
         }
         Ok(())
     })?;
-    spool_writer.flush().map_err(&spool_error)?;
     progress.finish_and_clear();
     Ok(embedded)
 }
@@ -305,26 +282,42 @@ pub(crate) fn progress_bar(len: u64, units: &str, show: bool) -> ProgressBar {
     bar
 }
 
-/// Stages `embeddings.npy`: the kept rows of the previous file (in their order), then the new
-/// rows from the spool; returns it with its sha256.
+/// `embeddings.npy` staged, with what went into it.
+struct StagedVectors {
+    file: StagedFile,
+    sha256: String,
+    /// The rows embedded in this run, in file order after the kept ones.
+    new_rows: Vec<ManifestRow>,
+    /// Wall time of the embedding itself.
+    seconds: f64,
+}
+
+/// Stages `embeddings.npy` in one pass: the kept rows of the previous file (in their order), then
+/// the rows embedded now, written as they come. The header is written first for every row that
+/// might come and rewritten in place for those that did (skipped files have none); the digest is
+/// then taken over the finished file.
 fn stage_vectors(
-    dir: &Path,
-    dim: usize,
+    embedder: &mut Embedder,
+    job: &EmbedJob,
     kept: &[(usize, ManifestRow)],
-    spool: &mut std::fs::File,
-    total_rows: usize,
-) -> Result<(StagedFile, String), EmbedJobError> {
-    let path = dir.join(EMBEDDINGS_FILE);
+    to_embed: &[ManifestRow],
+    skipped: &mut Vec<Skipped>,
+) -> Result<StagedVectors, EmbedJobError> {
+    let path = job.out_dir.join(EMBEDDINGS_FILE);
+    let dim = embedder.dim();
     let mut previous = if kept.is_empty() {
         None
     } else {
         Some(npy::RowReader::open(&path).map_err(|e| EmbedJobError::Previous(e.into()))?)
     };
-    spool.rewind().map_err(io_error(dir))?;
-    let mut hasher = Sha256::new();
-    let staged = atomic_file::stage(&path, |file| {
-        let out = &mut HashingWriter { inner: file, hasher: &mut hasher };
-        out.write_all(&npy::header(total_rows, dim))?;
+    // An embedding error stops the staging; it is kept here and returned in place of the I/O
+    // error that unwinds `stage`.
+    let mut embed_error = None;
+    let mut embedded = None;
+    let mut sha256 = String::new();
+    let staged = atomic_file::stage(&path, |out| {
+        let reserved = npy::header(kept.len() + to_embed.len(), dim);
+        out.write_all(&reserved)?;
         if let Some(reader) = previous.as_mut() {
             let mut row = vec![0.0f32; dim];
             let mut next = 0;
@@ -337,28 +330,28 @@ fn stage_vectors(
                 npy::write_rows(out, &row)?;
             }
         }
-        std::io::copy(&mut std::io::BufReader::new(&mut *spool), out)?;
+        let started = Instant::now();
+        let new_rows = match embed_into(embedder, to_embed, job, out, skipped) {
+            Ok(rows) => rows,
+            Err(error) => {
+                embed_error = Some(error);
+                return Err(std::io::Error::other("embedding stopped"));
+            }
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        out.seek(SeekFrom::Start(0))?;
+        out.write_all(&npy::header_of_at_least(kept.len() + new_rows.len(), dim, reserved.len()))?;
+        out.flush()?;
+        let mut finished: &File = out.get_ref();
+        finished.seek(SeekFrom::Start(0))?;
+        sha256 = manifest::reader_sha256(finished)?;
+        embedded = Some((new_rows, seconds));
         Ok(())
-    })
-    .map_err(io_error(&path))?;
-    let digest = dim_models::checkpoint::to_hex(&hasher.finalize());
-    Ok((staged, digest))
-}
-
-/// Passes writes through while hashing them.
-struct HashingWriter<'a> {
-    inner: &'a mut dyn Write,
-    hasher: &'a mut Sha256,
-}
-
-impl Write for HashingWriter<'_> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let written = self.inner.write(bytes)?;
-        self.hasher.update(&bytes[..written]);
-        Ok(written)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+    });
+    match (staged, embedded) {
+        (Ok(file), Some((new_rows, seconds))) => Ok(StagedVectors { file, sha256, new_rows, seconds }),
+        (result, _) => Err(embed_error.unwrap_or_else(|| {
+            io_error(&path)(result.err().unwrap_or_else(|| std::io::Error::other("nothing was staged")))
+        })),
     }
 }

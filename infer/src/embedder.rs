@@ -228,8 +228,8 @@ pub struct Embedder {
     feature: Feature,
     dim: usize,
     preprocessor: Preprocessor,
-    /// Asks ONNX Runtime for the chosen output only, so it skips the layers only the others need
-    /// (for `conv`, the fc and Y layers).
+    /// Asks ONNX Runtime for the chosen output only (the session's graph has been cut down to
+    /// it, so the layers only the others need, such as the fc and Y layers for `conv`, never run).
     run_options: RunOptions<HasSelectedOutputs>,
 }
 
@@ -248,6 +248,7 @@ impl Embedder {
             threads: options.threads,
             execution_provider: options.execution_provider,
             strict_execution_provider: options.strict_execution_provider,
+            only_output: Some(options.feature.output_name().to_string()),
         };
         let model = session::build_session(&options.model, &session_options)?;
         let feature = options.feature;

@@ -11,6 +11,7 @@ pub mod duplicates;
 pub mod embed_job;
 pub mod embedder;
 mod flat_graph;
+pub mod graph_pruning;
 pub mod html_preview;
 pub mod index;
 pub mod manifest;

@@ -255,11 +255,15 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ManifestEr
 
 /// Lower-case hex sha256 of a file's contents, read in blocks.
 pub fn file_sha256(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
+    reader_sha256(std::fs::File::open(path)?)
+}
+
+/// Lower-case hex sha256 of everything `reader` yields, read in blocks.
+pub fn reader_sha256(mut reader: impl Read) -> std::io::Result<String> {
     let mut hasher = Sha256::new();
     let mut block = vec![0u8; 1 << 20];
     loop {
-        let read = file.read(&mut block)?;
+        let read = reader.read(&mut block)?;
         if read == 0 {
             break;
         }

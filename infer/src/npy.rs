@@ -34,10 +34,18 @@ pub enum NpyError {
 /// The header for a `[rows, cols]` little-endian float32 C-order array, padded so the data
 /// starts on a 64-byte boundary.
 pub fn header(rows: usize, cols: usize) -> Vec<u8> {
+    header_of_at_least(rows, cols, 0)
+}
+
+/// [`header`] padded with spaces to at least `min_len` bytes (and to a 64-byte boundary), so that
+/// a header written for an upper bound on the rows can be overwritten in place once the count is
+/// known: the header of fewer rows is never longer.
+pub fn header_of_at_least(rows: usize, cols: usize, min_len: usize) -> Vec<u8> {
     let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
     // magic (6) + version (2) + header length (2) + dict + padding spaces + newline
     let unpadded = MAGIC.len() + 2 + 2 + dict.len() + 1;
-    let padding = (HEADER_ALIGN - unpadded % HEADER_ALIGN) % HEADER_ALIGN;
+    let aligned = unpadded.max(min_len).next_multiple_of(HEADER_ALIGN);
+    let padding = aligned - unpadded;
     let header_len = dict.len() + padding + 1;
     let mut out = Vec::with_capacity(unpadded + padding);
     out.extend_from_slice(MAGIC);
@@ -193,5 +201,25 @@ mod tests {
 
         std::fs::write(&path, b"not numpy").unwrap();
         assert!(matches!(read_matrix(&path), Err(NpyError::Format { .. })));
+    }
+
+    #[test]
+    fn a_header_for_fewer_rows_pads_to_the_reserved_length_and_still_reads() {
+        // 64 rows' header reserves room; 9 rows (one digit fewer) is written over it in place.
+        let reserved = header(64, 3).len();
+        assert_eq!(header_of_at_least(9, 3, reserved).len(), reserved);
+        assert_eq!(header_of_at_least(9, 3, 0), header(9, 3));
+        // Longer than it needs to be, it is padded to the next 64-byte boundary and still reads.
+        let padded = header_of_at_least(9, 3, reserved + 1);
+        assert_eq!(padded.len(), reserved + 64);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.npy");
+        let values: Vec<f32> = (0..27).map(|v| v as f32).collect();
+        let mut bytes = padded;
+        values.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes()));
+        std::fs::write(&path, bytes).unwrap();
+        let matrix = read_matrix(&path).unwrap();
+        assert_eq!((matrix.rows, matrix.cols), (9, 3));
+        assert_eq!(matrix.row(8), &values[24..]);
     }
 }

@@ -2,7 +2,7 @@
 //! the execution provider (CPU, or CUDA when compiled in, with a fallback or a hard error), and
 //! reading the model's DIM metadata from the session.
 
-use crate::runtime;
+use crate::{graph_pruning, runtime};
 use dim_models::onnx_metadata::{MetadataError, ModelMetadata};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -49,6 +49,10 @@ pub struct SessionOptions {
     pub execution_provider: ExecutionProvider,
     /// Refuse to fall back to the CPU when the requested provider is unavailable.
     pub strict_execution_provider: bool,
+    /// Build the session for this output only: the nodes it does not need are cut from the graph
+    /// first ([`crate::graph_pruning`]). `None`, or a name the graph has no output for, loads the
+    /// whole graph.
+    pub only_output: Option<String>,
 }
 
 impl Default for SessionOptions {
@@ -57,6 +61,7 @@ impl Default for SessionOptions {
             threads: 0,
             execution_provider: ExecutionProvider::Cpu,
             strict_execution_provider: false,
+            only_output: None,
         }
     }
 }
@@ -117,15 +122,18 @@ pub fn build_session(model: &Path, options: &SessionOptions) -> Result<ModelSess
     if !model.is_file() {
         return Err(SessionError::ModelMissing(model.to_path_buf()));
     }
+    let graph = read_graph(model, options.only_output.as_deref())?;
     let (session, execution_provider, fallback_reason) = match options.execution_provider {
-        ExecutionProvider::Cpu => (commit(model, options.threads, false)?, ExecutionProvider::Cpu, None),
-        ExecutionProvider::Cuda => match commit(model, options.threads, true) {
+        ExecutionProvider::Cpu => {
+            (commit(model, &graph, options.threads, false)?, ExecutionProvider::Cpu, None)
+        }
+        ExecutionProvider::Cuda => match commit(model, &graph, options.threads, true) {
             Ok(session) => (session, ExecutionProvider::Cuda, None),
             Err(SessionError::ProviderUnavailable { provider, reason }) => {
                 if options.strict_execution_provider {
                     return Err(SessionError::ProviderUnavailable { provider, reason });
                 }
-                (commit(model, options.threads, false)?, ExecutionProvider::Cpu, Some(reason))
+                (commit(model, &graph, options.threads, false)?, ExecutionProvider::Cpu, Some(reason))
             }
             Err(other) => return Err(other),
         },
@@ -135,7 +143,21 @@ pub fn build_session(model: &Path, options: &SessionOptions) -> Result<ModelSess
     Ok(ModelSession { session, execution_provider, fallback_reason, metadata })
 }
 
-fn commit(model: &Path, threads: usize, cuda: bool) -> Result<Session, SessionError> {
+/// The model cut down to `only_output`, or `None` to load the file whole: no output was named,
+/// or the model cannot be pruned (ONNX Runtime then says what is wrong with it, if anything is).
+fn read_graph(model: &Path, only_output: Option<&str>) -> Result<Option<Vec<u8>>, SessionError> {
+    let Some(output) = only_output else { return Ok(None) };
+    let bytes = std::fs::read(model)
+        .map_err(|e| SessionError::Load { path: model.to_path_buf(), message: e.to_string() })?;
+    Ok(graph_pruning::prune_to_output(&bytes, output).ok().map(|pruned| pruned.bytes))
+}
+
+fn commit(
+    model: &Path,
+    graph: &Option<Vec<u8>>,
+    threads: usize,
+    cuda: bool,
+) -> Result<Session, SessionError> {
     let environment = runtime::ensure_initialised().map_err(SessionError::Runtime)?;
     let load_error = |message: String| SessionError::Load { path: model.to_path_buf(), message };
     let mut builder = Session::builder(environment)
@@ -151,7 +173,11 @@ fn commit(model: &Path, threads: usize, cuda: bool) -> Result<Session, SessionEr
     if cuda {
         builder = with_cuda(builder)?;
     }
-    builder.commit_from_file(model).map_err(|e| load_error(e.to_string()))
+    match graph {
+        Some(pruned) => builder.commit_from_memory(pruned),
+        None => builder.commit_from_file(model),
+    }
+    .map_err(|e| load_error(e.to_string()))
 }
 
 #[cfg(feature = "cuda")]

@@ -5,14 +5,16 @@
 
 use dim_infer::embed_job::{self, EmbedJob, EmbedJobError};
 use dim_infer::embedder::{EmbedError, Embedder, EmbedderOptions, Feature};
+use dim_infer::graph_pruning;
 use dim_infer::index::{self, IndexFiles, IndexParams, Metric, QuerySource};
 use dim_infer::manifest::{EMBEDDINGS_FILE, MANIFEST_FORMAT_VERSION, Manifest, ManifestRow, ModelIdentity};
 use dim_infer::npy;
-use dim_infer::session::SessionError;
-use dim_models::onnx_metadata::{ModelMetadata, OutputInfo};
+use dim_infer::session::{self, SessionError, SessionOptions};
+use dim_models::onnx_metadata::{INPUT_NAME, ModelMetadata, OutputInfo};
 use dim_models::preprocess::{Background, InputSpec, ResizePolicy};
 use dim_models::preset::Preset;
 use image::{DynamicImage, ImageBuffer, LumaA, Rgb, RgbImage};
+use ort::value::TensorRef;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -266,6 +268,44 @@ fn bad_options_and_models_without_metadata_are_refused_clearly() {
     let missing = temp.path().join("nope.onnx");
     let error = Embedder::try_new(EmbedderOptions { model: missing, ..Default::default() }).err().unwrap();
     assert!(error.to_string().contains("does not exist"), "{error}");
+}
+
+#[test]
+fn each_feature_of_the_shipped_model_runs_on_a_graph_cut_to_its_output_with_the_whole_graphs_values() {
+    let model = dim_models::default_model_path();
+    let bytes = std::fs::read(&model).unwrap();
+    let kept = |output: &str| {
+        let pruned = graph_pruning::prune_to_output(&bytes, output).unwrap();
+        assert!(pruned.nodes_kept < pruned.nodes_total, "{output}: {pruned:?}");
+        pruned.nodes_kept
+    };
+    // conv needs neither fc nor y; fc has one layer less than y; embedding normalises conv.
+    assert!(kept("conv") < kept("fc") && kept("fc") < kept("y") && kept("conv") < kept("embedding"));
+
+    let whole =
+        session::build_session(&model, &SessionOptions { threads: 1, ..SessionOptions::default() }).unwrap();
+    let spec = whole.metadata.input;
+    let count = 5;
+    let inputs: Vec<f32> = (0..count * spec.len()).map(|i| ((i * 7919) % 1000) as f32 / 999.0).collect();
+    let mut whole_session = whole.session;
+    let tensor =
+        TensorRef::from_array_view(([count, spec.channels, spec.size, spec.size], inputs.as_slice()))
+            .unwrap();
+    let outputs = whole_session.run(ort::inputs![INPUT_NAME => tensor]).unwrap();
+    for feature in [Feature::Conv, Feature::Fc, Feature::Y, Feature::Embedding] {
+        let (_, expected) = outputs[feature.output_name()].try_extract_tensor::<f32>().unwrap();
+        let mut embedder = Embedder::try_new(EmbedderOptions {
+            model: model.clone(),
+            feature,
+            threads: 1,
+            ..EmbedderOptions::default()
+        })
+        .unwrap();
+        let got = embedder.run_batch(&inputs).unwrap();
+        assert_eq!(got.len(), expected.len(), "{feature:?}");
+        let worst = got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        assert!(worst <= 1e-5, "{feature:?}: the pruned graph differs by up to {worst}");
+    }
 }
 
 /// Writes an embeddings directory holding `vectors` (row-major, `dim` wide) with made-up paths.
