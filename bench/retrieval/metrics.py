@@ -1,8 +1,9 @@
 """Helpers for bench/retrieval/run (issue 9's retrieval ablation).
 
   retrieval_metrics.py pixels DIR --pca D --out OUT.json [--size 32]
-      Raw-pixel baseline: every PNG under DIR/<class>/ decoded as the model sees it (grey, centred
-      on a black SIZE x SIZE canvas when smaller, /255), flattened, then scored as embedded and
+      Raw-pixel baseline: every PNG under DIR/<class>/ decoded as the model sees it (transparency
+      composited over white, grey, centred on a black SIZE x SIZE canvas when smaller, /255),
+      flattened, then scored as embedded and
       after a centring + PCA-whitening to D dimensions fitted on the same rows (eps 1e-6, like
       dim-search), by exact cosine search with every image a query.
   retrieval_metrics.py check EMB_DIR --pca D --out OUT.json
@@ -37,7 +38,12 @@ def load_folder(root, size=32):
         for name in sorted(os.listdir(folder)):
             if not name.lower().endswith(".png"):
                 continue
-            img = np.asarray(Image.open(os.path.join(folder, name)).convert("L"), dtype=np.float32) / 255.0
+            img = Image.open(os.path.join(folder, name))
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                # As the models' default background: transparent pixels composited over white.
+                rgba = img.convert("RGBA")
+                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+            img = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
             h, w = img.shape
             if h > size or w > size:
                 raise SystemExit(f"{name}: {w}x{h} is larger than {size}x{size}; only padding is implemented")

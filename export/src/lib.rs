@@ -83,6 +83,7 @@ pub fn model_metadata(
         outputs: graph.outputs.iter().map(|o| OutputInfo { name: o.name.clone(), dim: o.width }).collect(),
         embedding_source: embedding_source.output_name().to_string(),
         training_digest: config.training_digest(),
+        training_recipe: config.training_recipe(),
         checkpoint_sha256: checkpoint.weights_sha256.clone(),
         toolkit_version: TOOLKIT_VERSION.to_string(),
         search_recipe: None,

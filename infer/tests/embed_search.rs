@@ -45,6 +45,7 @@ fn test_metadata(checkpoint_sha256: &str) -> ModelMetadata {
         outputs: vec![output("conv", 1024), output("fc", 64), output("y", 16), output("embedding", 64)],
         embedding_source: "fc".into(),
         training_digest: "test-training".into(),
+        training_recipe: None,
         checkpoint_sha256: checkpoint_sha256.into(),
         toolkit_version: dim_models::TOOLKIT_VERSION.into(),
         search_recipe: None,

@@ -100,6 +100,17 @@ impl CheckpointConfig {
         }
     }
 
+    /// The training settings without the machine-local ones (the data path, `--limit`'s
+    /// bookkeeping of an interrupted epoch), as compact JSON: what the model metadata records as
+    /// its recipe. `None` when the checkpoint holds no settings object.
+    pub fn training_recipe(&self) -> Option<String> {
+        let mut recipe = self.training.as_object()?.clone();
+        for machine_local in ["data", "batches_into_epoch"] {
+            recipe.remove(machine_local);
+        }
+        Some(serde_json::Value::Object(recipe).to_string())
+    }
+
     /// Short sha256 digest of the training settings, to tell models apart.
     pub fn training_digest(&self) -> String {
         let canonical = serde_json::to_vec(&self.training).expect("JSON values serialise");
@@ -136,6 +147,12 @@ mod tests {
             data_fingerprint: "abc".into(),
             training: serde_json::json!({"estimator": "jsd"}),
         };
+        assert_eq!(config.training_recipe().as_deref(), Some(r#"{"estimator":"jsd"}"#));
+        let with_path = CheckpointConfig {
+            training: serde_json::json!({"data": "/home/me/images", "views": "cross", "batches_into_epoch": 3}),
+            ..config.clone()
+        };
+        assert_eq!(with_path.training_recipe().as_deref(), Some(r#"{"views":"cross"}"#));
         let json = serde_json::to_vec_pretty(&config).unwrap();
         std::fs::write(dir.path().join(CONFIG_FILE), &json).unwrap();
         assert_eq!(CheckpointConfig::read(dir.path()).unwrap(), config);

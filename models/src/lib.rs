@@ -20,9 +20,9 @@ pub use preset::{BlockConv, Bottleneck, EncoderConfig, Layer, LayerKind, Preset,
 pub const TOOLKIT_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Path of the shipped default model, relative to the repository root.
-pub const DEFAULT_MODEL_RELATIVE_PATH: &str = "models/fashion-mnist-dim-l/model.onnx";
+pub const DEFAULT_MODEL_RELATIVE_PATH: &str = "models/fashion-mnist-cross-view/model.onnx";
 
 /// Absolute path of the shipped default model in this source tree.
 pub fn default_model_path() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fashion-mnist-dim-l").join("model.onnx")
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fashion-mnist-cross-view").join("model.onnx")
 }

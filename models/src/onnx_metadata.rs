@@ -36,6 +36,8 @@ const KEY_EMBEDDING_SOURCE: &str = "dim.embedding_source";
 const KEY_TRAINING_DIGEST: &str = "dim.training_config_sha256";
 const KEY_CHECKPOINT_DIGEST: &str = "dim.checkpoint_sha256";
 const KEY_TOOLKIT: &str = "dim.toolkit_version";
+/// The training recipe (objective, views, optimiser), JSON; absent from models exported before it.
+const KEY_TRAINING_RECIPE: &str = "dim.training_recipe";
 /// The recommended collection-fitted post-processing for search ([`SearchRecipe`]); absent in
 /// models exported before it was recorded, which recommend none.
 const KEY_SEARCH_RECIPE: &str = "dim.search_post_processing";
@@ -103,6 +105,9 @@ pub struct ModelMetadata {
     pub embedding_source: String,
     /// sha256 of the checkpoint's training settings.
     pub training_digest: String,
+    /// How the encoder was trained: the checkpoint's settings without machine-local ones (the
+    /// data path), as JSON; `None` for models exported before it was recorded.
+    pub training_recipe: Option<String>,
     /// sha256 of the checkpoint's weights file: the model's identity.
     pub checkpoint_sha256: String,
     /// Toolkit version that exported it.
@@ -150,6 +155,7 @@ impl ModelMetadata {
             (KEY_TOOLKIT, self.toolkit_version.clone()),
         ]
         .into_iter()
+        .chain(self.training_recipe.clone().map(|recipe| (KEY_TRAINING_RECIPE, recipe)))
         .chain(self.search_recipe.map(|recipe| {
             (KEY_SEARCH_RECIPE, serde_json::to_string(&recipe).expect("the recipe serialises"))
         }))
@@ -194,6 +200,7 @@ impl ModelMetadata {
             outputs,
             embedding_source: get(KEY_EMBEDDING_SOURCE)?.clone(),
             training_digest: get(KEY_TRAINING_DIGEST)?.clone(),
+            training_recipe: props.get(KEY_TRAINING_RECIPE).cloned(),
             checkpoint_sha256: get(KEY_CHECKPOINT_DIGEST)?.clone(),
             toolkit_version: get(KEY_TOOLKIT)?.clone(),
             search_recipe,
@@ -226,6 +233,7 @@ mod tests {
             ],
             embedding_source: OUTPUT_CONV.into(),
             training_digest: "t".into(),
+            training_recipe: Some(r#"{"views":"cross"}"#.into()),
             checkpoint_sha256: "c".into(),
             toolkit_version: "0.1.0".into(),
             search_recipe: Some(SearchRecipe::new(256, true)),
@@ -234,6 +242,10 @@ mod tests {
         assert_eq!(ModelMetadata::from_props(&props).unwrap(), metadata);
         assert_eq!(props["dim.search_post_processing"], r#"{"pca_dims":256,"whiten":true,"min_rows":5120}"#);
 
+        assert_eq!(props["dim.training_recipe"], r#"{"views":"cross"}"#);
+        let mut without_training_recipe = props.clone();
+        without_training_recipe.remove(KEY_TRAINING_RECIPE);
+        assert_eq!(ModelMetadata::from_props(&without_training_recipe).unwrap().training_recipe, None);
         let mut without_recipe = props.clone();
         without_recipe.remove(KEY_SEARCH_RECIPE);
         assert_eq!(ModelMetadata::from_props(&without_recipe).unwrap().search_recipe, None);

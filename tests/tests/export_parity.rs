@@ -15,8 +15,10 @@ use dim_train::checkpoint::save_checkpoint;
 use dim_train::critics::LocalCritic;
 use dim_train::data::CachePolicy;
 use dim_train::encoder::Encoder;
+use dim_train::objective::GlobalToGlobal;
 use dim_train::settings::TrainSettings;
 use dim_train::trainer::{self, RunEnd, RunOptions};
+use dim_train::views::ViewMode;
 use image::{DynamicImage, Rgb, RgbImage};
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -300,6 +302,7 @@ fn foldresnet19_trained_a_few_steps_exports_and_matches_libtorch() {
         progress: false,
         channels_last: true,
         decoded_cache: CachePolicy::Auto,
+        retrieval: None,
     };
     let outcome = trainer::train(&settings, dataset, None, &options).unwrap();
     assert_eq!(outcome.end, RunEnd::Completed);
@@ -326,4 +329,49 @@ fn foldresnet19_trained_a_few_steps_exports_and_matches_libtorch() {
     let max_diff = embedded.vectors.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert_eq!(embedded.vectors.len(), expected.len());
     assert!(max_diff <= TOLERANCE, "dim-embed differs from libtorch by {max_diff:e}");
+}
+
+/// An encoder trained across two augmented views (with the view critic and the
+/// global-to-global term beside it) exports the same way: the views exist only in training, the
+/// graph reproduces the encoder, and the metadata records the recipe.
+#[test]
+fn basic32x32_trained_across_views_exports_and_matches_libtorch() {
+    let data = tempfile::tempdir().unwrap();
+    for (index, image) in generated_images(12).iter().enumerate() {
+        image.save(data.path().join(format!("image{index:02}.png"))).unwrap();
+    }
+    let run = tempfile::tempdir().unwrap();
+    let settings = TrainSettings {
+        epochs: 2,
+        batch_size: 6,
+        critic_width: 32,
+        lr: 1e-3,
+        views: ViewMode::Cross,
+        global_to_global: GlobalToGlobal { weight: 1.0, temperature: 0.2 },
+        score_clip: 10.0,
+        ..TrainSettings::new(data.path().to_path_buf())
+    };
+    let dataset = trainer::open_training_data(&settings).unwrap();
+    let options = RunOptions {
+        out_dir: run.path().to_path_buf(),
+        device: Device::Cpu,
+        stop: Arc::new(AtomicBool::new(false)),
+        progress: false,
+        channels_last: true,
+        decoded_cache: CachePolicy::Auto,
+        retrieval: None,
+    };
+    let outcome = trainer::train(&settings, dataset, None, &options).unwrap();
+    assert_eq!(outcome.end, RunEnd::Completed);
+    assert!(outcome.epochs.iter().all(|record| record.global_to_global_loss.is_some()));
+    let (store, encoder, _) = dim_train::checkpoint::load_encoder(run.path(), Device::Cpu).unwrap();
+    let exported = check_export_matches(run.path(), &store, &encoder, EmbeddingSource::Conv);
+    let environment = dim_infer::runtime::ensure_initialised().unwrap();
+    let session =
+        Session::builder(environment).unwrap().commit_from_file(exported.path().join("model.onnx")).unwrap();
+    let recipe = dim_infer::session::read_metadata(&session).unwrap().training_recipe.unwrap();
+    let recipe: serde_json::Value = serde_json::from_str(&recipe).unwrap();
+    assert_eq!(recipe["views"], "cross");
+    assert_eq!(recipe["global_to_global"]["weight"], 1.0);
+    assert!(recipe.get("data").is_none(), "the recipe leaves the machine's data path out");
 }

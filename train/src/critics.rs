@@ -1,6 +1,7 @@
 //! The "encode and dot" critics of the official DIM code: the local critic scores the global
 //! vector Y against every location of the local map M, the global critic scores Y against the
-//! whole of M. Scores come out as `[N, N, L]` for the estimators.
+//! whole of M. Scores come out as `[N, N, L]` for the estimators. The view critic embeds Y for
+//! the global-to-global term across two augmented views.
 
 use crate::encoder::{TrunkLayer, batch_norm_config};
 use dim_models::{EncoderConfig, LayerKind};
@@ -10,6 +11,8 @@ use tch::{Kind, Tensor, nn, nn::Module};
 pub const LOCAL_CRITIC_PREFIX: &str = "local_critic";
 /// Variable prefix of the global critic.
 pub const GLOBAL_CRITIC_PREFIX: &str = "global_critic";
+/// Variable prefix of the view critic (the global-to-global term).
+pub const VIEW_CRITIC_PREFIX: &str = "view_critic";
 
 /// A 1×1 "conv" block over feature vectors `[P, in] → [P, U]`:
 /// `LayerNorm(W₂·ReLU(BN(W₁·x)) + S·x)`, with the shortcut `S` initialised near identity.
@@ -169,6 +172,25 @@ impl GlobalCritic {
         let local_embedded = x.flatten(1, -1).apply(&self.local_output); // [N, U]
         let global_embedded = self.global_output.forward(y); // [N, U]
         global_embedded.matmul(&local_embedded.transpose(0, 1)).unsqueeze(-1)
+    }
+}
+
+/// View critic: embeds the global vectors of two views, `Y → φ(Y)` with the local critic's block
+/// shape, for [`crate::estimators::global_to_global`].
+#[derive(Debug)]
+pub struct ViewCritic {
+    block: EncodeBlock,
+}
+
+impl ViewCritic {
+    /// Creates the critic under `root / "view_critic"` for Y of width `y_dim`.
+    pub fn new(root: &nn::Path, y_dim: usize, width: usize) -> Self {
+        ViewCritic { block: EncodeBlock::new(&(root / VIEW_CRITIC_PREFIX), y_dim as i64, width as i64) }
+    }
+
+    /// The embeddings `[N, U]` of global vectors `[N, Y]`.
+    pub fn embed(&self, y: &Tensor, train: bool) -> Tensor {
+        self.block.forward(y, train)
     }
 }
 

@@ -113,6 +113,46 @@ fn donsker_varadhan(scores: &Tensor) -> MiEstimate {
     MiEstimate { loss, mi }
 }
 
+/// AMDIM's stabilisers of critic scores: soft clipping `c·tanh(s/c)` before the estimator, and
+/// a penalty `λ·mean(s²)` on the raw scores added to the loss. Both off by default (the DIM
+/// paper uses neither).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ScoreStabiliser {
+    /// Clipping scale `c`; 0 = no clipping.
+    pub clip: f64,
+    /// Penalty weight `λ`; 0 = no penalty.
+    pub penalty: f64,
+}
+
+impl ScoreStabiliser {
+    /// `estimator`'s estimate on the (clipped) scores, its loss carrying the penalty.
+    pub fn estimate(self, estimator: Estimator, scores: &Tensor) -> MiEstimate {
+        let clipped =
+            if self.clip > 0.0 { (scores / self.clip).tanh() * self.clip } else { scores.shallow_clone() };
+        let mut estimate = estimator.estimate(&clipped);
+        if self.penalty > 0.0 {
+            estimate.loss += scores.square().mean(Kind::Float) * self.penalty;
+        }
+        estimate
+    }
+}
+
+/// The global-to-global infoNCE across two views: `a` and `b` are `[N, D]` embeddings of the
+/// two views of the same N images, compared by cosine similarity over `temperature`. Each row of
+/// `a` must pick its own image among the N rows of `b`, and each row of `b` among those of `a`;
+/// the loss is the mean of both cross-entropies, the MI estimate `ln N − loss`.
+pub fn global_to_global(a: &Tensor, b: &Tensor, temperature: f64) -> MiEstimate {
+    let n = a.size()[0];
+    let a = a / a.norm_scalaropt_dim(2, [1].as_slice(), true).clamp_min(1e-12);
+    let b = b / b.norm_scalaropt_dim(2, [1].as_slice(), true).clamp_min(1e-12);
+    let logits = a.matmul(&b.transpose(0, 1)) / temperature; // [N, N]
+    let a_to_b = logits.log_softmax(1, Kind::Float).diagonal(0, 0, 1).mean(Kind::Float);
+    let b_to_a = logits.log_softmax(0, Kind::Float).diagonal(0, 0, 1).mean(Kind::Float);
+    let loss = (a_to_b + b_to_a) * -0.5;
+    let mi = (loss.neg() + (n as f64).ln()).detach();
+    MiEstimate { loss, mi }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +240,44 @@ mod tests {
             }
             assert!(grad.isfinite().all().int64_value(&[]) == 1);
         }
+    }
+
+    #[test]
+    fn global_to_global_matches_the_hand_computation() {
+        // a = (1, 0), (0, 1); b = (1, 0), (0.6, 0.8) (unit rows already); τ = 0.5.
+        // cos(a_i, b_j) = [[1, 0.6], [0, 0.8]]; logits = [[2, 1.2], [0, 1.6]].
+        // Rows (a → b): log p(0) = 2 − ln(e² + e^1.2) = 2 − 2.3711007 = −0.3711007;
+        //               log p(1) = 1.6 − ln(1 + e^1.6) = 1.6 − 1.7839007 = −0.1839007.
+        // Columns (b → a): log p(0) = 2 − ln(e² + 1) = 2 − 2.1269280 = −0.1269280;
+        //                  log p(1) = 1.6 − ln(e^1.2 + e^1.6) = 1.6 − 2.1130153 = −0.5130153.
+        // loss = (0.3711007 + 0.1839007 + 0.1269280 + 0.5130153) / 4 = 0.2987362;
+        // MI estimate = ln 2 − loss = 0.3944110.
+        let a = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).reshape([2, 2]);
+        let b = Tensor::from_slice(&[1.0f32, 0.0, 0.6, 0.8]).reshape([2, 2]);
+        let estimate = global_to_global(&a, &b, 0.5);
+        assert!((value(&estimate.loss) - 0.2987362).abs() < 1e-6, "{}", value(&estimate.loss));
+        assert!((value(&estimate.mi) - 0.3944110).abs() < 1e-6);
+        // Only directions count: scaling a row changes nothing.
+        let scaled = global_to_global(&(&a * 3.0), &b, 0.5);
+        assert!((value(&scaled.loss) - 0.2987362).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_stabiliser_clips_scores_and_adds_the_squared_score_penalty() {
+        // Clip c = 1 on TWO_BY_TWO: tanh(1) = 0.7615942, tanh(−1) = −0.7615942, tanh(0.5) = 0.4621172,
+        // tanh(2) = 0.9640276. DV on them: E_pos = (0.7615942 + 0.9640276) / 2 = 0.8628109;
+        // E_neg = ln((e^−0.7615942 + e^0.4621172) / 2) = ln((0.4669215 + 1.5874313) / 2) = 0.0268137.
+        // loss = −0.8359972. Penalty λ = 0.1 on the raw scores: mean(1, 1, 0.25, 4) = 1.5625 → +0.15625.
+        let u = scores(&TWO_BY_TWO, [2, 2, 1]);
+        let clipped = ScoreStabiliser { clip: 1.0, penalty: 0.0 }.estimate(Estimator::Dv, &u);
+        assert!((value(&clipped.loss) - -0.8359972).abs() < 1e-6, "{}", value(&clipped.loss));
+        let both = ScoreStabiliser { clip: 1.0, penalty: 0.1 }.estimate(Estimator::Dv, &u);
+        assert!((value(&both.loss) - (-0.8359972 + 0.15625)).abs() < 1e-6);
+        assert!(
+            (value(&both.mi) - value(&clipped.mi)).abs() < 1e-9,
+            "the penalty is not part of the MI estimate"
+        );
+        let off = ScoreStabiliser::default().estimate(Estimator::Dv, &u);
+        assert!((value(&off.loss) - -1.4917339).abs() < 1e-6);
     }
 }

@@ -17,9 +17,11 @@ pub mod occlusion;
 pub mod optim;
 pub mod prior;
 pub mod probes;
+pub mod retrieval_check;
 pub mod retrieval_evaluation;
 pub mod settings;
 pub mod supervised;
 #[cfg(test)]
 mod torch_generator;
 pub mod trainer;
+pub mod views;

@@ -1,10 +1,11 @@
 //! The DIM objective: the encoder with its critics and prior discriminator, and the loss
-//! `α·global + β·local + γ·prior` for the encoder side, with the paper's optional levers
-//! (occlusion of the global view, extra global vectors).
+//! `α·global + β·local + γ·prior (+ δ·global-to-global)` for the encoder side, on the images as
+//! loaded or across two augmented views, with the optional levers (occlusion of the global view,
+//! extra global vectors, AMDIM's score stabilisers).
 
-use crate::critics::{GlobalCritic, LocalCritic};
+use crate::critics::{GlobalCritic, LocalCritic, ViewCritic};
 use crate::encoder::{Encoder, Statistics};
-use crate::estimators::{Estimator, MiEstimate};
+use crate::estimators::{Estimator, MiEstimate, ScoreStabiliser, global_to_global};
 use crate::extra_globals::ExtraGlobals;
 use crate::occlusion::Occlusion;
 use crate::prior::Discriminator;
@@ -43,28 +44,52 @@ impl Mode {
     }
 }
 
-/// The DIM paper's optional levers on the MI terms; the default turns both off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The global-to-global infoNCE term across two views: its weight and temperature.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GlobalToGlobal {
+    /// δ, the term's weight; 0 = off.
+    pub weight: f64,
+    /// Temperature τ of the cosine similarities.
+    pub temperature: f64,
+}
+
+impl Default for GlobalToGlobal {
+    /// Off, with τ = 0.2 ready for when it is turned on.
+    fn default() -> Self {
+        GlobalToGlobal { weight: 0.0, temperature: 0.2 }
+    }
+}
+
+/// The optional levers on the MI terms; the default turns them all off.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Levers {
     /// Side in pixels of the square blanked in each image before the global side (Y for the MI
     /// terms, and the extra globals) is computed; 0 = no occlusion.
     pub occlusion_size: usize,
     /// Global vectors computed from M besides Y, scored by the local critic (β > 0); 0 = only Y.
     pub extra_globals: usize,
+    /// Soft clipping and squared-score penalty of the local and global critics' scores.
+    pub stabiliser: ScoreStabiliser,
+    /// The global-to-global term (cross-view training only).
+    pub global_to_global: GlobalToGlobal,
 }
 
 /// The encoder side's loss for one batch and its parts (scalars).
 #[derive(Debug)]
 pub struct EncoderLoss {
-    /// `α·global + β·local + γ·generator`, to minimise over the encoder and critics.
+    /// `α·global + β·local + γ·generator + δ·global-to-global`, to minimise over the encoder and
+    /// critics.
     pub total: Tensor,
     /// The global critic's estimate when α > 0.
     pub global: Option<MiEstimate>,
-    /// The local critic's estimate when β > 0 (averaged over Y and the extra globals).
+    /// The local critic's estimate when β > 0 (averaged over Y and the extra globals, and over
+    /// both directions across views).
     pub local: Option<MiEstimate>,
+    /// The global-to-global estimate when δ > 0.
+    pub global_to_global: Option<MiEstimate>,
     /// The generator loss when γ > 0.
     pub prior: Option<Tensor>,
-    /// The batch's Y (of the whole images), for the discriminator's step.
+    /// The batch's Y (of the whole images, or of both views), for the discriminator's step.
     pub y: Tensor,
 }
 
@@ -78,6 +103,8 @@ pub struct DimModel {
     pub local_critic: Option<LocalCritic>,
     /// Global critic, when α > 0.
     pub global_critic: Option<GlobalCritic>,
+    /// View critic, when the global-to-global term is on.
+    pub view_critic: Option<ViewCritic>,
     /// Prior discriminator, when γ > 0.
     pub discriminator: Option<Discriminator>,
     /// Extra global vectors, when asked for and β > 0.
@@ -85,6 +112,17 @@ pub struct DimModel {
     occlusion: Option<Occlusion>,
     weights: ObjectiveWeights,
     estimator: Estimator,
+    stabiliser: ScoreStabiliser,
+    temperature: f64,
+    global_to_global_weight: f64,
+}
+
+/// One pairing the MI terms score: the local maps, and the global side (Y and the map the extra
+/// globals are computed from) that is paired with them.
+struct Pairing {
+    local: Tensor,
+    global_local: Tensor,
+    y: Tensor,
 }
 
 impl DimModel {
@@ -100,16 +138,22 @@ impl DimModel {
     ) -> Self {
         let dims = config.tap_dims();
         let local_term = weights.beta != 0.0;
+        let global_to_global = levers.global_to_global;
         DimModel {
             encoder: Encoder::new(root, config),
             local_critic: local_term.then(|| LocalCritic::new(root, dims.local[0], dims.y, critic_width)),
             global_critic: (weights.alpha != 0.0).then(|| GlobalCritic::new(root, &config, critic_width)),
+            view_critic: (global_to_global.weight != 0.0)
+                .then(|| ViewCritic::new(root, dims.y, critic_width)),
             discriminator: (weights.gamma != 0.0).then(|| Discriminator::new(root, dims.y)),
             extra_globals: (local_term && levers.extra_globals > 0)
                 .then(|| ExtraGlobals::new(root, dims.local[0], dims.y, levers.extra_globals)),
             occlusion: Occlusion::new(levers.occlusion_size),
             weights,
             estimator,
+            stabiliser: levers.stabiliser,
+            temperature: global_to_global.temperature,
+            global_to_global_weight: global_to_global.weight,
         }
     }
 
@@ -127,32 +171,90 @@ impl DimModel {
         let whole = self.encoder.forward_taps_with(images, Statistics::Batch);
         let viewed = global_view.map(|view| self.encoder.forward_taps_with(view, Statistics::BatchUntracked));
         let global_side = viewed.as_ref().unwrap_or(&whole);
-        let mut total = Tensor::zeros([], (Kind::Float, images.device()));
+        let pairing = Pairing {
+            local: whole.local.shallow_clone(),
+            global_local: global_side.local.shallow_clone(),
+            y: global_side.y.shallow_clone(),
+        };
+        self.loss_of_pairings(&[pairing], None, whole.y)
+    }
+
+    /// The cross-view loss on two views `[N, C, H, W]` of the same N images: the global side of
+    /// each view is scored against the local maps of the other (both directions, averaged), the
+    /// global-to-global term compares the two views' Y, and the prior shapes the Y of both. The
+    /// views go through the encoder as one batch of 2N; with occlusion, the global side comes
+    /// from occluded copies of the views.
+    pub fn cross_view_loss(&self, view_a: &Tensor, view_b: &Tensor) -> EncoderLoss {
+        let n = view_a.size()[0];
+        let views = Tensor::cat(&[view_a, view_b], 0);
+        let global_views = self.occlusion.map(|occlusion| occlusion.occlude(&views));
+        let whole = self.encoder.forward_taps_with(&views, Statistics::Batch);
+        let viewed =
+            global_views.map(|view| self.encoder.forward_taps_with(&view, Statistics::BatchUntracked));
+        let global_side = viewed.as_ref().unwrap_or(&whole);
+        let half = |tensor: &Tensor, index: i64| tensor.narrow(0, index * n, n);
+        let pairing = |local_half: i64, global_half: i64| Pairing {
+            local: half(&whole.local, local_half),
+            global_local: half(&global_side.local, global_half),
+            y: half(&global_side.y, global_half),
+        };
+        let views_y = (half(&whole.y, 0), half(&whole.y, 1));
+        self.loss_of_pairings(&[pairing(1, 0), pairing(0, 1)], Some(views_y), whole.y)
+    }
+
+    /// Scores each pairing with the MI terms (averaging over pairings), adds the
+    /// global-to-global term on `views_y` and the prior on `prior_y`.
+    fn loss_of_pairings(
+        &self,
+        pairings: &[Pairing],
+        views_y: Option<(Tensor, Tensor)>,
+        prior_y: Tensor,
+    ) -> EncoderLoss {
+        let mut total = Tensor::zeros([], (Kind::Float, prior_y.device()));
         let global = self.global_critic.as_ref().map(|critic| {
-            let estimate = self.estimator.estimate(&critic.scores(&whole.local, &global_side.y, true));
+            let estimates = pairings
+                .iter()
+                .map(|pairing| {
+                    self.stabiliser.estimate(self.estimator, &critic.scores(&pairing.local, &pairing.y, true))
+                })
+                .collect();
+            let estimate = mean_estimate(estimates);
             total += &estimate.loss * self.weights.alpha;
             estimate
         });
         let local = self.local_critic.as_ref().map(|critic| {
-            let mut globals = vec![global_side.y.shallow_clone()];
-            if let Some(extra_globals) = &self.extra_globals {
-                globals.extend(extra_globals.forward(&global_side.local, true));
+            let mut estimates = Vec::new();
+            for pairing in pairings {
+                let mut globals = vec![pairing.y.shallow_clone()];
+                if let Some(extra_globals) = &self.extra_globals {
+                    globals.extend(extra_globals.forward(&pairing.global_local, true));
+                }
+                estimates.extend(
+                    critic
+                        .scores_for_each(&pairing.local, &globals, true)
+                        .iter()
+                        .map(|scores| self.stabiliser.estimate(self.estimator, scores)),
+                );
             }
-            let estimates = critic
-                .scores_for_each(&whole.local, &globals, true)
-                .iter()
-                .map(|scores| self.estimator.estimate(scores))
-                .collect();
             let estimate = mean_estimate(estimates);
             total += &estimate.loss * self.weights.beta;
             estimate
         });
+        let global_to_global = match (&self.view_critic, views_y) {
+            (Some(critic), Some((y_a, y_b))) => {
+                let estimate =
+                    global_to_global(&critic.embed(&y_a, true), &critic.embed(&y_b, true), self.temperature);
+                total += &estimate.loss * self.global_to_global_weight;
+                Some(estimate)
+            }
+            _ => None,
+        };
         let prior = self.discriminator.as_ref().map(|discriminator| {
-            let loss = discriminator.generator_loss(&whole.y);
+            let loss = discriminator.generator_loss(&prior_y);
             total += &loss * self.weights.gamma;
             loss
         });
-        EncoderLoss { total, global, local, prior, y: whole.y }
+        EncoderLoss { total, global, local, global_to_global, prior, y: prior_y }
     }
 }
 
@@ -279,5 +381,62 @@ mod tests {
         let store = nn::VarStore::new(Device::Cpu);
         let model = model(&store, Mode::DimG.weights(), Levers { extra_globals: 2, ..Levers::default() });
         assert!(model.extra_globals.is_none());
+    }
+
+    #[test]
+    fn cross_view_loss_on_identical_views_equals_the_plain_loss_and_feeds_every_module() {
+        let _turn = crate::torch_generator::exclusive();
+        let store = nn::VarStore::new(Device::Cpu);
+        let levers = Levers {
+            global_to_global: GlobalToGlobal { weight: 0.5, temperature: 0.2 },
+            stabiliser: ScoreStabiliser { clip: 10.0, penalty: 1e-3 },
+            ..Levers::default()
+        };
+        let model = model(&store, ObjectiveWeights { alpha: 0.5, beta: 1.0, gamma: 0.1 }, levers);
+        let images = images();
+        // Two copies of one batch give BatchNorm the same statistics as the batch alone, and each
+        // direction then pairs an image's Y with its own local map: the plain objective.
+        let plain = model.encoder_loss(&images);
+        let cross = model.cross_view_loss(&images, &images);
+        let value = |estimate: &Option<MiEstimate>| estimate.as_ref().unwrap().loss.double_value(&[]);
+        assert!((value(&plain.local) - value(&cross.local)).abs() < 1e-4);
+        assert!((value(&plain.global) - value(&cross.global)).abs() < 1e-4);
+        assert_eq!(cross.y.size(), [8, 64], "the prior sees the Y of both views");
+        assert!(plain.global_to_global.is_none(), "one view has no global-to-global term");
+
+        let other = images.flip([3]);
+        let loss = model.cross_view_loss(&images, &other);
+        assert!((value(&loss.local) - value(&plain.local)).abs() > 1e-6);
+        assert!(value(&loss.global_to_global).is_finite());
+        loss.total.backward();
+        let variables = store.variables();
+        for name in [
+            "encoder.conv1.conv.weight",
+            "encoder.y.linear.weight",
+            "local_critic.local.hidden.weight",
+            "global_critic.global.output.weight",
+            "view_critic.hidden.weight",
+        ] {
+            assert!(has_gradient(&variables[name]), "{name} gets no gradient");
+        }
+    }
+
+    #[test]
+    fn global_to_global_alone_trains_the_encoder_through_the_view_critic() {
+        let _turn = crate::torch_generator::exclusive();
+        let store = nn::VarStore::new(Device::Cpu);
+        let levers = Levers {
+            global_to_global: GlobalToGlobal { weight: 1.0, temperature: 0.2 },
+            ..Levers::default()
+        };
+        let model = model(&store, ObjectiveWeights { alpha: 0.0, beta: 0.0, gamma: 0.0 }, levers);
+        assert!(model.local_critic.is_none() && model.global_critic.is_none());
+        let images = images();
+        let loss = model.cross_view_loss(&images, &images.flip([3]));
+        assert!(loss.local.is_none() && loss.global.is_none());
+        let estimate = loss.global_to_global.as_ref().unwrap();
+        assert!((loss.total.double_value(&[]) - estimate.loss.double_value(&[])).abs() < 1e-6);
+        loss.total.backward();
+        assert!(has_gradient(&store.variables()["encoder.conv1.conv.weight"]));
     }
 }

@@ -2,8 +2,10 @@
 //! saved in every checkpoint's config so a run can be resumed or reproduced exactly.
 
 use crate::estimators::Estimator;
-use crate::objective::{Levers, Mode, ObjectiveWeights};
+use crate::estimators::ScoreStabiliser;
+use crate::objective::{GlobalToGlobal, Levers, Mode, ObjectiveWeights};
 use crate::optim::AdamConfig;
+use crate::views::{ViewAugmentation, ViewMode};
 use dim_models::Preset;
 use dim_models::preprocess::{Background, ResizePolicy};
 use serde::{Deserialize, Serialize};
@@ -60,6 +62,22 @@ pub struct TrainSettings {
     /// saved before it existed had none).
     #[serde(default)]
     pub extra_globals: usize,
+    /// Which images the MI terms see: as loaded, one augmented view, or two views across
+    /// (runs saved before it existed trained on the images as loaded).
+    #[serde(default)]
+    pub views: ViewMode,
+    /// The ranges the augmented views are drawn from (used when `views` is not `off`).
+    #[serde(default)]
+    pub augmentation: ViewAugmentation,
+    /// The global-to-global term across views (off in runs saved before it existed).
+    #[serde(default)]
+    pub global_to_global: GlobalToGlobal,
+    /// Soft-clipping scale of the critics' scores, c·tanh(s/c); 0 = none.
+    #[serde(default)]
+    pub score_clip: f64,
+    /// Weight of the mean squared critic score added to the loss; 0 = none.
+    #[serde(default)]
+    pub score_penalty: f64,
 }
 
 /// Why settings are unusable.
@@ -98,6 +116,11 @@ impl TrainSettings {
             limit: None,
             occlusion_size: 0,
             extra_globals: 0,
+            views: ViewMode::Off,
+            augmentation: ViewAugmentation::default(),
+            global_to_global: GlobalToGlobal::default(),
+            score_clip: 0.0,
+            score_penalty: 0.0,
         }
     }
 
@@ -127,8 +150,30 @@ impl TrainSettings {
                 "alpha, beta and gamma must be finite and ≥ 0, got {alpha}, {beta}, {gamma}"
             ));
         }
-        if alpha == 0.0 && beta == 0.0 {
-            return invalid("alpha and beta are both 0: there is no mutual-information term to train".into());
+        let GlobalToGlobal { weight: delta, temperature } = self.global_to_global;
+        if !(delta.is_finite() && delta >= 0.0) {
+            return invalid(format!("the global-to-global weight must be finite and ≥ 0, got {delta}"));
+        }
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return invalid(format!("the global-to-global temperature must be positive, got {temperature}"));
+        }
+        if delta > 0.0 && self.views != ViewMode::Cross {
+            return invalid("the global-to-global term compares two views: it needs --views cross".into());
+        }
+        if alpha == 0.0 && beta == 0.0 && delta == 0.0 {
+            return invalid(
+                "alpha, beta and the global-to-global weight are all 0: there is no mutual-information \
+                 term to train"
+                    .into(),
+            );
+        }
+        for (name, value) in [("score clip", self.score_clip), ("score penalty", self.score_penalty)] {
+            if !(value.is_finite() && value >= 0.0) {
+                return invalid(format!("the {name} must be finite and ≥ 0, got {value}"));
+            }
+        }
+        if self.views != ViewMode::Off {
+            self.augmentation.validate().map_err(SettingsError::Invalid)?;
         }
         if self.limit == Some(0) {
             return invalid("--limit must be at least 1".into());
@@ -151,7 +196,12 @@ impl TrainSettings {
 
     /// The optional levers on the MI terms.
     pub fn levers(&self) -> Levers {
-        Levers { occlusion_size: self.occlusion_size, extra_globals: self.extra_globals }
+        Levers {
+            occlusion_size: self.occlusion_size,
+            extra_globals: self.extra_globals,
+            stabiliser: ScoreStabiliser { clip: self.score_clip, penalty: self.score_penalty },
+            global_to_global: self.global_to_global,
+        }
     }
 
     /// The optimisers' hyper-parameters.
@@ -211,7 +261,7 @@ mod tests {
         let settings =
             TrainSettings { occlusion_size: 8, extra_globals: 3, ..TrainSettings::new("data".into()) };
         settings.validate().unwrap();
-        assert_eq!(settings.levers(), Levers { occlusion_size: 8, extra_globals: 3 });
+        assert_eq!(settings.levers(), Levers { occlusion_size: 8, extra_globals: 3, ..Levers::default() });
         let state = TrainingState { settings, batches_into_epoch: 0 };
         let json = serde_json::to_value(&state).unwrap();
         assert_eq!((json["occlusion_size"].as_u64(), json["extra_globals"].as_u64()), (Some(8), Some(3)));
@@ -219,10 +269,59 @@ mod tests {
 
         let mut old = json;
         let fields = old.as_object_mut().unwrap();
-        fields.remove("occlusion_size");
-        fields.remove("extra_globals");
+        for field in [
+            "occlusion_size",
+            "extra_globals",
+            "views",
+            "augmentation",
+            "global_to_global",
+            "score_clip",
+            "score_penalty",
+        ] {
+            fields.remove(field);
+        }
         let loaded = serde_json::from_value::<TrainingState>(old).unwrap();
         assert_eq!(loaded.settings.levers(), Levers::default());
         assert_eq!(loaded.settings, TrainSettings { occlusion_size: 0, extra_globals: 0, ..state.settings });
+    }
+
+    #[test]
+    fn cross_view_settings_round_trip_and_inconsistent_ones_are_refused() {
+        let cross = TrainSettings {
+            views: ViewMode::Cross,
+            weights: ObjectiveWeights { alpha: 0.0, beta: 0.0, gamma: 0.0 },
+            global_to_global: GlobalToGlobal { weight: 1.0, temperature: 0.1 },
+            score_clip: 10.0,
+            score_penalty: 1e-3,
+            augmentation: ViewAugmentation { min_area: 0.5, ..ViewAugmentation::default() },
+            ..TrainSettings::new("data".into())
+        };
+        cross.validate().unwrap();
+        let json =
+            serde_json::to_value(TrainingState { settings: cross.clone(), batches_into_epoch: 0 }).unwrap();
+        assert_eq!(json["views"], "cross");
+        assert_eq!(json["augmentation"]["min_area"], 0.5);
+        assert_eq!(serde_json::from_value::<TrainingState>(json).unwrap().settings, cross);
+        let levers = cross.levers();
+        assert_eq!(levers.stabiliser, ScoreStabiliser { clip: 10.0, penalty: 1e-3 });
+        for bad in [
+            TrainSettings { views: ViewMode::Same, ..cross.clone() },
+            TrainSettings {
+                global_to_global: GlobalToGlobal { weight: 0.0, temperature: 0.1 },
+                ..cross.clone()
+            },
+            TrainSettings {
+                global_to_global: GlobalToGlobal { weight: 1.0, temperature: 0.0 },
+                ..cross.clone()
+            },
+            TrainSettings { score_clip: -1.0, ..cross.clone() },
+            TrainSettings {
+                augmentation: ViewAugmentation { max_area: 2.0, ..ViewAugmentation::default() },
+                ..cross.clone()
+            },
+        ] {
+            let SettingsError::Invalid(message) = bad.validate().unwrap_err();
+            assert!(!message.is_empty());
+        }
     }
 }

@@ -11,12 +11,16 @@ use crate::data::{
 use crate::objective::DimModel;
 use crate::optim::{Adam, OptimizerStateError};
 use crate::prior::PRIOR_PREFIX;
+use crate::retrieval_check::{RetrievalCheck, RetrievalCheckError};
 use crate::settings::{SettingsError, TrainSettings, TrainingState};
+use crate::views::{ViewMode, make_views};
 use dim_models::EncoderConfig;
 use dim_models::atomic_file::{self, StagedFile};
 use dim_models::checkpoint::{CHECKPOINT_FORMAT_VERSION, CheckpointConfig};
 use dim_models::preprocess::InputSpec;
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -84,6 +88,9 @@ pub enum TrainError {
     /// The settings cannot be recorded in the checkpoint's JSON config.
     #[error("cannot record the settings in the checkpoint (is the --data path valid UTF-8?): {0}")]
     RecordSettings(#[source] serde_json::Error),
+    /// The held-out retrieval check failed.
+    #[error("the held-out retrieval check failed")]
+    RetrievalCheck(#[from] RetrievalCheckError),
     /// The log could not be written.
     #[error("cannot write {path}")]
     Log {
@@ -110,6 +117,8 @@ pub struct RunOptions {
     pub channels_last: bool,
     /// Where an image folder's decoded images are kept after the first epoch.
     pub decoded_cache: CachePolicy,
+    /// Precision@10 on a held-out labelled split every few epochs, when given.
+    pub retrieval: Option<Arc<RetrievalCheck>>,
 }
 
 /// How a run ended.
@@ -135,6 +144,9 @@ pub struct EpochRecord {
     pub global_loss: Option<f64>,
     /// Mean local MI loss (when β > 0).
     pub local_loss: Option<f64>,
+    /// Mean global-to-global loss (when that term is on; absent from logs written before it).
+    #[serde(default)]
+    pub global_to_global_loss: Option<f64>,
     /// Mean generator loss (when γ > 0).
     pub prior_loss: Option<f64>,
     /// Mean discriminator loss (when γ > 0).
@@ -147,6 +159,10 @@ pub struct EpochRecord {
     pub seconds: f64,
     /// Examples the loader skipped as unreadable.
     pub skipped_examples: usize,
+    /// Precision@10 of the conv features on the held-out split, exact cosine search (on the
+    /// epochs the retrieval check ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrieval_precision_at_10: Option<f64>,
 }
 
 /// The result of [`train`].
@@ -168,6 +184,7 @@ struct EpochTotals {
     loss: f64,
     global: Option<f64>,
     local: Option<f64>,
+    global_to_global: Option<f64>,
     prior: Option<f64>,
     discriminator: Option<f64>,
     mi: f64,
@@ -186,9 +203,16 @@ struct StepValues {
     loss: f64,
     global: Option<f64>,
     local: Option<f64>,
+    global_to_global: Option<f64>,
     prior: Option<f64>,
     discriminator: Option<f64>,
     mi: f64,
+}
+
+/// What one step trains on: the images (as loaded or one augmented view) or two views.
+enum StepInputs {
+    Images(Tensor),
+    Views(Tensor, Tensor),
 }
 
 /// The first `limit` examples of a dataset (`--limit`).
@@ -338,8 +362,31 @@ impl Session {
         Ok(())
     }
 
+    /// The next step's inputs from a batch `[N, C, H, W]` on the device: the views are drawn
+    /// from a generator seeded by the run's seed and the step number, so a resumed run draws the
+    /// same views as an uninterrupted one.
+    fn step_inputs(&self, images: Tensor, channels_last: bool) -> StepInputs {
+        let layout = |tensor: Tensor| if channels_last { to_channels_last(&tensor) } else { tensor };
+        let mut rng = StdRng::seed_from_u64(
+            self.settings.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(self.step + 1),
+        );
+        let count = images.size()[0] as usize;
+        let mut view = || {
+            let draws = self.settings.augmentation.draw(&mut rng, count, self.settings.channels);
+            tch::no_grad(|| layout(make_views(&images, &draws)))
+        };
+        match self.settings.views {
+            ViewMode::Off => StepInputs::Images(layout(images.shallow_clone())),
+            ViewMode::Same => StepInputs::Images(view()),
+            ViewMode::Cross => {
+                let first = view();
+                StepInputs::Views(first, view())
+            }
+        }
+    }
+
     /// One encoder step and, with a prior term, one discriminator step.
-    fn train_step(&mut self, images: &Tensor) -> Result<StepValues, TrainError> {
+    fn train_step(&mut self, inputs: &StepInputs) -> Result<StepValues, TrainError> {
         let epoch = self.epoch + 1;
         let step = self.step + 1;
         // Seeding per step (not only per epoch) makes a run resumed mid-epoch draw the same prior
@@ -352,7 +399,10 @@ impl Session {
                 Err(TrainError::NonFiniteLoss { term, value, epoch, step })
             }
         };
-        let loss = self.model.encoder_loss(images);
+        let loss = match inputs {
+            StepInputs::Images(images) => self.model.encoder_loss(images),
+            StepInputs::Views(first, second) => self.model.cross_view_loss(first, second),
+        };
         let total = check("total", loss.total.double_value(&[]))?;
         self.encoder_optimizer.minimise(&loss.total);
 
@@ -369,11 +419,18 @@ impl Session {
         };
         self.step = step;
         let scalar = |t: &Tensor| t.double_value(&[]);
-        let mi = loss.local.as_ref().or(loss.global.as_ref()).map(|e| scalar(&e.mi)).unwrap_or(0.0);
+        let mi = loss
+            .local
+            .as_ref()
+            .or(loss.global.as_ref())
+            .or(loss.global_to_global.as_ref())
+            .map(|e| scalar(&e.mi))
+            .unwrap_or(0.0);
         Ok(StepValues {
             loss: total,
             global: loss.global.as_ref().map(|e| scalar(&e.loss)),
             local: loss.local.as_ref().map(|e| scalar(&e.loss)),
+            global_to_global: loss.global_to_global.as_ref().map(|e| scalar(&e.loss)),
             prior: loss.prior.as_ref().map(scalar),
             discriminator,
             mi,
@@ -469,8 +526,8 @@ pub fn train(
             let images = Tensor::from_slice(&batch.images)
                 .reshape([batch.len as i64, image_shape[0], image_shape[1], image_shape[2]])
                 .to_device(options.device);
-            let images = if options.channels_last { to_channels_last(&images) } else { images };
-            let values = session.train_step(&images)?;
+            let inputs = session.step_inputs(images, options.channels_last);
+            let values = session.train_step(&inputs)?;
             totals.step_seconds += step_started.elapsed().as_secs_f64();
             totals.steps += 1;
             totals.images += batch.len;
@@ -478,6 +535,7 @@ pub fn train(
             totals.mi += values.mi;
             add(&mut totals.global, values.global);
             add(&mut totals.local, values.local);
+            add(&mut totals.global_to_global, values.global_to_global);
             add(&mut totals.prior, values.prior);
             add(&mut totals.discriminator, values.discriminator);
             session.batches_into_epoch += 1;
@@ -503,7 +561,15 @@ pub fn train(
         }
         session.epoch += 1;
         session.batches_into_epoch = 0;
-        let record = epoch_record(&session, &totals, epoch_started.elapsed().as_secs_f64(), skipped.len());
+        let mut record =
+            epoch_record(&session, &totals, epoch_started.elapsed().as_secs_f64(), skipped.len());
+        if let Some(check) = options.retrieval.as_ref().filter(|check| check.due(session.epoch)) {
+            let precision = check.precision(&session.model.encoder, options.device)?;
+            if options.progress {
+                eprintln!("epoch {}: held-out precision@10 {precision:.4}", session.epoch);
+            }
+            record.retrieval_precision_at_10 = Some(precision);
+        }
         session.save(&options.out_dir, Some(&record))?;
         outcome.skipped.extend(skipped);
         outcome.epochs.push(record);
@@ -544,6 +610,7 @@ fn epoch_record(session: &Session, totals: &EpochTotals, seconds: f64, skipped: 
         loss: totals.loss / steps,
         global_loss: mean(totals.global),
         local_loss: mean(totals.local),
+        global_to_global_loss: mean(totals.global_to_global),
         prior_loss: mean(totals.prior),
         discriminator_loss: mean(totals.discriminator),
         mi_estimate: totals.mi / steps,
@@ -554,6 +621,7 @@ fn epoch_record(session: &Session, totals: &EpochTotals, seconds: f64, skipped: 
         },
         seconds,
         skipped_examples: skipped,
+        retrieval_precision_at_10: None,
     }
 }
 

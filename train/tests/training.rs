@@ -90,6 +90,7 @@ fn options(dir: &Path) -> RunOptions {
         progress: false,
         channels_last: true,
         decoded_cache: CachePolicy::Auto,
+        retrieval: None,
     }
 }
 

@@ -4,13 +4,16 @@
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use dim_models::Preset;
+use dim_models::preprocess::InputSpec;
 use dim_models::preprocess::{Background, ResizePolicy};
 use dim_train::data::{CachePolicy, DataFormat};
 use dim_train::device::DeviceRequest;
 use dim_train::estimators::Estimator;
-use dim_train::objective::{Levers, Mode};
+use dim_train::objective::{GlobalToGlobal, Levers, Mode};
+use dim_train::retrieval_check::RetrievalCheck;
 use dim_train::settings::TrainSettings;
 use dim_train::trainer::{self, RunEnd, RunOptions};
+use dim_train::views::{ViewAugmentation, ViewMode};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -102,6 +105,65 @@ struct Args {
     /// globals. A training aid outside the exported encoder. 0 = only Y.
     #[arg(long, value_name = "N", default_value_t = 0)]
     extra_globals: usize,
+    /// Which images the MI terms see: off (as loaded, the DIM paper), same (one augmented view
+    /// for both sides) or cross (two augmented views, each view's global vector scored against
+    /// the other's local features: the DIM authors' follow-up, AMDIM). Views are made on the
+    /// training device.
+    #[arg(long, value_enum, default_value_t = ViewMode::Off)]
+    views: ViewMode,
+    /// Smallest random-crop area of a view, as a share of the image.
+    #[arg(long, value_name = "SHARE", default_value_t = ViewAugmentation::default().min_area)]
+    view_min_area: f64,
+    /// Largest random-crop area of a view, as a share of the image.
+    #[arg(long, value_name = "SHARE", default_value_t = ViewAugmentation::default().max_area)]
+    view_max_area: f64,
+    /// Smallest crop aspect ratio (width / height) of a view.
+    #[arg(long, value_name = "RATIO", default_value_t = ViewAugmentation::default().min_aspect)]
+    view_min_aspect: f64,
+    /// Largest crop aspect ratio (width / height) of a view.
+    #[arg(long, value_name = "RATIO", default_value_t = ViewAugmentation::default().max_aspect)]
+    view_max_aspect: f64,
+    /// Probability that a view is mirrored left to right.
+    #[arg(long, value_name = "P", default_value_t = ViewAugmentation::default().flip_probability)]
+    view_flip_probability: f64,
+    /// Brightness jitter of a view: factors in [1 − B, 1 + B].
+    #[arg(long, value_name = "B", default_value_t = ViewAugmentation::default().brightness)]
+    view_brightness: f64,
+    /// Contrast jitter of a view: factors in [1 − C, 1 + C].
+    #[arg(long, value_name = "C", default_value_t = ViewAugmentation::default().contrast)]
+    view_contrast: f64,
+    /// Saturation jitter of an RGB view: factors in [1 − S, 1 + S].
+    #[arg(long, value_name = "S", default_value_t = ViewAugmentation::default().saturation)]
+    view_saturation: f64,
+    /// Probability that an RGB view is turned grey.
+    #[arg(long, value_name = "P", default_value_t = ViewAugmentation::default().grey_probability)]
+    view_grey_probability: f64,
+    /// Weight of the global-to-global infoNCE term across the two views (needs --views cross;
+    /// 0 = off).
+    #[arg(long, value_name = "WEIGHT", default_value_t = 0.0)]
+    global_to_global: f64,
+    /// Temperature of the global-to-global term's cosine similarities.
+    #[arg(long, value_name = "TAU", default_value_t = GlobalToGlobal::default().temperature)]
+    global_to_global_temperature: f64,
+    /// Soft-clip the critics' scores to C·tanh(s/C) before the estimator (AMDIM uses 10; 0 = off).
+    #[arg(long, value_name = "C", default_value_t = 0.0)]
+    score_clip: f64,
+    /// Add this weight times the mean squared critic score to the loss (AMDIM uses about 1e-3;
+    /// 0 = off).
+    #[arg(long, value_name = "WEIGHT", default_value_t = 0.0)]
+    score_penalty: f64,
+    /// Every N epochs, embed a held-out labelled split (the data's test split, or
+    /// --retrieval-data) and log its precision@10 by exact cosine search on the conv features
+    /// (what dim-embed writes by default) in train_log.jsonl and the progress output. 0 = never.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    retrieval_every: usize,
+    /// Images of the held-out split searched (a seeded subset).
+    #[arg(long, value_name = "N", default_value_t = 2000)]
+    retrieval_images: usize,
+    /// A labelled folder of class folders to search instead of the data's test split (image
+    /// folders have none).
+    #[arg(long, value_name = "DIR")]
+    retrieval_data: Option<PathBuf>,
     /// Use only the first N examples (for quick runs).
     #[arg(long)]
     limit: Option<usize>,
@@ -155,6 +217,24 @@ fn settings_from(args: &Args) -> anyhow::Result<TrainSettings> {
         limit: args.limit,
         occlusion_size: args.occlusion_size,
         extra_globals: args.extra_globals,
+        views: args.views,
+        augmentation: ViewAugmentation {
+            min_area: args.view_min_area,
+            max_area: args.view_max_area,
+            min_aspect: args.view_min_aspect,
+            max_aspect: args.view_max_aspect,
+            flip_probability: args.view_flip_probability,
+            brightness: args.view_brightness,
+            contrast: args.view_contrast,
+            saturation: args.view_saturation,
+            grey_probability: args.view_grey_probability,
+        },
+        global_to_global: GlobalToGlobal {
+            weight: args.global_to_global,
+            temperature: args.global_to_global_temperature,
+        },
+        score_clip: args.score_clip,
+        score_penalty: args.score_penalty,
         ..TrainSettings::new(data.clone())
     })
 }
@@ -187,11 +267,59 @@ fn run(args: &Args) -> anyhow::Result<RunEnd> {
     );
     if settings.levers() != Levers::default() {
         eprintln!(
-            "levers: occlusion {} px, {} extra global vector(s)",
-            settings.occlusion_size, settings.extra_globals
+            "levers: occlusion {} px, {} extra global vector(s), score clip {}, score penalty {}",
+            settings.occlusion_size, settings.extra_globals, settings.score_clip, settings.score_penalty
+        );
+    }
+    if settings.views != ViewMode::Off {
+        let a = &settings.augmentation;
+        eprintln!(
+            "views: {} (crop area {}–{}, aspect {:.3}–{:.3}, flip {}, brightness ±{}, contrast ±{}{}), \
+             global-to-global weight {} τ {}",
+            settings.views.name(),
+            a.min_area,
+            a.max_area,
+            a.min_aspect,
+            a.max_aspect,
+            a.flip_probability,
+            a.brightness,
+            a.contrast,
+            if settings.channels == 3 {
+                format!(", saturation ±{}, grey {}", a.saturation, a.grey_probability)
+            } else {
+                String::new()
+            },
+            settings.global_to_global.weight,
+            settings.global_to_global.temperature
         );
     }
 
+    let retrieval = if args.retrieval_every > 0 {
+        let spec = InputSpec {
+            channels: settings.channels,
+            size: settings.preset.input_size(),
+            resize: settings.resize,
+            background: settings.background,
+        };
+        let format = DataFormat::from_str(&settings.format, true).unwrap_or(DataFormat::Auto);
+        let check = RetrievalCheck::open(
+            &settings.data,
+            args.retrieval_data.as_deref(),
+            format,
+            spec,
+            &*dataset,
+            args.retrieval_images,
+            args.retrieval_every,
+        )?;
+        eprintln!(
+            "retrieval check: precision@10 on {} held-out images every {} epoch(s)",
+            check.len(),
+            check.every()
+        );
+        Some(Arc::new(check))
+    } else {
+        None
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let handler_flag = Arc::clone(&stop);
     ctrlc::set_handler(move || {
@@ -212,6 +340,7 @@ fn run(args: &Args) -> anyhow::Result<RunEnd> {
         progress: !args.quiet,
         channels_last: !args.no_channels_last,
         decoded_cache: args.decoded_cache,
+        retrieval,
     };
     let outcome = trainer::train(&settings, dataset, args.resume.as_deref(), &options)?;
     for record in &outcome.epochs {
