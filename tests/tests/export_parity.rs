@@ -277,6 +277,19 @@ fn foldresnet19_on_strided_crops_matches_libtorch() {
     check_preset(Preset::FoldResNet19_32x32, 3, EmbeddingSource::Y, WeightLayout::Contiguous, 7);
 }
 
+/// How the trainer runs in these tests: on the CPU into `dir`, quietly, channels-last.
+fn cpu_run_options(dir: &Path) -> RunOptions {
+    RunOptions {
+        out_dir: dir.to_path_buf(),
+        device: Device::Cpu,
+        stop: Arc::new(AtomicBool::new(false)),
+        progress: false,
+        channels_last: true,
+        decoded_cache: CachePolicy::Auto,
+        retrieval: None,
+    }
+}
+
 /// The ResNet on strided crops, trained a few real steps by dim-train's trainer (DIM(L), JSD,
 /// prior), exports to a graph that reproduces it.
 #[test]
@@ -295,15 +308,7 @@ fn foldresnet19_trained_a_few_steps_exports_and_matches_libtorch() {
         ..TrainSettings::new(data.path().to_path_buf())
     };
     let dataset = trainer::open_training_data(&settings).unwrap();
-    let options = RunOptions {
-        out_dir: run.path().to_path_buf(),
-        device: Device::Cpu,
-        stop: Arc::new(AtomicBool::new(false)),
-        progress: false,
-        channels_last: true,
-        decoded_cache: CachePolicy::Auto,
-        retrieval: None,
-    };
+    let options = cpu_run_options(run.path());
     let outcome = trainer::train(&settings, dataset, None, &options).unwrap();
     assert_eq!(outcome.end, RunEnd::Completed);
     assert_eq!(outcome.epochs.last().unwrap().step, 2);
@@ -352,15 +357,7 @@ fn basic32x32_trained_across_views_exports_and_matches_libtorch() {
         ..TrainSettings::new(data.path().to_path_buf())
     };
     let dataset = trainer::open_training_data(&settings).unwrap();
-    let options = RunOptions {
-        out_dir: run.path().to_path_buf(),
-        device: Device::Cpu,
-        stop: Arc::new(AtomicBool::new(false)),
-        progress: false,
-        channels_last: true,
-        decoded_cache: CachePolicy::Auto,
-        retrieval: None,
-    };
+    let options = cpu_run_options(run.path());
     let outcome = trainer::train(&settings, dataset, None, &options).unwrap();
     assert_eq!(outcome.end, RunEnd::Completed);
     assert!(outcome.epochs.iter().all(|record| record.global_to_global_loss.is_some()));

@@ -4,7 +4,7 @@
 
 use dim_models::checkpoint::CheckpointConfig;
 use dim_models::preprocess::{Background, InputSpec, ResizePolicy};
-use dim_train::data::{CachePolicy, DataError, Dataset, Sample};
+use dim_train::data::{DataError, Dataset, Sample};
 use dim_train::estimators::Estimator;
 use dim_train::features::{LabelledImages, random_encoder, read_labelled_images};
 use dim_train::objective::{GlobalToGlobal, ObjectiveWeights};
@@ -13,9 +13,12 @@ use dim_train::settings::TrainSettings;
 use dim_train::trainer::{self, RunEnd, RunOptions};
 use dim_train::views::ViewMode;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tch::Device;
+
+mod common;
+use common::exclusive_torch;
 
 /// Grey 32×32 patterns of four kinds (the label: vertical stripes, horizontal stripes, a
 /// checkerboard, concentric rings), each with its own period, phase, centre, faint contrast and a
@@ -80,12 +83,6 @@ impl Dataset for Patterns {
     }
 }
 
-static TORCH_GENERATOR: Mutex<()> = Mutex::new(());
-
-fn exclusive_torch() -> MutexGuard<'static, ()> {
-    TORCH_GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn cross_view_settings(epochs: usize) -> TrainSettings {
     TrainSettings {
         epochs,
@@ -103,15 +100,7 @@ fn cross_view_settings(epochs: usize) -> TrainSettings {
 }
 
 fn options(dir: &Path, retrieval: Option<Arc<RetrievalCheck>>) -> RunOptions {
-    RunOptions {
-        out_dir: dir.to_path_buf(),
-        device: Device::Cpu,
-        stop: Arc::new(AtomicBool::new(false)),
-        progress: false,
-        channels_last: true,
-        decoded_cache: CachePolicy::Auto,
-        retrieval,
-    }
+    RunOptions { retrieval, ..common::options(dir) }
 }
 
 fn held_out() -> LabelledImages {

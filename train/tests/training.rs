@@ -12,9 +12,12 @@ use dim_train::optim::{Adam, AdamConfig};
 use dim_train::settings::TrainSettings;
 use dim_train::trainer::{self, RunEnd, RunOptions, TrainError};
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use tch::{Device, Kind, Tensor, nn};
+
+mod common;
+use common::{exclusive_torch, options};
 
 /// Two visually distinct kinds of 32×32 grey image (a bright square in the top-left or the
 /// bottom-right quadrant) with per-example noise; `poisoned` turns every pixel into NaN.
@@ -64,14 +67,6 @@ impl Dataset for Blobs {
     }
 }
 
-/// libtorch's random generator is global to the process and the test harness runs tests on
-/// parallel threads, so runs that must be reproducible take turns.
-static TORCH_GENERATOR: Mutex<()> = Mutex::new(());
-
-fn exclusive_torch() -> MutexGuard<'static, ()> {
-    TORCH_GENERATOR.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn settings(epochs: usize) -> TrainSettings {
     TrainSettings {
         epochs,
@@ -79,18 +74,6 @@ fn settings(epochs: usize) -> TrainSettings {
         critic_width: 32,
         lr: 1e-3,
         ..TrainSettings::new("generated".into())
-    }
-}
-
-fn options(dir: &Path) -> RunOptions {
-    RunOptions {
-        out_dir: dir.to_path_buf(),
-        device: Device::Cpu,
-        stop: Arc::new(AtomicBool::new(false)),
-        progress: false,
-        channels_last: true,
-        decoded_cache: CachePolicy::Auto,
-        retrieval: None,
     }
 }
 

@@ -4,7 +4,6 @@
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use dim_models::Preset;
-use dim_models::preprocess::InputSpec;
 use dim_models::preprocess::{Background, ResizePolicy};
 use dim_train::data::{CachePolicy, DataFormat};
 use dim_train::device::DeviceRequest;
@@ -295,18 +294,12 @@ fn run(args: &Args) -> anyhow::Result<RunEnd> {
     }
 
     let retrieval = if args.retrieval_every > 0 {
-        let spec = InputSpec {
-            channels: settings.channels,
-            size: settings.preset.input_size(),
-            resize: settings.resize,
-            background: settings.background,
-        };
         let format = DataFormat::from_str(&settings.format, true).unwrap_or(DataFormat::Auto);
         let check = RetrievalCheck::open(
             &settings.data,
             args.retrieval_data.as_deref(),
             format,
-            spec,
+            dataset.input_spec(),
             &*dataset,
             args.retrieval_images,
             args.retrieval_every,
