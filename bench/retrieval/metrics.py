@@ -1,8 +1,8 @@
 """Helpers for bench/retrieval/run (issue 9's retrieval ablation).
 
-  retrieval_metrics.py pixels DIR --pca D --out OUT.json [--size 32]
+  retrieval_metrics.py pixels DIR --pca D --out OUT.json [--size 32] [--channels 1|3]
       Raw-pixel baseline: every PNG under DIR/<class>/ decoded as the model sees it (transparency
-      composited over white, grey, centred on a black SIZE x SIZE canvas when smaller, /255),
+      composited over white, grey or RGB, centred on a black SIZE x SIZE canvas when smaller, /255),
       flattened, then scored as embedded and
       after a centring + PCA-whitening to D dimensions fitted on the same rows (eps 1e-6, like
       dim-search), by exact cosine search with every image a query.
@@ -28,7 +28,7 @@ import numpy as np
 EPS = 1e-6
 
 
-def load_folder(root, size=32):
+def load_folder(root, size=32, channels=1):
     from PIL import Image
 
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
@@ -43,11 +43,11 @@ def load_folder(root, size=32):
                 # As the models' default background: transparent pixels composited over white.
                 rgba = img.convert("RGBA")
                 img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-            img = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-            h, w = img.shape
+            img = np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+            h, w = img.shape[:2]
             if h > size or w > size:
                 raise SystemExit(f"{name}: {w}x{h} is larger than {size}x{size}; only padding is implemented")
-            canvas = np.zeros((size, size), np.float32)
+            canvas = np.zeros((size, size) + img.shape[2:], np.float32)
             top, left = (size - h) // 2, (size - w) // 2
             canvas[top:top + h, left:left + w] = img
             xs.append(canvas.reshape(-1))
@@ -113,7 +113,7 @@ def evaluate(x, labels, dims, k):
 
 def cmd_pixels(a):
     t = time.time()
-    x, y, classes = load_folder(a.dir, a.size)
+    x, y, classes = load_folder(a.dir, a.size, a.channels)
     res = evaluate(x, y, a.pca, a.k)
     res.update(source=a.dir, classes=classes, total_seconds=time.time() - t)
     json.dump(res, open(a.out, "w"), indent=1)
@@ -225,6 +225,7 @@ def main():
     s = sub.add_parser("pixels")
     s.add_argument("dir"); s.add_argument("--pca", type=int, default=256); s.add_argument("--k", type=int, default=10)
     s.add_argument("--size", type=int, default=32); s.add_argument("--out", required=True)
+    s.add_argument("--channels", type=int, choices=(1, 3), default=1)
     s = sub.add_parser("check")
     s.add_argument("emb"); s.add_argument("--pca", type=int, default=256); s.add_argument("--k", type=int, default=10)
     s.add_argument("--out", required=True)

@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Parser;
 use dim_infer::embed_job::{self, EmbedJob};
 use dim_infer::embedder::{Embedder, EmbedderOptions, Feature};
-use dim_infer::index::{self, IndexFiles, IndexParams, Metric};
+use dim_infer::index::{self, IndexParams, Metric, SearchIndex};
 use dim_infer::post_process::{Pca, PcaSpec};
 use dim_infer::retrieval::{self, RetrievalScores};
 use dim_models::atomic_file::write_bytes_atomically;
@@ -132,8 +132,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let info = index::build(&embeddings_dir, &index_dir, &params)?;
     eprintln!("indexed {} vectors in {:.1} s", info.count, info.build_seconds);
 
-    let mut files = IndexFiles::open(&index_dir)?;
-    let index = files.load()?;
+    let index = SearchIndex::open(&index_dir)?;
     let label_of_path: std::collections::HashMap<&std::path::Path, usize> =
         collection.files.iter().map(PathBuf::as_path).zip(collection.labels.iter().copied()).collect();
     let labels: Vec<usize> = index
@@ -232,7 +231,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 /// preprocessing of the same files), each as embedded and through the same kind of
 /// post-processing as the index (fitted on this collection), so the page shows what the model adds.
 fn compare_with_pixels(
-    index: &dim_infer::index::SearchIndex<'_>,
+    index: &dim_infer::index::SearchIndex,
     labels: &[usize],
     embedder: &Embedder,
     args: &Args,
@@ -259,7 +258,7 @@ fn compare_with_pixels(
         ),
         ("raw pixels as the model sees them".to_string(), pixels.clone(), spec.len()),
     ];
-    if let Some(pca) = index.post_process {
+    if let Some(pca) = &index.post_process {
         let description = pca.description();
         let name = format!("PCA {}{}", description.dims, if description.whiten { " whitened" } else { "" });
         let pixel_pca = Pca::fit(

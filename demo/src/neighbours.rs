@@ -28,7 +28,7 @@ pub struct Precision {
 }
 
 /// Searches the `k` nearest neighbours of every indexed row, dropping the row itself.
-pub fn query_all(index: &SearchIndex<'_>, k: usize, ef: usize) -> anyhow::Result<Vec<QueryResult>> {
+pub fn query_all(index: &SearchIndex, k: usize, ef: usize) -> anyhow::Result<Vec<QueryResult>> {
     (0..index.vectors.rows)
         .into_par_iter()
         .map(|row| {

@@ -104,7 +104,7 @@ pub struct DuplicateReport {
 }
 
 /// Finds the groups of near-duplicates among the indexed rows of `index`.
-pub fn find(index: &SearchIndex<'_>, params: &DuplicateParams) -> Result<DuplicateReport, IndexError> {
+pub fn find(index: &SearchIndex, params: &DuplicateParams) -> Result<DuplicateReport, IndexError> {
     if index.info.params.metric != Metric::Cosine {
         return Err(IndexError::Query(
             "near-duplicates are scored by cosine similarity: build the index with --metric cosine".into(),

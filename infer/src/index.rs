@@ -8,11 +8,10 @@
 //! in `index.json` and scored exactly on every search, so each indexed row stays findable.
 //!
 //! hnsw_rs builds, saves and loads the graph; searches run on a flat copy of its links
-//! ([`crate::flat_graph`]). hnsw_rs's loaded graph borrows the `HnswIo` loader that read it (its
-//! issue #19), so [`IndexFiles::open`] reads the directory and owns the loader, and
-//! [`IndexFiles::load`] loads the graph from it, copies the links out and returns a
-//! [`SearchIndex`]; loading the dump is much cheaper than rebuilding the graph on every load
-//! (about 1.8 s for 9,000 1024-d vectors on 2 cores).
+//! ([`crate::flat_graph`]). [`SearchIndex::open`] reads the directory, loads hnsw_rs's dump and
+//! copies the links out, so the index it returns owns everything it searches; loading the dump
+//! is much cheaper than rebuilding the graph on every load (about 1.8 s for 9,000 1024-d vectors
+//! on 2 cores).
 //!
 //! An index built with a post-processing transform ([`crate::post_process`], `--pca D`) stores
 //! it beside the vectors, which stay as embedded: the graph holds the transformed rows, and
@@ -397,14 +396,42 @@ fn shuffled(count: usize, seed: u64) -> Vec<usize> {
 /// Builds an index from an embeddings directory into `out` (replaced atomically: the new
 /// directory is completed beside it, then renamed into place).
 pub fn build(embeddings: &Path, out: &Path, params: &IndexParams) -> Result<IndexInfo, IndexError> {
+    let manifest = Manifest::read(embeddings)?;
+    let vectors = npy::read_matrix(&embeddings.join(manifest::EMBEDDINGS_FILE))?;
+    build_from_vectors(manifest, &vectors, out, params)
+}
+
+fn check_params(params: &IndexParams) -> Result<(), IndexError> {
     if params.m == 0 || params.m > 256 {
         return Err(IndexError::Parameter(format!("--m must be in 1..=256, got {}", params.m)));
     }
     if params.ef_construction == 0 {
         return Err(IndexError::Parameter("--ef-construction must be at least 1".into()));
     }
-    let manifest = Manifest::read(embeddings)?;
-    let vectors = npy::read_matrix(&embeddings.join(manifest::EMBEDDINGS_FILE))?;
+    Ok(())
+}
+
+/// Builds an index over `vectors` (as embedded), whose rows `manifest` describes in order, into
+/// `out`, as [`build`] does for an embeddings directory.
+pub fn build_from_vectors(
+    manifest: Manifest,
+    vectors: &Matrix,
+    out: &Path,
+    params: &IndexParams,
+) -> Result<IndexInfo, IndexError> {
+    if manifest.count != vectors.rows
+        || manifest.rows.len() != vectors.rows
+        || manifest.model.dim != vectors.cols
+    {
+        return Err(IndexError::Parameter(format!(
+            "the manifest describes {} rows of {} values, the vectors are {} rows of {}",
+            manifest.rows.len(),
+            manifest.model.dim,
+            vectors.rows,
+            vectors.cols
+        )));
+    }
+    check_params(params)?;
     if params.hold_out >= vectors.rows.max(1) {
         return Err(IndexError::Parameter(format!(
             "--hold-out {} leaves nothing to index ({} rows)",
@@ -427,7 +454,7 @@ pub fn build(embeddings: &Path, out: &Path, params: &IndexParams) -> Result<Inde
         }
         None => None,
     };
-    let (prepared, dim) = graph_space_rows(params.metric, post_process.as_ref(), &vectors)?;
+    let (prepared, dim) = graph_space_rows(params.metric, post_process.as_ref(), vectors)?;
     let items: Vec<(&[f32], usize)> =
         indexed.iter().map(|&i| (&prepared[i * dim..(i + 1) * dim], i)).collect();
     let mut graph = Graph::new(params, items.len());
@@ -486,64 +513,42 @@ fn replace_dir(staging: tempfile::TempDir, out: &Path) -> Result<(), IndexError>
     Ok(())
 }
 
-/// An index directory read from disk, owning hnsw_rs's loader; [`IndexFiles::load`] gives the
-/// searchable index, which borrows it.
-pub struct IndexFiles {
-    /// `index.json`.
-    pub info: IndexInfo,
-    /// The rows' files.
-    pub manifest: Manifest,
-    /// All rows' vectors as embedded (held-out rows included).
-    pub vectors: Matrix,
-    /// The post-processing transform that the graph's rows and every query go through, if any.
-    pub post_process: Option<Pca>,
-    loader: HnswIo,
-}
-
-impl IndexFiles {
-    /// Reads and checks an index directory.
-    pub fn open(dir: &Path) -> Result<Self, IndexError> {
-        let info = IndexInfo::read(dir)?;
-        let manifest = read_index_manifest(dir)?;
-        let vectors = npy::read_matrix(&dir.join(VECTORS_FILE))?;
-        if vectors.rows != manifest.count || info.count + info.held_out.len() != manifest.count {
-            return Err(io_error(dir)(
-                "index files disagree on the number of rows; rebuild the index".into(),
-            ));
-        }
-        let post_process = match &info.post_process {
-            Some(description) => Some(Pca::load(dir, description)?),
-            None => None,
-        };
-        Ok(IndexFiles { info, manifest, vectors, post_process, loader: HnswIo::new(dir, GRAPH_BASENAME) })
+/// Reads and checks an index directory and loads its graph. hnsw_rs's loaded graph borrows the
+/// `HnswIo` loader that read it (its issue #19); both live only until the links are copied out.
+fn open_index(dir: &Path) -> Result<SearchIndex, IndexError> {
+    let info = IndexInfo::read(dir)?;
+    let manifest = read_index_manifest(dir)?;
+    let vectors = npy::read_matrix(&dir.join(VECTORS_FILE))?;
+    if vectors.rows != manifest.count || info.count + info.held_out.len() != manifest.count {
+        return Err(io_error(dir)("index files disagree on the number of rows; rebuild the index".into()));
     }
-
-    /// Loads the graph.
-    pub fn load(&mut self) -> Result<SearchIndex<'_>, IndexError> {
-        let IndexFiles { info, manifest, vectors, post_process, loader } = self;
-        let load_error = |e: anyhow::Error| IndexError::Io {
-            path: PathBuf::from(format!("{GRAPH_BASENAME}.hnsw.graph")),
-            message: format!("cannot load the graph: {e:#}"),
-        };
-        let metric = info.params.metric;
-        let loaded = match metric {
-            Metric::Cosine => Graph::Cosine(loader.load_hnsw::<f32, DistDot>().map_err(load_error)?),
-            Metric::L2 => Graph::L2(loader.load_hnsw::<f32, DistL2>().map_err(load_error)?),
-        };
-        // The graph holds its rows as they were inserted, in graph space: no need to transform
-        // every row again. The held-out rows it does not hold are transformed here.
-        let dim = graph_dim(post_process.as_ref(), vectors.cols);
-        let mut rows = loaded.stored_rows(vectors.rows, dim).map_err(|message| IndexError::Io {
-            path: PathBuf::from(format!("{GRAPH_BASENAME}.hnsw.data")),
-            message,
-        })?;
-        for &row in &info.held_out {
-            let transformed = vector_to_graph_space(metric, post_process.as_ref(), vectors.row(row))?;
-            rows[row * dim..(row + 1) * dim].copy_from_slice(&transformed);
-        }
-        let graph = loaded.flatten(rows, dim, metric);
-        Ok(SearchIndex { info, manifest, vectors, post_process: post_process.as_ref(), graph })
+    let post_process = match &info.post_process {
+        Some(description) => Some(Pca::load(dir, description)?),
+        None => None,
+    };
+    let mut loader = HnswIo::new(dir, GRAPH_BASENAME);
+    let load_error = |e: anyhow::Error| IndexError::Io {
+        path: dir.join(format!("{GRAPH_BASENAME}.hnsw.graph")),
+        message: format!("cannot load the graph: {e:#}"),
+    };
+    let metric = info.params.metric;
+    let loaded = match metric {
+        Metric::Cosine => Graph::Cosine(loader.load_hnsw::<f32, DistDot>().map_err(load_error)?),
+        Metric::L2 => Graph::L2(loader.load_hnsw::<f32, DistL2>().map_err(load_error)?),
+    };
+    // The graph holds its rows as they were inserted, in graph space: no need to transform
+    // every row again. The held-out rows it does not hold are transformed here.
+    let dim = graph_dim(post_process.as_ref(), vectors.cols);
+    let mut rows = loaded.stored_rows(vectors.rows, dim).map_err(|message| IndexError::Io {
+        path: dir.join(format!("{GRAPH_BASENAME}.hnsw.data")),
+        message,
+    })?;
+    for &row in &info.held_out {
+        let transformed = vector_to_graph_space(metric, post_process.as_ref(), vectors.row(row))?;
+        rows[row * dim..(row + 1) * dim].copy_from_slice(&transformed);
     }
+    let graph = loaded.flatten(rows, dim, metric);
+    Ok(SearchIndex { info, manifest, vectors, post_process, graph })
 }
 
 /// One search result. In JSON the path is written losslessly: `path`, plus `path_bytes_hex`
@@ -582,21 +587,26 @@ impl From<Hit> for HitJson {
     }
 }
 
-/// A loaded, searchable index.
-pub struct SearchIndex<'a> {
+/// A loaded, searchable index; it owns everything it searches.
+pub struct SearchIndex {
     /// `index.json`.
-    pub info: &'a IndexInfo,
+    pub info: IndexInfo,
     /// The rows' files.
-    pub manifest: &'a Manifest,
-    /// All rows' vectors as embedded.
-    pub vectors: &'a Matrix,
+    pub manifest: Manifest,
+    /// All rows' vectors as embedded (held-out rows included).
+    pub vectors: Matrix,
     /// The post-processing transform applied to every row and query, if any.
-    pub post_process: Option<&'a Pca>,
+    pub post_process: Option<Pca>,
     /// The graph, which also holds every row in the graph's space for exact scoring.
     graph: FlatGraph,
 }
 
-impl SearchIndex<'_> {
+impl SearchIndex {
+    /// Opens the index directory `dir`: reads and checks its files and loads the graph.
+    pub fn open(dir: &Path) -> Result<Self, IndexError> {
+        open_index(dir)
+    }
+
     /// Brings a query vector (as embedded) into graph space: the index's post-processing, then
     /// the metric's preparation. Every search path goes through here.
     pub fn query_to_graph_space(&self, query: &[f32]) -> Result<Vec<f32>, IndexError> {
@@ -607,7 +617,7 @@ impl SearchIndex<'_> {
                 self.info.model.dim
             )));
         }
-        Ok(vector_to_graph_space(self.info.params.metric, self.post_process, query)?)
+        Ok(vector_to_graph_space(self.info.params.metric, self.post_process.as_ref(), query)?)
     }
 
     fn hits(&self, found: Vec<(usize, f32)>) -> Vec<Hit> {
@@ -705,7 +715,7 @@ const SEARCH_REPEATS: usize = 3;
 /// Measures recall@k and queries/s on up to `queries` queries, once per `ef` value (the exact
 /// neighbours are computed once).
 pub fn evaluate(
-    index: &SearchIndex<'_>,
+    index: &SearchIndex,
     queries: usize,
     k: usize,
     efs: &[usize],
@@ -821,7 +831,7 @@ mod tests {
                 .map(|i| ManifestRow { path: PathBuf::from(format!("/v/{i}.png")), size: 1, mtime_ns: 0 })
                 .collect(),
         };
-        let index = SearchIndex { info: &info, manifest: &manifest, vectors, post_process: None, graph };
+        let index = SearchIndex { info, manifest, vectors: vectors.clone(), post_process: None, graph };
         index.search(query, 3, 64).unwrap()
     }
 

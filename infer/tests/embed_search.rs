@@ -6,7 +6,7 @@
 use dim_infer::embed_job::{self, EmbedJob, EmbedJobError};
 use dim_infer::embedder::{EmbedError, Embedder, EmbedderOptions, Feature};
 use dim_infer::graph_pruning;
-use dim_infer::index::{self, IndexFiles, IndexParams, Metric, QuerySource};
+use dim_infer::index::{self, IndexParams, Metric, QuerySource, SearchIndex};
 use dim_infer::manifest::{EMBEDDINGS_FILE, MANIFEST_FORMAT_VERSION, Manifest, ManifestRow, ModelIdentity};
 use dim_infer::npy;
 use dim_infer::session::{self, SessionError, SessionOptions};
@@ -183,8 +183,7 @@ fn odd_inputs_are_embedded_or_skipped_and_each_image_finds_itself_then_its_near_
     let index_dir = temp.path().join("index");
     let info = index::build(&out, &index_dir, &IndexParams::default()).unwrap();
     assert_eq!(info.count, 36);
-    let mut files = IndexFiles::open(&index_dir).unwrap();
-    let index = files.load().unwrap();
+    let index = SearchIndex::open(&index_dir).unwrap();
     for row in 0..matrix.rows {
         let hits = index.search(matrix.row(row), 3, 64).unwrap();
         assert_eq!(hits[0].row, row, "row {row} did not find itself first: {hits:?}");
@@ -355,8 +354,7 @@ fn recall_at_10_on_held_out_random_vectors_is_at_least_0_95_for_both_metrics() {
         let index_dir = temp.path().join(metric.name());
         let params = IndexParams { metric, hold_out: 200, ..IndexParams::default() };
         index::build(temp.path(), &index_dir, &params).unwrap();
-        let mut files = IndexFiles::open(&index_dir).unwrap();
-        let index = files.load().unwrap();
+        let index = SearchIndex::open(&index_dir).unwrap();
         let evaluations = index::evaluate(&index, 200, 10, &[64]).unwrap();
         let evaluation = &evaluations[0];
         assert_eq!(evaluation.query_source, QuerySource::HeldOut);

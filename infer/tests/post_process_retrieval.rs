@@ -1,7 +1,7 @@
 //! Tests of the collection-fitted post-processing (PCA, whitening) through the index and the
 //! command line, against numpy's PCA, and of `dim-search retrieval` on labelled embeddings.
 
-use dim_infer::index::{self, INDEX_FILE, IndexFiles, IndexParams, Metric};
+use dim_infer::index::{self, INDEX_FILE, IndexParams, Metric, SearchIndex};
 use dim_infer::manifest::{EMBEDDINGS_FILE, MANIFEST_FILE, MANIFEST_FORMAT_VERSION, Manifest};
 use dim_infer::npy;
 use dim_infer::post_process::{COMPONENTS_FILE, MEAN_FILE, Pca, PcaSpec, VARIANCES_FILE};
@@ -95,18 +95,17 @@ fn an_index_built_with_pca_stores_it_and_every_query_path_transforms_alike() {
     assert_eq!(json["post_process"]["dims"], 16);
     assert_eq!(json["post_process"]["fitted_rows"], rows - 20);
 
-    let mut files = IndexFiles::open(&index_dir).unwrap();
+    let index = SearchIndex::open(&index_dir).unwrap();
     // The stored transform is the one fitted on the indexed (not held-out) rows.
     let indexed: Vec<f32> = (0..rows)
         .filter(|i| !info.held_out.contains(i))
         .flat_map(|i| values[i * dim..(i + 1) * dim].iter().copied())
         .collect();
     let refit = Pca::fit(&indexed, dim, &spec).unwrap();
-    let stored = files.post_process.clone().unwrap();
+    let stored = index.post_process.clone().unwrap();
     for (a, b) in stored.components().iter().zip(refit.components()) {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
-    let index = files.load().unwrap();
     for row in (0..rows).filter(|i| !info.held_out.contains(i)) {
         let query = &values[row * dim..(row + 1) * dim];
         let hits = index.search(query, 5, 64).unwrap();
@@ -203,9 +202,8 @@ fn an_index_built_without_post_processing_is_as_before() {
         serde_json::from_str(&std::fs::read_to_string(index_dir.join(INDEX_FILE)).unwrap()).unwrap();
     assert!(json.get("post_process").is_none() && json["params"].get("post_process").is_none(), "{json}");
 
-    let mut files = IndexFiles::open(&index_dir).unwrap();
-    assert!(files.post_process.is_none());
-    let index = files.load().unwrap();
+    let index = SearchIndex::open(&index_dir).unwrap();
+    assert!(index.post_process.is_none());
     // Exact search still ranks by the cosine of the vectors as embedded.
     let cosine = |a: &[f32], b: &[f32]| {
         let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();

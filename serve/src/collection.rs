@@ -3,7 +3,7 @@
 //! search, whether by image, row or vector, ends in [`ServedCollection::search_vector`].
 
 use dim_infer::embedder::{EmbedError, Embedder};
-use dim_infer::index::{Hit, IndexError, IndexFiles, SearchIndex};
+use dim_infer::index::{Hit, IndexError, SearchIndex};
 use dim_infer::manifest::ModelIdentity;
 use dim_models::path_record::PathRecord;
 use image::DynamicImage;
@@ -87,7 +87,7 @@ pub struct CollectionSummary {
 
 /// An index ready to answer queries.
 pub struct ServedCollection {
-    index: SearchIndex<'static>,
+    index: SearchIndex,
     root: PathBuf,
     relative_paths: Vec<PathRecord>,
     /// Rows in the graph, for picking a random image.
@@ -116,22 +116,18 @@ impl ServedCollection {
         max_image_pixels: u64,
     ) -> Result<Self, CollectionError> {
         let index_error = |source| CollectionError::Index { path: dir.to_path_buf(), source };
-        let files = IndexFiles::open(dir).map_err(index_error)?;
+        let index = SearchIndex::open(dir).map_err(index_error)?;
         let identity = ModelIdentity::of(embedder.metadata(), embedder.feature(), embedder.dim());
-        if let Some(reason) = files.info.model.mismatch(&identity) {
+        if let Some(reason) = index.info.model.mismatch(&identity) {
             return Err(CollectionError::ModelMismatch {
                 model: embedder.model_path().to_path_buf(),
                 index: dir.to_path_buf(),
                 reason,
             });
         }
-        if files.info.count == 0 {
+        if index.info.count == 0 {
             return Err(CollectionError::Empty(dir.to_path_buf()));
         }
-        // The server answers from this index until it exits; leaking it gives the searchable
-        // view, which borrows the files, a 'static lifetime that handlers can share.
-        let files: &'static mut IndexFiles = Box::leak(Box::new(files));
-        let index = files.load().map_err(index_error)?;
         let paths: Vec<&Path> = index.manifest.rows.iter().map(|row| row.path.as_path()).collect();
         let root = root.unwrap_or_else(|| common_ancestor(&paths));
         let relative_paths =
@@ -187,7 +183,7 @@ impl ServedCollection {
 
     /// The summary `GET /api/collection` returns.
     pub fn summary(&self) -> CollectionSummary {
-        let info = self.index.info;
+        let info = &self.index.info;
         CollectionSummary {
             count: info.count,
             rows: self.rows(),

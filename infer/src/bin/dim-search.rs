@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
 use dim_infer::duplicates::{self, DuplicateParams};
 use dim_infer::embedder::{Embedder, EmbedderOptions};
-use dim_infer::index::{self, Hit, IndexFiles, IndexParams, Metric};
+use dim_infer::index::{self, Hit, IndexParams, Metric, SearchIndex};
 use dim_infer::manifest::{Manifest, ModelIdentity};
 use dim_infer::npy;
 use dim_infer::pgvector_store::{self, PublishOptions, PublishedTable, QuerySpace};
@@ -308,19 +308,18 @@ fn run(command: Command) -> anyhow::Result<()> {
             );
         }
         Command::Query { index: Some(index), image, row, vector, k, ef, json, model, ep, .. } => {
-            let mut files = IndexFiles::open(&index)?;
+            let loaded = SearchIndex::open(&index)?;
             let queries: Vec<(String, Vec<f32>)> = if let Some(row) = row {
-                if row >= files.vectors.rows {
+                if row >= loaded.vectors.rows {
                     anyhow::bail!(
                         "--row {row} is out of range: the index has rows 0..{}",
-                        files.vectors.rows
+                        loaded.vectors.rows
                     );
                 }
-                vec![(format!("row {row}"), files.vectors.row(row).to_vec())]
+                vec![(format!("row {row}"), loaded.vectors.row(row).to_vec())]
             } else {
-                external_queries(&files.info.model, &image, vector, model, ep)?
+                external_queries(&loaded.info.model, &image, vector, model, ep)?
             };
-            let loaded = files.load()?;
             let mut results = Vec::new();
             for (name, query) in &queries {
                 results.push((name.clone(), loaded.search(query, k, ef)?));
@@ -358,8 +357,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Query { .. } => anyhow::bail!("give --index DIR, or --postgres URL with --table NAME"),
         Command::Duplicates { index, threshold, k, ef, json, html, html_groups } => {
-            let mut files = IndexFiles::open(&index)?;
-            let loaded = files.load()?;
+            let loaded = SearchIndex::open(&index)?;
             let feature = loaded.info.model.feature;
             let threshold = match threshold {
                 Some(threshold) => threshold,
@@ -409,8 +407,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Eval { index, queries, k, ef, out } => {
-            let mut files = IndexFiles::open(&index)?;
-            let loaded = files.load()?;
+            let loaded = SearchIndex::open(&index)?;
             let evaluations = index::evaluate(&loaded, queries, k, &ef)?;
             let report = serde_json::to_string_pretty(&evaluations)?;
             let path = out.unwrap_or_else(|| index.join("eval.json"));
