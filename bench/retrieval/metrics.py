@@ -181,7 +181,7 @@ def cmd_table(a):
     json.dump({"sections": sections}, open(a.out_json, "w"), indent=1)
     out = []
     w = out.append
-    w("# Retrieval ablation (issue 9), reduced-size\n")
+    w(f"# {a.heading}\n")
     w("Cells: precision@10 micro / precision@10 macro / k-NN accuracy (k = 10, cosine, exact search, "
       "every image of the collection a query, itself excluded). \"whitened\" = centred + PCA-whitened "
       "(eps 1e-6) to the dims shown, fitted on the same collection: dim-search retrieval for model "
@@ -231,6 +231,7 @@ def main():
     s.add_argument("--out", required=True)
     s = sub.add_parser("table")
     s.add_argument("--out-md", required=True); s.add_argument("--out-json", required=True)
+    s.add_argument("--heading", default="Retrieval ablation (issue 9), reduced-size")
     s.add_argument("meta", nargs="+", help="meta.json of each runs folder, one report section each")
     a = p.parse_args()
     {"pixels": cmd_pixels, "check": cmd_check, "table": cmd_table}[a.cmd](a)

@@ -112,6 +112,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             batch_size: args.batch,
             force: false,
             show_progress: true,
+            stop: None,
         },
     )?;
     eprintln!(

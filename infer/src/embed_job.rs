@@ -22,7 +22,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
 /// Decoded chunks waiting for the model; with the one being decoded and the one running this
@@ -32,7 +33,7 @@ const CHUNKS_IN_FLIGHT: usize = 2;
 pub const LOCK_FILE: &str = ".dim-embed.lock";
 
 /// What to embed and where.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct EmbedJob {
     /// Files to embed (see [`crate::collection::gather`]).
     pub files: Vec<PathBuf>,
@@ -46,6 +47,9 @@ pub struct EmbedJob {
     pub force: bool,
     /// Draw a progress bar on stderr.
     pub show_progress: bool,
+    /// Set (from another thread, e.g. on Ctrl-C) to stop the job after the chunk it is on:
+    /// nothing is committed and the directory keeps what the previous run left.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// What a job did.
@@ -98,6 +102,12 @@ pub enum EmbedJobError {
     /// Embedding failed (the model, not an image).
     #[error(transparent)]
     Embed(#[from] EmbedError),
+    /// [`EmbedJob::stop`] was set; nothing was written.
+    #[error("interrupted; {dir} keeps what the previous run left")]
+    Interrupted {
+        /// The embeddings directory.
+        dir: PathBuf,
+    },
 }
 
 fn io_error(path: &Path) -> impl Fn(std::io::Error) -> EmbedJobError + '_ {
@@ -246,6 +256,9 @@ fn embed_into(
             }
         });
         for chunk in receiver {
+            if job.stop.as_ref().is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+                return Err(EmbedJobError::Interrupted { dir: job.out_dir.clone() });
+            }
             let chunk_len = chunk.len();
             let mut batch = Vec::with_capacity(chunk.len() * spec.len());
             let mut rows = Vec::with_capacity(chunk.len());

@@ -495,6 +495,26 @@ pub fn build_from_vectors(
     Ok(info)
 }
 
+/// Copies the index directory `from` to `out` (replaced atomically, as [`build`] replaces it).
+pub fn copy(from: &Path, out: &Path) -> Result<(), IndexError> {
+    IndexInfo::read(from)?;
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(parent).map_err(|e| io_error(parent)(e.to_string()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".index.")
+        .tempdir_in(parent)
+        .map_err(|e| io_error(parent)(e.to_string()))?;
+    for entry in std::fs::read_dir(from).map_err(|e| io_error(from)(e.to_string()))? {
+        let entry = entry.map_err(|e| io_error(from)(e.to_string()))?;
+        let target = staging.path().join(entry.file_name());
+        std::fs::copy(entry.path(), &target).map_err(|e| io_error(&target)(e.to_string()))?;
+    }
+    replace_dir(staging, out)
+}
+
 /// Moves the finished staging directory to `out`, replacing an older index there.
 fn replace_dir(staging: tempfile::TempDir, out: &Path) -> Result<(), IndexError> {
     if out.exists() {

@@ -102,6 +102,7 @@ fn job(files: Vec<PathBuf>, out: &Path) -> EmbedJob {
         batch_size: 8,
         force: false,
         show_progress: false,
+        stop: None,
     }
 }
 

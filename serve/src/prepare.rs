@@ -81,6 +81,7 @@ pub fn prepare_folder(
         batch_size: 64,
         force: false,
         show_progress: std::io::stderr().is_terminal(),
+        stop: None,
     };
     let embedding = embed_job::run(embedder, &job)?;
     let post_process = match post_process {

@@ -184,6 +184,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         batch_size: args.batch,
         force: args.force,
         show_progress: std::io::stderr().is_terminal(),
+        stop: None,
     };
     let summary = embed_job::run(&mut embedder, &job)?;
     let table = out.join(METADATA_FILE);
