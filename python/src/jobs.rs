@@ -102,8 +102,13 @@ pub fn build_index(
 ) -> PyResult<String> {
     let manifest = Manifest::read(&embeddings).map_err(|e| errors::from_error(Kind::General, "", e))?;
     let rows = manifest.count.saturating_sub(hold_out);
-    let params =
-        index_params(metric, m, ef_construction, hold_out, post_process(pca, whiten, manifest.search_recipe, rows))?;
+    let params = index_params(
+        metric,
+        m,
+        ef_construction,
+        hold_out,
+        post_process(pca, whiten, manifest.search_recipe, rows),
+    )?;
     let info = py.detach(|| index::build(&embeddings, &out, &params)).map_err(index_error)?;
     Ok(serde_json::to_string(&info).expect("the index info serialises"))
 }

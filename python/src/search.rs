@@ -39,7 +39,12 @@ pub fn index_error(error: IndexError) -> PyErr {
 /// The post-processing for `rows` vectors: `pca` dimensions (0: none) when given, else the
 /// model's recommended recipe when the collection is large enough for it, as `dim-search build`
 /// chooses.
-pub fn post_process(pca: Option<usize>, whiten: bool, recipe: Option<SearchRecipe>, rows: usize) -> Option<PcaSpec> {
+pub fn post_process(
+    pca: Option<usize>,
+    whiten: bool,
+    recipe: Option<SearchRecipe>,
+    rows: usize,
+) -> Option<PcaSpec> {
     match pca {
         Some(0) => None,
         Some(dims) => Some(PcaSpec { dims, whiten, eps: DEFAULT_WHITEN_EPS }),
@@ -180,7 +185,11 @@ pub fn build_index_from_vectors(
     if model.dim != cols {
         return Err(errors::raise(
             Kind::Dimension,
-            format!("the vectors have {cols} values, the embedder's `{}` has {}", model.feature.name(), model.dim),
+            format!(
+                "the vectors have {cols} values, the embedder's `{}` has {}",
+                model.feature.name(),
+                model.dim
+            ),
         ));
     }
     let params = index_params(metric, m, ef_construction, 0, post_process(pca, whiten, recipe, rows))?;

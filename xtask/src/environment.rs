@@ -38,12 +38,12 @@ pub fn setup(root: &Path, gpu: bool) -> Result<(), String> {
     Ok(())
 }
 
-struct BasePython {
-    program: String,
+pub(crate) struct BasePython {
+    pub(crate) program: String,
     version: String,
 }
 
-fn base_python() -> Result<BasePython, String> {
+pub(crate) fn base_python() -> Result<BasePython, String> {
     let program = std::env::var("DIM_PYTHON3").unwrap_or_else(|_| "python3".into());
     let output = Command::new(&program)
         .args(["-c", "import sys; print('%d.%d' % sys.version_info[:2])"])
@@ -143,7 +143,7 @@ fn create_and_fill(python: &BasePython, env_dir: &Path, lock_path: &Path) -> Res
         .map_err(|e| format!("cannot write the completion marker: {e}"))
 }
 
-fn run_checked(command: &mut Command, hint: &str) -> Result<(), String> {
+pub(crate) fn run_checked(command: &mut Command, hint: &str) -> Result<(), String> {
     match command.status() {
         Ok(status) if status.success() => Ok(()),
         Ok(status) => Err(format!("{hint} ({status})")),

@@ -4,6 +4,7 @@
 mod bench;
 mod environment;
 mod paper;
+mod python_package;
 mod regression_gate;
 
 use std::path::{Path, PathBuf};
@@ -16,7 +17,10 @@ Commands:
   setup [--gpu]     Create (once) the pinned Python environment holding libtorch and
                     ONNX Runtime, and link it at .dim-env/ so plain cargo commands work.
                     --gpu installs onnxruntime-gpu (CUDA execution provider) instead.
-  test              setup, then cargo fmt --check, clippy -D warnings and every test.
+  test              setup, then cargo fmt --check, clippy -D warnings and every test
+                    (the Python package's too: wheel, fresh environment, pytest).
+  test-python       only the Python package's part of `test` (needs the debug dim-embed,
+                    dim-search and dim-train that `cargo build --bins` makes).
   demo              setup, then the main job: embed the Fashion-MNIST test images with the
                     shipped model, index them, query them, and write demo-output/index.html.
   bench [NAME...] [--check]
@@ -39,6 +43,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("setup") => environment::setup(&workspace_root(), args[1..].iter().any(|a| a == "--gpu")),
         Some("test") => run_tests(),
+        Some("test-python") => {
+            python_package::test(&workspace_root(), &workspace_root().join("target").join("debug"))
+        }
         Some("demo") => run_demo(&args[1..]),
         Some("bench") => bench::run(&workspace_root(), &args[1..]),
         Some("paper") => paper::run(&workspace_root(), &args[1..]),
@@ -80,11 +87,14 @@ fn run_tests() -> Result<(), String> {
     environment::ensure_browser()?;
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
-    cargo(&["test", "--workspace", "--exclude", "dim-train"])?;
+    cargo(&["test", "--workspace", "--exclude", "dim-train", "--exclude", "dim-python"])?;
     // libtorch's random generator is global to the process, so a test that seeds it can be
     // thrown off by another drawing from it on a parallel thread; dim-train's tests run one at a
     // time (about 35 s more than in parallel).
     cargo(&["test", "-p", "dim-train", "--", "--test-threads=1"])?;
+    // The Python package is tested as users get it: a wheel in a fresh environment, checked
+    // against the debug dim-embed, dim-search and dim-train the steps above built.
+    python_package::test(&workspace_root(), &workspace_root().join("target").join("debug"))?;
     eprintln!("==> all checks passed in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
