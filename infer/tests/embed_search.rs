@@ -232,6 +232,21 @@ fn a_rerun_embeds_only_new_or_changed_files_and_another_model_is_refused() {
     let third = embed_job::run(&mut embedder, &job(files_in(&images), &out)).unwrap();
     assert_eq!((third.embedded, third.reused), (0, 13));
 
+    // A stopped job (Ctrl-C in the Python package) commits nothing: the directory keeps the
+    // previous run's files byte for byte.
+    pattern(98, 36, 36).save(images.join("a_5.png")).unwrap();
+    let files_before: Vec<Vec<u8>> =
+        [EMBEDDINGS_FILE, "manifest.json"].iter().map(|f| std::fs::read(out.join(f)).unwrap()).collect();
+    let stop = Some(std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)));
+    let error =
+        embed_job::run(&mut embedder, &EmbedJob { stop, ..job(files_in(&images), &out) }).unwrap_err();
+    assert!(matches!(error, EmbedJobError::Interrupted { .. }), "{error}");
+    let files_after: Vec<Vec<u8>> =
+        [EMBEDDINGS_FILE, "manifest.json"].iter().map(|f| std::fs::read(out.join(f)).unwrap()).collect();
+    assert!(files_before == files_after, "an interrupted job changed the directory");
+    let resumed = embed_job::run(&mut embedder, &job(files_in(&images), &out)).unwrap();
+    assert_eq!((resumed.embedded, resumed.reused), (1, 12));
+
     let other_model = write_model(temp.path(), "model-b", true);
     let mut other = self::embedder(&other_model);
     let error = embed_job::run(&mut other, &job(files_in(&images), &out)).unwrap_err();
