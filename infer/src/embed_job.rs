@@ -9,7 +9,7 @@
 //! embeds everything again. Either way its result has the rows a clean run would have. A lock
 //! file keeps two jobs out of one directory, and leftovers of killed runs are removed.
 
-use crate::embedder::{EmbedError, Embedder, Skipped};
+use crate::embedder::{EmbedError, Embedder, Skipped, decode_ahead};
 use crate::manifest::{
     self, EMBEDDINGS_FILE, MANIFEST_FILE, MANIFEST_FORMAT_VERSION, Manifest, ManifestError, ManifestRow,
     ModelIdentity,
@@ -17,18 +17,14 @@ use crate::manifest::{
 use crate::npy;
 use dim_models::atomic_file::{self, StagedFile};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rayon::prelude::*;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::Instant;
 
-/// Decoded chunks waiting for the model; with the one being decoded and the one running this
-/// bounds memory to a few chunks whatever the collection size.
-const CHUNKS_IN_FLIGHT: usize = 2;
 /// Held (as an advisory lock) by the job writing a directory.
 pub const LOCK_FILE: &str = ".dim-embed.lock";
 
@@ -225,8 +221,6 @@ fn previous_manifest(
     Ok((Some(manifest), None))
 }
 
-type DecodedChunk = Vec<(ManifestRow, Result<Vec<f32>, String>)>;
-
 /// Embeds `files`, appending raw little-endian rows to `out`; returns the rows embedded.
 fn embed_into(
     embedder: &mut Embedder,
@@ -241,21 +235,12 @@ fn embed_into(
     let mut embedded = Vec::with_capacity(files.len());
     let vectors_path = job.out_dir.join(EMBEDDINGS_FILE);
     let write_error = io_error(&vectors_path);
-    std::thread::scope(|scope| -> Result<(), EmbedJobError> {
-        let (sender, receiver) = mpsc::sync_channel::<DecodedChunk>(CHUNKS_IN_FLIGHT);
-        scope.spawn(move || {
-            for chunk in files.chunks(job.batch_size) {
-                let decoded: DecodedChunk = chunk
-                    .par_iter()
-                    .map(|row| (row.clone(), preprocessor.prepare_file(&row.path).map_err(|e| e.to_string())))
-                    .collect();
-                if sender.send(decoded).is_err() {
-                    // The consumer stopped on an error; nothing more to do.
-                    return;
-                }
-            }
-        });
-        for chunk in receiver {
+    decode_ahead(
+        preprocessor,
+        files,
+        |row| &row.path,
+        job.batch_size,
+        |chunk| {
             if job.stop.as_ref().is_some_and(|stop| stop.load(Ordering::Relaxed)) {
                 return Err(EmbedJobError::Interrupted { dir: job.out_dir.clone() });
             }
@@ -266,18 +251,18 @@ fn embed_into(
                 match result {
                     Ok(input) => {
                         batch.extend_from_slice(&input);
-                        rows.push(row);
+                        rows.push(row.clone());
                     }
-                    Err(reason) => skipped.push(Skipped { path: row.path, reason }),
+                    Err(reason) => skipped.push(Skipped { path: row.path.clone(), reason }),
                 }
             }
             let vectors = embedder.run_batch(&batch)?;
             npy::write_rows(out, &vectors).map_err(&write_error)?;
             progress.inc(chunk_len as u64);
             embedded.extend(rows);
-        }
-        Ok(())
-    })?;
+            Ok(())
+        },
+    )?;
     progress.finish_and_clear();
     Ok(embedded)
 }

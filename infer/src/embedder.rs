@@ -311,29 +311,36 @@ impl Embedder {
         self.preprocessor
     }
 
-    /// Embeds files in chunks of `batch_size`, decoding each chunk in parallel. Files that cannot
-    /// be decoded are skipped with their reason.
+    /// Embeds files in chunks of `batch_size`, decoding the next chunk in parallel while the model
+    /// runs the current one ([`decode_ahead`]). Files that cannot be decoded are skipped with
+    /// their reason.
     pub fn embed(&mut self, inputs: &[PathBuf], batch_size: usize) -> Result<Embeddings, EmbedError> {
         if batch_size == 0 {
             return Err(EmbedError::ZeroBatchSize);
         }
         let mut out =
             Embeddings { dim: self.dim, vectors: Vec::new(), paths: Vec::new(), skipped: Vec::new() };
-        for chunk in inputs.chunks(batch_size) {
-            let preprocessor = self.preprocessor();
-            let prepared: Vec<_> = chunk.par_iter().map(|path| preprocessor.prepare_file(path)).collect();
-            let mut batch = Vec::new();
-            for (path, result) in chunk.iter().zip(prepared) {
-                match result {
-                    Ok(input) => {
-                        batch.extend_from_slice(&input);
-                        out.paths.push(path.clone());
+        let preprocessor = self.preprocessor();
+        decode_ahead(
+            preprocessor,
+            inputs,
+            |path| path,
+            batch_size,
+            |chunk| {
+                let mut batch = Vec::with_capacity(chunk.len() * preprocessor.spec.len());
+                for (path, result) in chunk {
+                    match result {
+                        Ok(input) => {
+                            batch.extend_from_slice(&input);
+                            out.paths.push(path.clone());
+                        }
+                        Err(reason) => out.skipped.push(Skipped { path: path.clone(), reason }),
                     }
-                    Err(error) => out.skipped.push(Skipped { path: path.clone(), reason: error.to_string() }),
                 }
-            }
-            out.vectors.extend(self.run_batch(&batch)?);
-        }
+                out.vectors.extend(self.run_batch(&batch)?);
+                Ok::<(), EmbedError>(())
+            },
+        )?;
         Ok(out)
     }
 
@@ -403,6 +410,41 @@ impl Embedder {
         }
         Ok(values.to_vec())
     }
+}
+
+/// Decoded chunks waiting for the consumer; with the one being decoded and the one being
+/// consumed this bounds memory to a few chunks whatever the collection size.
+const CHUNKS_IN_FLIGHT: usize = 2;
+
+/// Decodes the files of `items` (`path_of` names each item's file) chunk by chunk of
+/// `batch_size` on a producer thread, each chunk in parallel, and hands every decoded chunk (the
+/// items with their model input or the reason they could not be decoded, in order) to `consume`
+/// on this thread, so decoding the next chunk overlaps consuming this one. An error from
+/// `consume` stops both sides and is returned.
+pub(crate) fn decode_ahead<'a, T: Sync, E>(
+    preprocessor: Preprocessor,
+    items: &'a [T],
+    path_of: impl Fn(&T) -> &Path + Sync,
+    batch_size: usize,
+    mut consume: impl FnMut(Vec<(&'a T, Result<Vec<f32>, String>)>) -> Result<(), E>,
+) -> Result<(), E> {
+    std::thread::scope(|scope| {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(CHUNKS_IN_FLIGHT);
+        let path_of = &path_of;
+        scope.spawn(move || {
+            for chunk in items.chunks(batch_size.max(1)) {
+                let decoded: Vec<(&T, Result<Vec<f32>, String>)> = chunk
+                    .par_iter()
+                    .map(|item| (item, preprocessor.prepare_file(path_of(item)).map_err(|e| e.to_string())))
+                    .collect();
+                if sender.send(decoded).is_err() {
+                    return; // the consumer stopped on an error
+                }
+            }
+        });
+        // Returning drops the receiver, which ends the producer at its next chunk.
+        receiver.into_iter().try_for_each(&mut consume)
+    })
 }
 
 /// Inputs laid out as `[N, C, size, size]` with every row reversed: each image mirrored left to

@@ -166,12 +166,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let address = listener.local_addr().context("cannot read the bound address")?;
+        let shutdown = shutdown_signal()?;
         println!(
             "dim-serve: {rows} images; listening on http://{address}/{}",
             if protected { " (token required)" } else { "" }
         );
         axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(shutdown)
             .await
             .context("the server stopped with an error")?;
         eprintln!("dim-serve: stopped");
@@ -179,22 +180,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is called, not when the
+/// future is first polled, so a signal sent as soon as the address is printed is not missed (or,
+/// where the parent ignores SIGINT, dropped).
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
-    };
-    tokio::select! {
-        () = interrupt => {},
-        () = terminate => {},
-    }
-    eprintln!("dim-serve: shutting down; finishing requests in flight");
+        eprintln!("dim-serve: shutting down; finishing requests in flight");
+    })
 }
