@@ -11,8 +11,9 @@
 
 use crate::embedder::Feature;
 use crate::html_preview::{escape, file_preview, jpeg_data_uri};
-use crate::index::{IndexError, Metric, SearchIndex};
+use crate::index::{IndexError, SearchIndex};
 use dim_models::path_record::PathRecord;
+use dim_vectors::distance::Metric;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;

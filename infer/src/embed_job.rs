@@ -14,8 +14,8 @@ use crate::manifest::{
     self, EMBEDDINGS_FILE, MANIFEST_FILE, MANIFEST_FORMAT_VERSION, Manifest, ManifestError, ManifestRow,
     ModelIdentity,
 };
-use crate::npy;
 use dim_models::atomic_file::{self, StagedFile};
+use dim_vectors::npy;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::fs::File;

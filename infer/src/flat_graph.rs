@@ -9,8 +9,9 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-use crate::index::Metric;
-use crate::vector_distance::{self, DistDot, DistL2};
+use crate::vector_distance::{DistDot, DistL2};
+use dim_vectors::distance;
+use dim_vectors::distance::Metric;
 use hnsw_rs::prelude::Distance;
 
 /// The links of one layer in compressed-row form: row `r` links to
@@ -217,7 +218,7 @@ impl CodedQuery {
     fn new(query: &[f32]) -> Self {
         let mut codes = Vec::with_capacity(query.len());
         let scale = quantise(query, &mut codes);
-        CodedQuery { codes, scale, squared_length: vector_distance::dot(query, query) }
+        CodedQuery { codes, scale, squared_length: distance::dot(query, query) }
     }
 }
 
@@ -229,7 +230,7 @@ impl RowCodes {
         let mut squared_lengths = Vec::with_capacity(rows);
         for row in vectors.chunks_exact(dim) {
             scales.push(quantise(row, &mut codes));
-            squared_lengths.push(vector_distance::dot(row, row));
+            squared_lengths.push(distance::dot(row, row));
         }
         RowCodes { codes, scales, squared_lengths, dim }
     }
@@ -237,7 +238,7 @@ impl RowCodes {
     /// The graph's distance from `query` to `row`, from their codes.
     fn distance(&self, query: &CodedQuery, row: usize, metric: Metric) -> f32 {
         let codes = &self.codes[row * self.dim..(row + 1) * self.dim];
-        let dot = vector_distance::dot_i8(&query.codes, codes) as f32 * query.scale * self.scales[row];
+        let dot = distance::dot_i8(&query.codes, codes) as f32 * query.scale * self.scales[row];
         match metric {
             Metric::Cosine => (1.0 - dot).max(0.0),
             Metric::L2 => (query.squared_length + self.squared_lengths[row] - 2.0 * dot).max(0.0).sqrt(),

@@ -13,7 +13,7 @@
 //! is much cheaper than rebuilding the graph on every load (about 1.8 s for 9,000 1024-d vectors
 //! on 2 cores).
 //!
-//! An index built with a post-processing transform ([`crate::post_process`], `--pca D`) stores
+//! An index built with a post-processing transform ([`dim_vectors::post_process`], `--pca D`) stores
 //! it beside the vectors, which stay as embedded: the graph holds the transformed rows, and
 //! every query, by vector, by row or by image, is transformed the same way before it is
 //! searched. An index without one has no `post_process` entry in `index.json` and searches the
@@ -21,9 +21,10 @@
 
 use crate::flat_graph::FlatGraph;
 use crate::manifest::{self, MANIFEST_FILE, Manifest, ManifestError, ModelIdentity};
-use crate::npy::{self, Matrix, NpyError};
-use crate::post_process::{Pca, PcaDescription, PcaSpec, PostProcessError};
 use crate::vector_distance::{DistDot, DistL2};
+use dim_vectors::distance::Metric;
+use dim_vectors::npy::{self, Matrix, NpyError};
+use dim_vectors::post_process::{Pca, PcaDescription, PcaSpec, PostProcessError};
 use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -44,38 +45,6 @@ const MAX_LAYERS: usize = 16;
 /// Results and candidate-list size of the build's search of each indexed vector for itself.
 const SELF_CHECK_K: usize = 2;
 const SELF_CHECK_EF: usize = 10;
-
-/// How vectors are compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Metric {
-    /// Cosine similarity (vectors are L2-normalised first); score is the cosine.
-    #[default]
-    Cosine,
-    /// Euclidean distance; score is the distance.
-    L2,
-}
-
-impl Metric {
-    /// The metric's name on command lines.
-    pub fn name(self) -> &'static str {
-        match self {
-            Metric::Cosine => "cosine",
-            Metric::L2 => "l2",
-        }
-    }
-}
-
-impl std::str::FromStr for Metric {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "cosine" => Ok(Metric::Cosine),
-            "l2" => Ok(Metric::L2),
-            other => Err(format!("unknown metric `{other}` (known: cosine, l2)")),
-        }
-    }
-}
 
 /// Graph construction parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -8,10 +8,10 @@
 //! describe the vectors beside it (a run killed between the renames) from one that does.
 
 use crate::embedder::{Feature, Skipped};
-use crate::npy;
 use dim_models::atomic_file::{self, StagedFile};
 use dim_models::onnx_metadata::{ModelMetadata, SearchRecipe};
 use dim_models::path_record::{PathRecord, PathRecordError};
+use dim_vectors::npy;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};

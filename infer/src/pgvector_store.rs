@@ -29,10 +29,10 @@
 
 use crate::index::Hit;
 use crate::manifest::{Manifest, ManifestError, ManifestRow, ModelIdentity};
-use crate::npy;
 use crate::parquet_metadata::{self, FileFacts, KnownFacts, METADATA_FILE, clamp_i32, clamp_i64};
-use crate::post_process::{Pca, PcaDescription, PcaSpec};
 use dim_models::path_record::PathRecord;
+use dim_vectors::npy;
+use dim_vectors::post_process::{Pca, PcaDescription, PcaSpec};
 use pgvector::Vector;
 use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
@@ -95,7 +95,7 @@ pub enum StoreError {
     Vectors(#[from] npy::NpyError),
     /// The post-processing could not be fitted or applied.
     #[error(transparent)]
-    PostProcess(#[from] crate::post_process::PostProcessError),
+    PostProcess(#[from] dim_vectors::post_process::PostProcessError),
     /// The vectors are too wide for pgvector's HNSW index.
     #[error(
         "pgvector's HNSW index takes at most {HNSW_MAX_DIMS} dimensions and these vectors have {0}: \

@@ -12,8 +12,8 @@
 
 use crate::embedder::Skipped;
 use crate::manifest::{self, EMBEDDINGS_FILE, Manifest, ManifestError, ManifestRow, SKIPPED_FILE};
-use crate::npy::{self, NpyError};
 use dim_models::atomic_file;
+use dim_vectors::npy::{self, NpyError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;

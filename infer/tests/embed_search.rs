@@ -6,13 +6,14 @@
 use dim_infer::embed_job::{self, EmbedJob, EmbedJobError};
 use dim_infer::embedder::{EmbedError, Embedder, EmbedderOptions, Feature};
 use dim_infer::graph_pruning;
-use dim_infer::index::{self, IndexParams, Metric, QuerySource, SearchIndex};
+use dim_infer::index::{self, IndexParams, QuerySource, SearchIndex};
 use dim_infer::manifest::{EMBEDDINGS_FILE, MANIFEST_FORMAT_VERSION, Manifest, ManifestRow, ModelIdentity};
-use dim_infer::npy;
 use dim_infer::session::{self, SessionError, SessionOptions};
 use dim_models::onnx_metadata::{INPUT_NAME, ModelMetadata, OutputInfo};
 use dim_models::preprocess::{Background, InputSpec, ResizePolicy};
 use dim_models::preset::Preset;
+use dim_vectors::distance::Metric;
+use dim_vectors::npy;
 use image::{DynamicImage, ImageBuffer, LumaA, Rgb, RgbImage};
 use ort::value::TensorRef;
 use std::collections::HashMap;

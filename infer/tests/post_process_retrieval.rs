@@ -1,11 +1,13 @@
 //! Tests of the collection-fitted post-processing (PCA, whitening) through the index and the
 //! command line, against numpy's PCA, and of `dim-search retrieval` on labelled embeddings.
 
-use dim_infer::index::{self, INDEX_FILE, IndexParams, Metric, SearchIndex};
+use dim_infer::embeddings_retrieval::evaluate_embeddings;
+use dim_infer::index::{self, INDEX_FILE, IndexParams, SearchIndex};
 use dim_infer::manifest::{EMBEDDINGS_FILE, MANIFEST_FILE, MANIFEST_FORMAT_VERSION, Manifest};
-use dim_infer::npy;
-use dim_infer::post_process::{COMPONENTS_FILE, MEAN_FILE, Pca, PcaSpec, VARIANCES_FILE};
-use dim_infer::retrieval::{self, Labels};
+use dim_vectors::distance::Metric;
+use dim_vectors::npy;
+use dim_vectors::post_process::{COMPONENTS_FILE, MEAN_FILE, Pca, PcaSpec, VARIANCES_FILE};
+use dim_vectors::retrieval::Labels;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -285,11 +287,12 @@ fn retrieval_scores_a_labelled_embeddings_directory_with_and_without_pca() {
     let embeddings = temp.path().join("emb");
     write_embeddings(&embeddings, dim, &values, &labels);
 
-    let folders = Labels::from_parent_folders(&Manifest::read(&embeddings).unwrap());
+    let manifest = Manifest::read(&embeddings).unwrap();
+    let folders = Labels::from_parent_folders(manifest.rows.iter().map(|row| row.path.as_path()));
     assert_eq!(folders.names, (0..6).map(|c| format!("class_{c}")).collect::<Vec<_>>());
     assert_eq!(folders.of_row, labels.iter().map(|&c| c as u32).collect::<Vec<_>>());
     let spec = PcaSpec { dims: 8, whiten: true, eps: 1e-6 };
-    let runs = retrieval::evaluate_embeddings(&embeddings, &folders, 5, Metric::Cosine, Some(&spec)).unwrap();
+    let runs = evaluate_embeddings(&embeddings, &folders, 5, Metric::Cosine, Some(&spec)).unwrap();
     assert_eq!(runs.len(), 2);
     assert_eq!((runs[0].vectors.as_str(), runs[0].dims), ("embedded", dim));
     assert_eq!((runs[1].vectors.as_str(), runs[1].dims), ("pca 8 + whitening", 8));

@@ -4,11 +4,12 @@
 use crate::embedding::NativeEmbedder;
 use crate::errors::{self, Kind};
 use dim_infer::embedder::Feature;
-use dim_infer::index::{self, IndexError, IndexParams, Metric, SearchIndex};
+use dim_infer::index::{self, IndexError, IndexParams, SearchIndex};
 use dim_infer::manifest::{MANIFEST_FORMAT_VERSION, Manifest, ManifestRow, ModelIdentity};
-use dim_infer::npy::Matrix;
-use dim_infer::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
 use dim_models::onnx_metadata::SearchRecipe;
+use dim_vectors::distance::Metric;
+use dim_vectors::npy::Matrix;
+use dim_vectors::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray2};
 use pyo3::prelude::*;
 use rayon::prelude::*;

@@ -76,7 +76,7 @@ pub struct CollectionSummary {
     pub index: dim_infer::index::IndexParams,
     /// The post-processing fitted at build time, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub post_process: Option<dim_infer::post_process::PcaDescription>,
+    pub post_process: Option<dim_vectors::post_process::PcaDescription>,
     /// Neighbours returned when a request does not say.
     pub default_k: usize,
     /// Largest `k` a request may ask for.

@@ -3,12 +3,13 @@
 use anyhow::Context;
 use clap::Parser;
 use dim_infer::embedder::{Embedder, EmbedderOptions, Feature};
-use dim_infer::index::{IndexInfo, IndexParams, Metric};
-use dim_infer::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
+use dim_infer::index::{IndexInfo, IndexParams};
 use dim_infer::session::ExecutionProvider;
 use dim_serve::api::{AppState, ServerConfig, router};
 use dim_serve::collection::ServedCollection;
 use dim_serve::prepare;
+use dim_vectors::distance::Metric;
+use dim_vectors::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

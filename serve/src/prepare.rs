@@ -8,7 +8,7 @@ use dim_infer::embed_job::{self, EmbedJob, EmbedSummary};
 use dim_infer::embedder::Embedder;
 use dim_infer::index::{self, IndexInfo, IndexParams};
 use dim_infer::manifest::{MANIFEST_FILE, Manifest};
-use dim_infer::post_process::PcaSpec;
+use dim_vectors::post_process::PcaSpec;
 use sha2::{Digest, Sha256};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

@@ -136,7 +136,7 @@ fn every_endpoint_answers_and_every_client_error_is_json() {
     assert_eq!(by_row["query"], serde_json::json!({"kind": "row", "row": query_row}));
 
     // By vector: the stored vector of the row finds the row.
-    let vectors = dim_infer::npy::read_matrix(&state.join("embeddings/embeddings.npy")).unwrap();
+    let vectors = dim_vectors::npy::read_matrix(&state.join("embeddings/embeddings.npy")).unwrap();
     let vector = vectors.row(query_row as usize).to_vec();
     let (status, by_vector) = json_of(
         http.post(server.url("/api/search/vector")).send_json(serde_json::json!({"vector": vector, "k": 3})),

@@ -5,9 +5,9 @@
 use crate::data::{DataFormat, Dataset, Split, open_dataset};
 use crate::encoder::Encoder;
 use crate::features::{LabelledImages, Tap, encoder_features, read_labelled_images};
-use dim_infer::index::Metric;
-use dim_infer::retrieval::{nearest_neighbours, score};
 use dim_models::preprocess::InputSpec;
+use dim_vectors::distance::Metric;
+use dim_vectors::retrieval::{nearest_neighbours, score};
 use std::path::Path;
 use tch::{Device, Tensor};
 
@@ -50,7 +50,7 @@ pub enum RetrievalCheckError {
     TooFew(usize),
     /// The search failed.
     #[error(transparent)]
-    Search(#[from] dim_infer::retrieval::RetrievalError),
+    Search(#[from] dim_vectors::retrieval::RetrievalError),
 }
 
 impl RetrievalCheck {

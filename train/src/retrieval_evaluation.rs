@@ -2,7 +2,7 @@
 //! queries all the others by exact nearest-neighbour search, for each tap of the checkpoint and
 //! of the baselines (the supervised encoder, a random encoder, raw pixels), as extracted and
 //! after a centring + PCA (+ whitening) transform fitted on the train split's features. Scores
-//! are dim-infer's precision@k (micro and macro), mAP@k and k-NN accuracy, so they are the
+//! are dim-vectors' precision@k (micro and macro), mAP@k and k-NN accuracy, so they are the
 //! numbers `dim-search retrieval` gives for the same vectors.
 
 use crate::data::{DataError, DataFormat, Split, open_dataset};
@@ -12,9 +12,9 @@ use crate::evaluation::{
     read_split, utc_timestamp,
 };
 use crate::features::{LabelledImages, Tap, encoder_features, pixel_features, random_encoder};
-use dim_infer::index::Metric;
-use dim_infer::post_process::{Pca, PcaSpec, PostProcessError};
-use dim_infer::retrieval::{RetrievalError, RetrievalRun};
+use dim_vectors::distance::Metric;
+use dim_vectors::post_process::{Pca, PcaSpec, PostProcessError};
+use dim_vectors::retrieval::{RetrievalError, RetrievalRun};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -359,8 +359,8 @@ mod tests {
     use crate::evaluation::tests::{
         write_checkpoint, write_checkpoint_with_channels, write_folder, write_idx,
     };
-    use dim_infer::post_process::DEFAULT_WHITEN_EPS;
-    use dim_infer::retrieval;
+    use dim_vectors::post_process::DEFAULT_WHITEN_EPS;
+    use dim_vectors::retrieval;
 
     fn settings(checkpoint: PathBuf, data: PathBuf) -> RetrievalSettings {
         RetrievalSettings {
@@ -416,7 +416,7 @@ mod tests {
         let fitted = report.entries[1].run.post_process.as_ref().unwrap();
         assert_eq!((fitted.input_dim, fitted.dims, fitted.fitted_rows), (4096, 16, 40));
 
-        // The raw-pixel row is dim-infer's score of the test images themselves, in file order.
+        // The raw-pixel row is dim-vectors' score of the test images themselves, in file order.
         let test_set =
             open_dataset(&data, DataFormat::Auto, Split::Test, report.checkpoint.config.input_spec())
                 .unwrap();

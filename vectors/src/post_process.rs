@@ -19,8 +19,8 @@
 //! The variance is normalised by N − 1, as numpy's `cov` does. A component's sign is fixed so
 //! that its entry of largest magnitude is positive.
 
+use crate::distance;
 use crate::npy::{self, NpyError};
-use crate::vector_distance;
 use dim_models::onnx_metadata::SearchRecipe;
 use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
 use rayon::prelude::*;
@@ -269,7 +269,7 @@ impl Pca {
         for ((value, component), scale) in
             out.iter_mut().zip(self.components.chunks_exact(input)).zip(&self.scales)
         {
-            *value = vector_distance::dot(centred, component) * scale;
+            *value = distance::dot(centred, component) * scale;
         }
     }
 

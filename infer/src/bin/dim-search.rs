@@ -7,13 +7,14 @@ use anyhow::Context;
 use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
 use dim_infer::duplicates::{self, DuplicateParams};
 use dim_infer::embedder::{Embedder, EmbedderOptions};
-use dim_infer::index::{self, Hit, IndexParams, Metric, SearchIndex};
+use dim_infer::embeddings_retrieval::{EmbeddingsReport, LabelSource};
+use dim_infer::index::{self, Hit, IndexParams, SearchIndex};
 use dim_infer::manifest::{Manifest, ModelIdentity};
-use dim_infer::npy;
 use dim_infer::pgvector_store::{self, PublishOptions, PublishedTable, QuerySpace};
-use dim_infer::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
-use dim_infer::retrieval::{EmbeddingsReport, LabelSource};
 use dim_infer::session::ExecutionProvider;
+use dim_vectors::distance::Metric;
+use dim_vectors::npy;
+use dim_vectors::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 

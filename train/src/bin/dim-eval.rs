@@ -5,9 +5,6 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use dim_infer::index::Metric;
-use dim_infer::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
-use dim_infer::retrieval::{EmbeddingsReport, LabelSource};
 use dim_models::preprocess::{Background, ResizePolicy};
 use dim_models::{EncoderConfig, Preset};
 use dim_train::data::DataFormat;
@@ -25,6 +22,8 @@ use dim_train::probes::mlp::{MlpProtocol, ScheduleOverrides};
 use dim_train::probes::{ProbeKind, TrainingSchedule, linear};
 use dim_train::retrieval_evaluation::{RetrievalSettings, evaluate_retrieval};
 use dim_train::supervised::{SupervisedJob, SupervisedOptions, run_supervised_job};
+use dim_vectors::distance::Metric;
+use dim_vectors::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,8 +58,7 @@ enum Command {
     Probe(ProbeArgs),
     /// Measure nearest-neighbour retrieval: every test image queries all the others
     /// (precision@k micro and macro, mAP@k, k-NN accuracy) for each tap of the checkpoint and of
-    /// the baselines, as extracted and after PCA whitening fitted on the train split. With
-    /// --embeddings, scores an existing dim-embed output instead.
+    /// the baselines, as extracted and after PCA whitening fitted on the train split.
     #[command(after_long_help = RETRIEVAL_NOTES)]
     Retrieval(RetrievalArgs),
     /// Train a decoder on a tap's frozen features to reconstruct the input, and score held-out
@@ -102,9 +100,10 @@ const RETRIEVAL_NOTES: &str = "\
 Examples:
   dim-eval retrieval --checkpoint runs/fmnist --data /usr/share/datasets/fashion-mnist \\
       --supervised runs/supervised --out retrieval.json
-  dim-eval retrieval --embeddings out/ --labels-from-folder
 
 Notes:
+  An existing dim-embed output is scored by `dim-search retrieval --embeddings DIR`, with the
+  same measures.
   The searched split is the test split (or --test-data); the PCA is fitted on up to --limit-fit
   train images, or on the searched images when the data has no separate train split. A tap
   narrower than --pca keeps all its directions. Scores are those of `dim-search retrieval`: the
@@ -284,14 +283,13 @@ struct NdmArgs {
 
 /// Retrieval run settings.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["checkpoint", "embeddings"])))]
 struct RetrievalArgs {
     /// Checkpoint directory of the DIM encoder to score.
-    #[arg(long, requires = "data", conflicts_with = "embeddings")]
-    checkpoint: Option<PathBuf>,
+    #[arg(long)]
+    checkpoint: PathBuf,
     /// Labelled dataset (IDX or CIFAR directory, or a folder of class subfolders).
     #[arg(long)]
-    data: Option<PathBuf>,
+    data: PathBuf,
     /// Separate dataset to search, for sources without a test split.
     #[arg(long)]
     test_data: Option<PathBuf>,
@@ -308,15 +306,6 @@ struct RetrievalArgs {
     /// Checkpoint of a supervised encoder (`dim-eval train-supervised`) scored as a baseline.
     #[arg(long)]
     supervised: Option<PathBuf>,
-    /// An existing dim-embed output to score instead of a checkpoint.
-    #[arg(long)]
-    embeddings: Option<PathBuf>,
-    /// With --embeddings: label each row by the folder holding its file.
-    #[arg(long, requires = "embeddings", conflicts_with = "labels")]
-    labels_from_folder: bool,
-    /// With --embeddings: label each row by a line of this file (one per manifest row).
-    #[arg(long, requires = "embeddings")]
-    labels: Option<PathBuf>,
     /// Neighbours per query.
     #[arg(short, long, default_value_t = 10)]
     k: usize,
@@ -555,26 +544,10 @@ fn retrieval(args: RetrievalArgs) -> anyhow::Result<()> {
         whiten: !args.no_whiten,
         eps: DEFAULT_WHITEN_EPS,
     });
-    if let Some(embeddings) = args.embeddings {
-        let source = match args.labels {
-            Some(path) => LabelSource::File(path),
-            None if args.labels_from_folder => LabelSource::ParentFolders,
-            None => anyhow::bail!("--embeddings needs a label source: --labels-from-folder or --labels FILE"),
-        };
-        let report =
-            EmbeddingsReport::evaluate(&embeddings, &source, args.k, args.metric, post_process.as_ref())
-                .context("cannot evaluate retrieval")?;
-        print!("{}", report.table());
-        let json = serde_json::to_vec_pretty(&report)?;
-        dim_models::atomic_file::write_bytes_atomically(&args.out, &json)
-            .with_context(|| format!("cannot write {}", args.out.display()))?;
-        println!("wrote {}", args.out.display());
-        return Ok(());
-    }
     anyhow::ensure!(args.k > 0, "-k must be at least 1");
     let settings = RetrievalSettings {
-        checkpoint: args.checkpoint.context("--checkpoint or --embeddings is required")?,
-        data: args.data.context("--data is required")?,
+        checkpoint: args.checkpoint,
+        data: args.data,
         test_data: args.test_data,
         format: args.format,
         taps: args.taps,
