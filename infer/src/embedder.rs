@@ -9,6 +9,7 @@ use dim_models::onnx_metadata::{
 };
 use dim_models::path_record::{PathRecord, PathRecordError};
 use dim_models::preprocess::{self, ImageError, InputSpec};
+use dim_models::shipped_model;
 use image::DynamicImage;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions};
 use ort::value::TensorRef;
@@ -73,7 +74,8 @@ impl std::str::FromStr for Feature {
 /// What to load and how to run it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EmbedderOptions {
-    /// The exported model (`.onnx` with DIM metadata).
+    /// The exported model (`.onnx` with DIM metadata); by default the shipped model's copy at
+    /// [`shipped_model::path`], written there from the binary on first use.
     pub model: PathBuf,
     /// The output to use.
     pub feature: Feature,
@@ -92,7 +94,7 @@ pub struct EmbedderOptions {
 impl Default for EmbedderOptions {
     fn default() -> Self {
         EmbedderOptions {
-            model: dim_models::default_model_path(),
+            model: shipped_model::path(),
             feature: Feature::Embedding,
             threads: 0,
             execution_provider: ExecutionProvider::Cpu,
@@ -121,6 +123,9 @@ pub enum EmbedError {
         /// The outputs the model has.
         available: String,
     },
+    /// The compiled-in default model could not be written where ONNX Runtime can open it.
+    #[error("{0}")]
+    ShippedModel(std::io::Error),
     /// A batch size of zero was asked for.
     #[error("batch size must be at least 1")]
     ZeroBatchSize,
@@ -250,6 +255,9 @@ impl Embedder {
             strict_execution_provider: options.strict_execution_provider,
             only_output: Some(options.feature.output_name().to_string()),
         };
+        if options.model == shipped_model::path() {
+            shipped_model::materialise().map_err(EmbedError::ShippedModel)?;
+        }
         let model = session::build_session(&options.model, &session_options)?;
         let feature = options.feature;
         let dim =

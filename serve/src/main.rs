@@ -102,7 +102,7 @@ fn main() {
 fn run(args: Args) -> anyhow::Result<()> {
     let max_image_pixels =
         args.max_image_pixels.unwrap_or_else(dim_models::preprocess::configured_max_pixels);
-    let model = args.model.clone().unwrap_or_else(dim_models::default_model_path);
+    let model = args.model.clone().unwrap_or_else(dim_models::shipped_model::path);
     let embedder_for = |feature| {
         Embedder::try_new(EmbedderOptions {
             model: model.clone(),

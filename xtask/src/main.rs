@@ -3,6 +3,7 @@
 
 mod bench;
 mod environment;
+mod installed_binaries;
 mod paper;
 mod python_package;
 mod regression_gate;
@@ -18,7 +19,8 @@ Commands:
                     ONNX Runtime, and link it at .dim-env/ so plain cargo commands work.
                     --gpu installs onnxruntime-gpu (CUDA execution provider) instead.
   test              setup, then cargo fmt --check, clippy -D warnings and every test
-                    (the Python package's too: wheel, fresh environment, pytest).
+                    (an installed dim-embed run outside the repository; the Python package:
+                    wheel, fresh environment, pytest).
   test-python       only the Python package's part of `test` (needs the debug dim-embed,
                     dim-search and dim-train that `cargo build --bins` makes).
   demo              setup, then the main job: embed the Fashion-MNIST test images with the
@@ -88,6 +90,7 @@ fn run_tests() -> Result<(), String> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
     cargo(&["test", "--workspace", "--exclude", "dim-train", "--exclude", "dim-python"])?;
+    installed_binaries::check(&workspace_root())?;
     // libtorch's random generator is global to the process, so a test that seeds it can be
     // thrown off by another drawing from it on a parallel thread; dim-train's tests run one at a
     // time (about 35 s more than in parallel).

@@ -58,7 +58,7 @@ struct Args {
     /// A file listing one image path per line (relative paths are relative to the list).
     #[arg(long)]
     list: Vec<PathBuf>,
-    /// The exported model (default: the shipped Fashion-MNIST model).
+    /// The exported model (default: the shipped Fashion-MNIST model, compiled into the binary).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Output directory for embeddings.npy, manifest.json and skipped.json.
@@ -165,7 +165,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         collection.skipped.retain(|skipped| shard.contains(&skipped.path));
     }
     let mut embedder = Embedder::try_new(EmbedderOptions {
-        model: args.model.unwrap_or_else(dim_models::default_model_path),
+        model: args.model.unwrap_or_else(dim_models::shipped_model::path),
         feature: args.feature,
         threads: args.threads,
         execution_provider: args.ep,

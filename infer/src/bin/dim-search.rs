@@ -467,7 +467,7 @@ fn embed_queries(
     model: Option<PathBuf>,
     ep: ExecutionProvider,
 ) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
-    let model = model.unwrap_or_else(dim_models::default_model_path);
+    let model = model.unwrap_or_else(dim_models::shipped_model::path);
     let mut embedder = Embedder::try_new(EmbedderOptions {
         model: model.clone(),
         feature: identity.feature,
