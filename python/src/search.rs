@@ -9,7 +9,7 @@ use dim_infer::manifest::{MANIFEST_FORMAT_VERSION, Manifest, ManifestRow, ModelI
 use dim_models::onnx_metadata::SearchRecipe;
 use dim_vectors::distance::Metric;
 use dim_vectors::npy::Matrix;
-use dim_vectors::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
+use dim_vectors::post_process::{DEFAULT_WHITEN_EPS, PcaSpec, PostProcessChoice};
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray2};
 use pyo3::prelude::*;
 use rayon::prelude::*;
@@ -46,11 +46,7 @@ pub fn post_process(
     recipe: Option<SearchRecipe>,
     rows: usize,
 ) -> Option<PcaSpec> {
-    match pca {
-        Some(0) => None,
-        Some(dims) => Some(PcaSpec { dims, whiten, eps: DEFAULT_WHITEN_EPS }),
-        None => PcaSpec::recommended(recipe, rows),
-    }
+    PostProcessChoice::from_flags(pca, whiten, DEFAULT_WHITEN_EPS).resolve(recipe, rows)
 }
 
 pub fn index_params(

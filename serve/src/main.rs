@@ -9,7 +9,7 @@ use dim_serve::api::{AppState, ServerConfig, router};
 use dim_serve::collection::ServedCollection;
 use dim_serve::prepare;
 use dim_vectors::distance::Metric;
-use dim_vectors::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
+use dim_vectors::post_process::{DEFAULT_WHITEN_EPS, PcaSpec, PostProcessChoice};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -118,15 +118,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         (Some(folder), _) => {
             let state = args.state.clone().unwrap_or_else(|| prepare::default_state_dir(folder));
             let mut embedder = embedder_for(args.feature)?;
-            let post_process = match args.pca {
-                Some(0) => prepare::PostProcessChoice::None,
-                Some(dims) => prepare::PostProcessChoice::Given(PcaSpec {
-                    dims,
-                    whiten: args.whiten,
-                    eps: DEFAULT_WHITEN_EPS,
-                }),
-                None => prepare::PostProcessChoice::Recommended,
-            };
+            let post_process = PostProcessChoice::from_flags(args.pca, args.whiten, DEFAULT_WHITEN_EPS);
             let params = IndexParams { metric: args.metric, ..IndexParams::default() };
             eprintln!("dim-serve: preparing {} (state in {})", folder.display(), state.display());
             let prepared = prepare::prepare_folder(folder, &state, &mut embedder, &params, post_process)?;

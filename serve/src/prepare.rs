@@ -8,7 +8,7 @@ use dim_infer::embed_job::{self, EmbedJob, EmbedSummary};
 use dim_infer::embedder::Embedder;
 use dim_infer::index::{self, IndexInfo, IndexParams};
 use dim_infer::manifest::{MANIFEST_FILE, Manifest};
-use dim_vectors::post_process::PcaSpec;
+use dim_vectors::post_process::{PcaSpec, PostProcessChoice};
 use sha2::{Digest, Sha256};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -17,17 +17,6 @@ use std::path::{Path, PathBuf};
 pub const EMBEDDINGS_DIR: &str = "embeddings";
 /// The index directory inside a state directory.
 pub const INDEX_DIR: &str = "index";
-
-/// Which post-processing the index gets.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum PostProcessChoice {
-    /// None.
-    None,
-    /// This one.
-    Given(PcaSpec),
-    /// The model's recommended one, when the collection is large enough for it.
-    Recommended,
-}
 
 /// What preparing a folder did.
 #[derive(Debug)]
@@ -84,13 +73,7 @@ pub fn prepare_folder(
         stop: None,
     };
     let embedding = embed_job::run(embedder, &job)?;
-    let post_process = match post_process {
-        PostProcessChoice::None => None,
-        PostProcessChoice::Given(spec) => Some(spec),
-        PostProcessChoice::Recommended => {
-            PcaSpec::recommended(embedder.metadata().search_recipe, embedding.total_rows)
-        }
-    };
+    let post_process = post_process.resolve(embedder.metadata().search_recipe, embedding.total_rows);
     let params = IndexParams { post_process, ..*params };
     let index = state.join(INDEX_DIR);
     let rebuilt_index = if index_matches(&index, &embeddings, &params) {

@@ -79,6 +79,37 @@ impl PcaSpec {
     }
 }
 
+/// Which post-processing a collection gets: the one asked for (`--pca D`, `D = 0` for none) or,
+/// when none was asked for, the model's recommended recipe if the collection is large enough
+/// for it. dim-search, dim-serve and the Python package all choose by it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PostProcessChoice {
+    /// This one, or none.
+    Given(Option<PcaSpec>),
+    /// [`PcaSpec::recommended`] for the collection.
+    Recommended,
+}
+
+impl PostProcessChoice {
+    /// From a `--pca D` option (absent: [`PostProcessChoice::Recommended`]; 0: none) with its
+    /// whitening flag and eps.
+    pub fn from_flags(pca: Option<usize>, whiten: bool, eps: f64) -> Self {
+        match pca {
+            None => PostProcessChoice::Recommended,
+            Some(0) => PostProcessChoice::Given(None),
+            Some(dims) => PostProcessChoice::Given(Some(PcaSpec { dims, whiten, eps })),
+        }
+    }
+
+    /// The post-processing for a collection of `rows` vectors from a model recommending `recipe`.
+    pub fn resolve(self, recipe: Option<SearchRecipe>, rows: usize) -> Option<PcaSpec> {
+        match self {
+            PostProcessChoice::Given(spec) => spec,
+            PostProcessChoice::Recommended => PcaSpec::recommended(recipe, rows),
+        }
+    }
+}
+
 /// What was fitted: the `post_process` entry of `index.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PcaDescription {
@@ -503,6 +534,22 @@ fn signed_component(entries: impl Iterator<Item = f64>) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_choice_is_what_was_asked_else_the_recipe_from_its_minimum_collection() {
+        let recipe = SearchRecipe { pca_dims: 256, whiten: true, min_rows: 5120 };
+        let recommended = PostProcessChoice::from_flags(None, false, 1e-3);
+        assert_eq!(recommended, PostProcessChoice::Recommended);
+        assert_eq!(recommended.resolve(Some(recipe), 5119), None, "too few rows");
+        let applied = recommended.resolve(Some(recipe), 5120).unwrap();
+        assert_eq!((applied.dims, applied.whiten, applied.eps), (256, true, DEFAULT_WHITEN_EPS));
+        assert_eq!(recommended.resolve(None, 100_000), None, "a model without a recipe");
+
+        let none = PostProcessChoice::from_flags(Some(0), true, 1e-3);
+        assert_eq!(none.resolve(Some(recipe), 100_000), None, "--pca 0 wins over the recipe");
+        let given = PostProcessChoice::from_flags(Some(64), false, 1e-3).resolve(Some(recipe), 10);
+        assert_eq!(given, Some(PcaSpec { dims: 64, whiten: false, eps: 1e-3 }));
+    }
 
     /// Correlated Gaussian-like rows: `latent` independent sources of decreasing scale mixed
     /// into `cols` columns, plus a little noise and an offset.

@@ -14,7 +14,7 @@ use dim_infer::pgvector_store::{self, PublishOptions, PublishedTable, QuerySpace
 use dim_infer::session::ExecutionProvider;
 use dim_vectors::distance::Metric;
 use dim_vectors::npy;
-use dim_vectors::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
+use dim_vectors::post_process::{DEFAULT_WHITEN_EPS, PcaSpec, PostProcessChoice};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
@@ -211,12 +211,13 @@ impl PostProcessArgs {
     /// The post-processing to fit on `embeddings` (less `hold_out` rows): the one asked for, or
     /// else the model's recommended one when the collection is large enough for it, said on stderr.
     fn resolve(&self, embeddings: &std::path::Path, hold_out: usize) -> anyhow::Result<Option<PcaSpec>> {
-        if self.pca.is_some() {
-            return Ok(self.spec());
+        let choice = self.choice();
+        if let PostProcessChoice::Given(spec) = choice {
+            return Ok(spec);
         }
         let manifest = Manifest::read(embeddings)?;
         let indexed = manifest.count.saturating_sub(hold_out);
-        let recommended = PcaSpec::recommended(manifest.search_recipe, indexed);
+        let recommended = choice.resolve(manifest.search_recipe, indexed);
         match (manifest.search_recipe, recommended) {
             (Some(recipe), Some(_)) => eprintln!(
                 "dim-search: applying the model's recommended {} (pass --pca 0 for none)",
@@ -232,12 +233,16 @@ impl PostProcessArgs {
         Ok(recommended)
     }
 
-    fn spec(&self) -> Option<PcaSpec> {
-        self.pca.filter(|&dims| dims > 0).map(|dims| PcaSpec {
-            dims,
-            whiten: self.whiten,
-            eps: self.whiten_eps,
-        })
+    fn choice(&self) -> PostProcessChoice {
+        PostProcessChoice::from_flags(self.pca, self.whiten, self.whiten_eps)
+    }
+
+    /// The post-processing given on the command line, if any (`retrieval` scores only that).
+    fn asked(&self) -> Option<PcaSpec> {
+        match self.choice() {
+            PostProcessChoice::Given(spec) => spec,
+            PostProcessChoice::Recommended => None,
+        }
     }
 }
 
@@ -422,7 +427,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 None => anyhow::bail!("give a label source: --labels-from-folder or --labels FILE"),
             };
             let report =
-                EmbeddingsReport::evaluate(&embeddings, &source, k, metric, post_process.spec().as_ref())
+                EmbeddingsReport::evaluate(&embeddings, &source, k, metric, post_process.asked().as_ref())
                     .context("cannot evaluate retrieval")?;
             print!("{}", report.table());
             if let Some(path) = json {
