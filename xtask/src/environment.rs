@@ -1,4 +1,6 @@
-//! The pinned Python environment that carries libtorch (for `tch`) and ONNX Runtime (for `ort`).
+//! The pinned Python environments: the full one carries libtorch (for `tch`) and ONNX Runtime
+//! (for `ort`) with the tests' and benchmarks' judges; the inference layer carries ONNX Runtime
+//! alone, which is all the main job (`cargo xtask demo`) needs.
 //!
 //! Environments live in a per-user cache keyed by the lock file's digest, so every clone on a
 //! machine (CI's fresh clones included) shares one 4.8 GB install, and changing a pin creates a new
@@ -14,28 +16,106 @@ const COMPLETE_MARKER: &str = ".dim-toolkit-complete";
 const ORT_LIBRARY: &str = "onnxruntime/capi/libonnxruntime.so.1.31.1";
 const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
-/// Creates the environment if needed and (re)links `.dim-env/` in the workspace to it.
+/// What an environment carries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Layer {
+    /// ONNX Runtime (and numpy, which it needs): enough to embed, index and search.
+    Inference,
+    /// Everything: libtorch for training, ONNX Runtime, and the tests' and benchmarks' judges.
+    Full { gpu: bool },
+}
+
+impl Layer {
+    fn lock_name(self) -> &'static str {
+        match self {
+            Layer::Inference => "requirements-inference.lock",
+            Layer::Full { gpu: false } => "requirements.lock",
+            Layer::Full { gpu: true } => "requirements-gpu.lock",
+        }
+    }
+
+    fn variant(self) -> &'static str {
+        match self {
+            Layer::Inference => "inference",
+            Layer::Full { gpu: false } => "cpu",
+            Layer::Full { gpu: true } => "gpu",
+        }
+    }
+
+    /// What a complete environment imports.
+    fn imports(self) -> &'static str {
+        match self {
+            Layer::Inference => "onnxruntime, numpy",
+            Layer::Full { .. } => "torch, onnxruntime, onnx, numpy",
+        }
+    }
+
+    /// Files a complete environment holds, relative to its site-packages.
+    fn required_files(self) -> &'static [&'static str] {
+        match self {
+            Layer::Inference => &[ORT_LIBRARY],
+            Layer::Full { .. } => &["torch/lib/libtorch_cpu.so", "torch/include", ORT_LIBRARY],
+        }
+    }
+
+    fn size(self) -> &'static str {
+        match self {
+            Layer::Inference => "~150 MB",
+            Layer::Full { .. } => "~5 GB",
+        }
+    }
+}
+
+/// Creates the full environment if needed and (re)links `.dim-env/` in the workspace to it.
 pub fn setup(root: &Path, gpu: bool) -> Result<(), String> {
-    let lock_name = if gpu { "requirements-gpu.lock" } else { "requirements.lock" };
-    let lock_path = root.join(lock_name);
+    let layer = Layer::Full { gpu };
+    let env_dir = environment_dir(root, layer)?;
+    let site_packages = ensure(root, layer, &env_dir)?;
+    link_workspace(root, &env_dir, &site_packages, layer)?;
+    eprintln!("==> environment ready: {} ({})", env_dir.display(), layer.variant());
+    Ok(())
+}
+
+/// Makes ONNX Runtime available to the inference binaries with the least set-up: the library
+/// already linked at `.dim-env/`, else the full CPU environment when it exists, else the small
+/// inference environment (created if needed). libtorch is left to [`setup`].
+pub fn setup_inference(root: &Path) -> Result<(), String> {
+    let linked = root.join(".dim-env").join("libonnxruntime.so");
+    if fs::canonicalize(&linked).is_ok_and(|target| target.ends_with(ORT_LIBRARY)) {
+        eprintln!("==> ONNX Runtime ready: {}", linked.display());
+        return Ok(());
+    }
+    let full = Layer::Full { gpu: false };
+    let full_dir = environment_dir(root, full)?;
+    let layer = if full_dir.join(COMPLETE_MARKER).is_file() { full } else { Layer::Inference };
+    let env_dir = if layer == full { full_dir } else { environment_dir(root, layer)? };
+    let site_packages = ensure(root, layer, &env_dir)?;
+    link_workspace(root, &env_dir, &site_packages, layer)?;
+    eprintln!("==> environment ready: {} ({})", env_dir.display(), layer.variant());
+    Ok(())
+}
+
+/// The cache folder of `layer`'s environment, keyed by its lock file and the Python version.
+fn environment_dir(root: &Path, layer: Layer) -> Result<PathBuf, String> {
+    let lock_path = root.join(layer.lock_name());
     let lock =
         fs::read_to_string(&lock_path).map_err(|e| format!("cannot read {}: {e}", lock_path.display()))?;
     let python = base_python()?;
     let digest = hex_prefix(&Sha256::digest(format!("{lock}\n{}", python.version)));
-    let variant = if gpu { "gpu" } else { "cpu" };
-    let env_dir = cache_dir()?.join(format!("env-{variant}-{digest}"));
+    Ok(cache_dir()?.join(format!("env-{}-{digest}", layer.variant())))
+}
 
+/// Installs `layer`'s environment into `env_dir` unless it is complete; returns its
+/// site-packages.
+fn ensure(root: &Path, layer: Layer, env_dir: &Path) -> Result<PathBuf, String> {
     if !env_dir.join(COMPLETE_MARKER).is_file() {
-        install(&python, &env_dir, &lock_path)?;
+        install(&base_python()?, env_dir, &root.join(layer.lock_name()), layer)?;
     }
-    let site_packages = PathBuf::from(
+    Ok(PathBuf::from(
         fs::read_to_string(env_dir.join(COMPLETE_MARKER))
             .map_err(|e| format!("cannot read the environment marker: {e}"))?
             .trim(),
-    );
-    link_workspace(root, &env_dir, &site_packages)?;
-    eprintln!("==> environment ready: {} ({variant})", env_dir.display());
-    Ok(())
+    ))
 }
 
 pub(crate) struct BasePython {
@@ -78,11 +158,12 @@ fn hex_prefix(bytes: &[u8]) -> String {
     bytes[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn install(python: &BasePython, env_dir: &Path, lock_path: &Path) -> Result<(), String> {
+fn install(python: &BasePython, env_dir: &Path, lock_path: &Path, layer: Layer) -> Result<(), String> {
     eprintln!(
-        "==> creating the Python environment {} from {} (one-time, a few minutes, ~5 GB)",
+        "==> creating the Python environment {} from {} (one-time, {})",
         env_dir.display(),
-        lock_path.display()
+        lock_path.display(),
+        layer.size()
     );
     if env_dir.exists() {
         eprintln!("    removing an incomplete earlier attempt");
@@ -90,14 +171,19 @@ fn install(python: &BasePython, env_dir: &Path, lock_path: &Path) -> Result<(), 
     }
     fs::create_dir_all(env_dir.parent().expect("cache dir has a parent"))
         .map_err(|e| format!("cannot create the cache directory: {e}"))?;
-    let result = create_and_fill(python, env_dir, lock_path);
+    let result = create_and_fill(python, env_dir, lock_path, layer);
     if result.is_err() {
         let _ = fs::remove_dir_all(env_dir);
     }
     result
 }
 
-fn create_and_fill(python: &BasePython, env_dir: &Path, lock_path: &Path) -> Result<(), String> {
+fn create_and_fill(
+    python: &BasePython,
+    env_dir: &Path,
+    lock_path: &Path,
+    layer: Layer,
+) -> Result<(), String> {
     run_checked(
         Command::new(&python.program).arg("-m").arg("venv").arg(env_dir),
         "python3 -m venv failed: install the venv module (Debian/Ubuntu: `apt-get install python3-venv`)",
@@ -120,10 +206,8 @@ fn create_and_fill(python: &BasePython, env_dir: &Path, lock_path: &Path) -> Res
          `cargo xtask setup`",
     )?;
     let probe = Command::new(&env_python)
-        .args([
-            "-c",
-            "import sysconfig, torch, onnxruntime, onnx, numpy; print(sysconfig.get_paths()['purelib'])",
-        ])
+        .arg("-c")
+        .arg(format!("import sysconfig, {}; print(sysconfig.get_paths()['purelib'])", layer.imports()))
         .output()
         .map_err(|e| format!("cannot run the new environment's python: {e}"))?;
     if !probe.status.success() {
@@ -133,7 +217,7 @@ fn create_and_fill(python: &BasePython, env_dir: &Path, lock_path: &Path) -> Res
         ));
     }
     let site_packages = String::from_utf8_lossy(&probe.stdout).trim().to_string();
-    for required in ["torch/lib/libtorch_cpu.so", "torch/include", ORT_LIBRARY] {
+    for required in layer.required_files() {
         let path = Path::new(&site_packages).join(required);
         if !path.exists() {
             return Err(format!("the environment lacks {}", path.display()));
@@ -151,19 +235,20 @@ pub(crate) fn run_checked(command: &mut Command, hint: &str) -> Result<(), Strin
     }
 }
 
-/// Points `.dim-env/{venv,torch,libonnxruntime.so}` at the environment (Python is
-/// `.dim-env/venv/bin/python`: a venv is only recognised through its own `bin/`). Each link is
-/// replaced by rename, so a concurrent cargo build never sees a missing path.
-fn link_workspace(root: &Path, env_dir: &Path, site_packages: &Path) -> Result<(), String> {
+/// Points `.dim-env/{venv,torch,libonnxruntime.so}` at the full environment, or only
+/// `libonnxruntime.so` at the inference one (Python is `.dim-env/venv/bin/python`: a venv is only
+/// recognised through its own `bin/`). Each link is replaced by rename, so a concurrent cargo
+/// build never sees a missing path.
+fn link_workspace(root: &Path, env_dir: &Path, site_packages: &Path, layer: Layer) -> Result<(), String> {
     let links = root.join(".dim-env");
     fs::create_dir_all(&links).map_err(|e| format!("cannot create {}: {e}", links.display()))?;
     // An earlier layout linked the interpreter directly, which hid the venv from Python.
     let _ = fs::remove_file(links.join("python"));
-    let targets = [
-        ("venv", env_dir.to_path_buf()),
-        ("torch", site_packages.join("torch")),
-        ("libonnxruntime.so", site_packages.join(ORT_LIBRARY)),
-    ];
+    let mut targets = vec![("libonnxruntime.so", site_packages.join(ORT_LIBRARY))];
+    if let Layer::Full { .. } = layer {
+        targets.push(("venv", env_dir.to_path_buf()));
+        targets.push(("torch", site_packages.join("torch")));
+    }
     for (name, target) in targets {
         let link = links.join(name);
         if fs::read_link(&link).ok().as_deref() == Some(target.as_path()) {

@@ -29,12 +29,12 @@ pub fn check(root: &Path) -> Result<(), String> {
     let _ = fs::remove_dir_all(&scratch);
     let images = scratch.join("images");
     fs::create_dir_all(&images).map_err(|e| format!("cannot create {}: {e}", images.display()))?;
+    // Three 28x28 grey gradients as binary PGM (a header and the bytes; dim-embed reads it).
     for shade in [40u8, 120, 220] {
-        let image = image::GrayImage::from_fn(28, 28, |x, y| {
-            image::Luma([shade.wrapping_add((x * 7 + y * 3) as u8)])
-        });
-        let path = images.join(format!("shade-{shade}.png"));
-        image.save(&path).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        let mut pgm = b"P5\n28 28\n255\n".to_vec();
+        pgm.extend((0..28u32 * 28).map(|i| shade.wrapping_add((i % 28 * 7 + i / 28 * 3) as u8)));
+        let path = images.join(format!("shade-{shade}.pgm"));
+        fs::write(&path, pgm).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     let result = compare(root, &install_root.join("bin").join("dim-embed"), &scratch);
     let _ = fs::remove_dir_all(&scratch);

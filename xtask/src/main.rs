@@ -23,8 +23,10 @@ Commands:
                     wheel, fresh environment, pytest).
   test-python       only the Python package's part of `test` (needs the debug dim-embed,
                     dim-search and dim-train that `cargo build --bins` makes).
-  demo              setup, then the main job: embed the Fashion-MNIST test images with the
-                    shipped model, index them, query them, and write demo-output/index.html.
+  demo              the main job: embed the Fashion-MNIST test images with the shipped
+                    model, index them, query them, and write demo-output/index.html. Sets up
+                    ONNX Runtime only (requirements-inference.lock) unless an environment is
+                    already there; no libtorch.
   bench [NAME...] [--check]
                     setup, then re-run the benchmarks (all, or the named folders of bench/)
                     and refresh bench/results/. --check then compares every same-run ratio
@@ -104,7 +106,8 @@ fn run_tests() -> Result<(), String> {
 
 fn run_demo(extra: &[String]) -> Result<(), String> {
     let root = workspace_root();
-    environment::setup(&root, false)?;
+    // The demo is inference only: ONNX Runtime, not the libtorch environment.
+    environment::setup_inference(&root)?;
     let fashion_dir = environment::ensure_fashion_mnist()?;
     let mut args = vec![
         "run".to_string(),
