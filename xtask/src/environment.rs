@@ -60,7 +60,7 @@ impl Layer {
 
     fn size(self) -> &'static str {
         match self {
-            Layer::Inference => "~150 MB",
+            Layer::Inference => "~170 MB",
             Layer::Full { .. } => "~5 GB",
         }
     }
