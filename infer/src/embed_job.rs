@@ -115,7 +115,7 @@ pub fn run(embedder: &mut Embedder, job: &EmbedJob) -> Result<EmbedSummary, Embe
     if job.batch_size == 0 {
         return Err(EmbedError::ZeroBatchSize.into());
     }
-    let identity = ModelIdentity::of(embedder.metadata(), embedder.feature(), embedder.dim());
+    let identity = embedder.identity();
     std::fs::create_dir_all(&job.out_dir).map_err(io_error(&job.out_dir))?;
     let _lock = lock_directory(&job.out_dir)?;
     atomic_file::finish_interrupted_commit(&job.out_dir).map_err(io_error(&job.out_dir))?;

@@ -2,6 +2,7 @@
 //! [`Embedder::embed`] turns image files (or [`Embedder::embed_images`] decoded images) into
 //! feature vectors, in chunks of `batch_size`, with the same preprocessing the trainer uses.
 
+use crate::manifest::ModelIdentity;
 use crate::reduced_jpeg;
 use crate::session::{self, ExecutionProvider, ModelSession, SessionError, SessionOptions};
 use dim_models::onnx_metadata::{
@@ -302,6 +303,12 @@ impl Embedder {
     /// Vector width.
     pub fn dim(&self) -> usize {
         self.dim
+    }
+
+    /// Which model and output make this embedder's vectors, as manifests and indexes record it;
+    /// vectors of another identity cannot be mixed with these ([`ModelIdentity::mismatch`]).
+    pub fn identity(&self) -> ModelIdentity {
+        ModelIdentity::of(&self.model.metadata, self.feature, self.dim)
     }
 
     /// The execution provider in use, and why the requested one was not, if it was not.

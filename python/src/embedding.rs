@@ -36,7 +36,7 @@ impl NativeEmbedder {
     /// Which model and output made this embedder's vectors, as manifests record it.
     pub fn identity(&self) -> ModelIdentity {
         let embedder = self.lock();
-        ModelIdentity::of(embedder.metadata(), embedder.feature(), embedder.dim())
+        embedder.identity()
     }
 
     fn vectors<'py>(&self, py: Python<'py>, values: Vec<f32>) -> PyResult<Bound<'py, PyArray2<f32>>> {

@@ -117,7 +117,7 @@ impl ServedCollection {
     ) -> Result<Self, CollectionError> {
         let index_error = |source| CollectionError::Index { path: dir.to_path_buf(), source };
         let index = SearchIndex::open(dir).map_err(index_error)?;
-        let identity = ModelIdentity::of(embedder.metadata(), embedder.feature(), embedder.dim());
+        let identity = embedder.identity();
         if let Some(reason) = index.info.model.mismatch(&identity) {
             return Err(CollectionError::ModelMismatch {
                 model: embedder.model_path().to_path_buf(),

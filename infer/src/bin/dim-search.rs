@@ -480,7 +480,7 @@ fn embed_queries(
         ..EmbedderOptions::default()
     })
     .context("cannot load the query model")?;
-    let query_identity = ModelIdentity::of(embedder.metadata(), embedder.feature(), embedder.dim());
+    let query_identity = embedder.identity();
     if let Some(reason) = identity.mismatch(&query_identity) {
         anyhow::bail!(
             "model {} is not the model this index was built with ({reason}); pass the index's model with --model",
