@@ -20,7 +20,6 @@ pub mod batch_norm_folding;
 pub mod checkpoint;
 pub mod error;
 pub mod graph;
-pub mod onnx_proto;
 pub mod onnx_writer;
 
 pub use checkpoint::EncoderCheckpoint;
@@ -29,6 +28,7 @@ pub use graph::{EmbeddingSource, EncoderGraph};
 
 use dim_models::TOOLKIT_VERSION;
 use dim_models::onnx_metadata::{ModelMetadata, OutputInfo, SearchRecipe};
+use dim_models::onnx_schema;
 use prost::Message;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -96,7 +96,7 @@ pub fn model_metadata(
 pub fn set_search_recipe(path: &Path, recipe: Option<SearchRecipe>) -> Result<ModelMetadata, ExportError> {
     let model_error = |cause: String| ExportError::Model { path: path.to_path_buf(), cause };
     let bytes = std::fs::read(path).map_err(|e| model_error(e.to_string()))?;
-    let mut model = onnx_proto::ModelProto::decode(bytes.as_slice())
+    let mut model = onnx_schema::ModelProto::decode(bytes.as_slice())
         .map_err(|e| model_error(format!("not an ONNX model: {e}")))?;
     let props: HashMap<String, String> = model
         .metadata_props
@@ -114,7 +114,7 @@ pub fn set_search_recipe(path: &Path, recipe: Option<SearchRecipe>) -> Result<Mo
     model.metadata_props.extend(
         updated
             .into_iter()
-            .map(|(key, value)| onnx_proto::StringStringEntryProto { key: Some(key), value: Some(value) }),
+            .map(|(key, value)| onnx_schema::StringStringEntryProto { key: Some(key), value: Some(value) }),
     );
     dim_models::atomic_file::write_bytes_atomically(path, &model.encode_to_vec())
         .map_err(|cause| ExportError::Write { path: path.to_path_buf(), cause })?;
@@ -124,10 +124,10 @@ pub fn set_search_recipe(path: &Path, recipe: Option<SearchRecipe>) -> Result<Mo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx_proto::ModelProto;
     use dim_models::checkpoint::{
         CHECKPOINT_FORMAT_VERSION, CONFIG_FILE, CheckpointConfig, WEIGHTS_FILE, sha256_hex,
     };
+    use dim_models::onnx_schema::ModelProto;
     use dim_models::parameters::encoder_parameters;
     use dim_models::preprocess::ResizePolicy;
     use dim_models::{EncoderConfig, Preset};
@@ -244,7 +244,7 @@ mod tests {
         // The recipe of an existing model is rewritten in place; the graph and other keys stay.
         let graph_before = model.graph.clone();
         let mut extended = ModelProto::decode(std::fs::read(&out).unwrap().as_slice()).unwrap();
-        extended.metadata_props.push(crate::onnx_proto::StringStringEntryProto {
+        extended.metadata_props.push(dim_models::onnx_schema::StringStringEntryProto {
             key: Some("user.note".into()),
             value: Some("kept".into()),
         });

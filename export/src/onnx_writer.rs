@@ -1,12 +1,12 @@
 //! Turns an [`EncoderGraph`] and its metadata into an ONNX `ModelProto`, one emitter per op.
 
 use crate::graph::{EncoderGraph, Initializer, InitializerValues, Node, Op};
-use crate::onnx_proto::{
+use dim_models::onnx_metadata::{INPUT_NAME, ModelMetadata};
+use dim_models::onnx_schema::{
     AttributeProto, AttributeType, DATA_TYPE_FLOAT, DATA_TYPE_INT64, GraphProto, ModelProto, NodeProto,
     OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
     tensor_shape_proto, type_proto,
 };
-use dim_models::onnx_metadata::{INPUT_NAME, ModelMetadata};
 use prost::Message;
 
 /// Version of the default (`ai.onnx`) operator set the graph uses.

@@ -11,21 +11,11 @@
 
 use std::collections::HashSet;
 
-/// Field numbers from `onnx.proto`.
-const MODEL_GRAPH: u32 = 7;
-const GRAPH_NODE: u32 = 1;
-const GRAPH_INITIALIZER: u32 = 5;
-const GRAPH_INPUT: u32 = 11;
-const GRAPH_OUTPUT: u32 = 12;
-const NODE_INPUT: u32 = 1;
-const NODE_OUTPUT: u32 = 2;
-const NODE_ATTRIBUTE: u32 = 5;
-const ATTRIBUTE_GRAPH: u32 = 6;
-const ATTRIBUTE_GRAPHS: u32 = 11;
-const TENSOR_NAME: u32 = 8;
-const TENSOR_EXTERNAL_DATA: u32 = 13;
-const TENSOR_DATA_LOCATION: u32 = 14;
-const VALUE_INFO_NAME: u32 = 1;
+use dim_models::onnx_schema::field::{
+    ATTRIBUTE_GRAPH, ATTRIBUTE_GRAPHS, GRAPH_INITIALIZER, GRAPH_INPUT, GRAPH_NODE, GRAPH_OUTPUT, MODEL_GRAPH,
+    NODE_ATTRIBUTE, NODE_INPUT, NODE_OUTPUT, TENSOR_DATA_LOCATION, TENSOR_EXTERNAL_DATA, TENSOR_NAME,
+    VALUE_INFO_NAME,
+};
 
 const WIRE_VARINT: u8 = 0;
 const WIRE_FIXED64: u8 = 1;

@@ -1,6 +1,7 @@
 //! The contracts every dim-toolkit crate shares, with no libtorch and no ONNX Runtime:
 //! encoder presets ([`preset`]), parameter names ([`parameters`]), the checkpoint layout
-//! ([`checkpoint`]), the exported model's metadata ([`onnx_metadata`]), image preprocessing
+//! ([`checkpoint`]), the exported model's metadata ([`onnx_metadata`]) and ONNX schema
+//! ([`onnx_schema`]), image preprocessing
 //! ([`preprocess`]), finding a collection's images ([`image_walk`]), lossless paths in JSON
 //! ([`path_record`]), the IDX format ([`idx`]), atomic file writes ([`atomic_file`]) and the
 //! shipped default model, compiled in ([`shipped_model`]).
@@ -10,6 +11,7 @@ pub mod checkpoint;
 pub mod idx;
 pub mod image_walk;
 pub mod onnx_metadata;
+pub mod onnx_schema;
 pub mod parameters;
 pub mod path_record;
 pub mod preprocess;

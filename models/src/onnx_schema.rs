@@ -1,7 +1,10 @@
-//! The subset of ONNX's protobuf messages that an encoder graph needs, declared with `prost`
-//! derives so that no `protoc` or build script is required. Field numbers follow the ONNX
-//! specification (`onnx.proto`); ONNX is proto2, so scalars whose presence matters (attribute
-//! values, where 0 is meaningful) are `optional` and always written when set.
+//! The ONNX schema in one place: the subset of ONNX's protobuf messages that an encoder graph
+//! needs, declared with `prost` derives so that no `protoc` or build script is required (dim-export
+//! writes them), and in [`field`] the field numbers of the messages that dim-infer's graph pruning
+//! reads on the wire. Field numbers follow the ONNX specification (`onnx.proto`); the tests tie
+//! every number in [`field`] that the messages declare to the messages' own encoding. ONNX is
+//! proto2, so scalars whose presence matters (attribute values, where 0 is meaningful) are
+//! `optional` and always written when set.
 
 /// `TensorProto.DataType.FLOAT`.
 pub const DATA_TYPE_FLOAT: i32 = 1;
@@ -228,6 +231,97 @@ pub mod tensor_shape_proto {
             /// Symbolic name, e.g. `batch`.
             #[prost(string, tag = "2")]
             DimParam(String),
+        }
+    }
+}
+
+/// Field numbers of `onnx.proto`, by message, for code that reads the wire format directly.
+pub mod field {
+    /// `ModelProto.graph`.
+    pub const MODEL_GRAPH: u32 = 7;
+    /// `GraphProto.node`.
+    pub const GRAPH_NODE: u32 = 1;
+    /// `GraphProto.initializer`.
+    pub const GRAPH_INITIALIZER: u32 = 5;
+    /// `GraphProto.input`.
+    pub const GRAPH_INPUT: u32 = 11;
+    /// `GraphProto.output`.
+    pub const GRAPH_OUTPUT: u32 = 12;
+    /// `NodeProto.input`.
+    pub const NODE_INPUT: u32 = 1;
+    /// `NodeProto.output`.
+    pub const NODE_OUTPUT: u32 = 2;
+    /// `NodeProto.attribute`.
+    pub const NODE_ATTRIBUTE: u32 = 5;
+    /// `AttributeProto.g`, a subgraph (not in the messages above: the exporter writes none).
+    pub const ATTRIBUTE_GRAPH: u32 = 6;
+    /// `AttributeProto.graphs` (not in the messages above).
+    pub const ATTRIBUTE_GRAPHS: u32 = 11;
+    /// `TensorProto.name`.
+    pub const TENSOR_NAME: u32 = 8;
+    /// `TensorProto.external_data` (not in the messages above: weights are written inline).
+    pub const TENSOR_EXTERNAL_DATA: u32 = 13;
+    /// `TensorProto.data_location` (not in the messages above).
+    pub const TENSOR_DATA_LOCATION: u32 = 14;
+    /// `ValueInfoProto.name`.
+    pub const VALUE_INFO_NAME: u32 = 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// The field number of the first key of an encoded message with a single field set.
+    fn only_field(bytes: &[u8]) -> u32 {
+        let mut key = 0u64;
+        for (i, byte) in bytes.iter().enumerate() {
+            key |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return u32::try_from(key >> 3).unwrap();
+            }
+        }
+        panic!("no complete key in {bytes:?}")
+    }
+
+    #[test]
+    fn the_wire_field_numbers_are_the_messages_own() {
+        let name = || Some("x".to_string());
+        let graph = ModelProto { graph: Some(GraphProto::default()), ..Default::default() };
+        assert_eq!(only_field(&graph.encode_to_vec()), field::MODEL_GRAPH);
+        let cases = [
+            (
+                GraphProto { node: vec![NodeProto::default()], ..Default::default() }.encode_to_vec(),
+                field::GRAPH_NODE,
+            ),
+            (
+                GraphProto { initializer: vec![TensorProto::default()], ..Default::default() }
+                    .encode_to_vec(),
+                field::GRAPH_INITIALIZER,
+            ),
+            (
+                GraphProto { input: vec![ValueInfoProto::default()], ..Default::default() }.encode_to_vec(),
+                field::GRAPH_INPUT,
+            ),
+            (
+                GraphProto { output: vec![ValueInfoProto::default()], ..Default::default() }.encode_to_vec(),
+                field::GRAPH_OUTPUT,
+            ),
+            (NodeProto { input: vec!["x".into()], ..Default::default() }.encode_to_vec(), field::NODE_INPUT),
+            (
+                NodeProto { output: vec!["x".into()], ..Default::default() }.encode_to_vec(),
+                field::NODE_OUTPUT,
+            ),
+            (
+                NodeProto { attribute: vec![AttributeProto::default()], ..Default::default() }
+                    .encode_to_vec(),
+                field::NODE_ATTRIBUTE,
+            ),
+            (TensorProto { name: name(), ..Default::default() }.encode_to_vec(), field::TENSOR_NAME),
+            (ValueInfoProto { name: name(), ..Default::default() }.encode_to_vec(), field::VALUE_INFO_NAME),
+        ];
+        for (bytes, number) in cases {
+            assert_eq!(only_field(&bytes), number, "{bytes:?}");
         }
     }
 }
