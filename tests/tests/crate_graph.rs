@@ -1,5 +1,6 @@
 //! The crate graph stays layered: training builds none of the inference side's native code or
-//! services (ONNX Runtime bindings, hnsw_rs, Parquet, PostgreSQL).
+//! services (ONNX Runtime bindings, hnsw_rs, Parquet, PostgreSQL), and the inference library's
+//! users build without the Parquet and PostgreSQL outputs that only its CLIs write.
 
 use std::process::Command;
 
@@ -38,4 +39,17 @@ fn dim_train_builds_without_the_inference_side() {
     for unwanted in ["dim-infer", "ort", "ort-sys", "hnsw_rs", "parquet", "postgres", "pgvector", "mozjpeg"] {
         assert!(!packages.iter().any(|p| p == unwanted), "dim-train depends on {unwanted}");
     }
+}
+
+#[test]
+fn the_parquet_and_postgres_outputs_stay_with_the_clis_that_write_them() {
+    for package in ["dim-serve", "dim-demo", "dim-python"] {
+        let packages = dependencies_of(package);
+        assert!(packages.iter().any(|p| p == "dim-infer"), "{package}'s tree looks wrong: {packages:?}");
+        for unwanted in ["parquet", "postgres", "pgvector"] {
+            assert!(!packages.iter().any(|p| p == unwanted), "{package} depends on {unwanted}");
+        }
+    }
+    let cli = dependencies_of("dim-infer");
+    assert!(cli.iter().any(|p| p == "parquet") && cli.iter().any(|p| p == "postgres"));
 }
