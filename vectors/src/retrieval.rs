@@ -365,7 +365,7 @@ pub struct Labels {
 
 impl Labels {
     /// Numbers distinct keys in sorted order.
-    pub fn from_keys<K: Ord + Clone>(keys: Vec<K>, name: impl Fn(&K) -> String) -> Self {
+    fn from_keys<K: Ord + Clone>(keys: Vec<K>, name: impl Fn(&K) -> String) -> Self {
         let numbers: BTreeMap<K, u32> =
             keys.iter().cloned().collect::<BTreeSet<K>>().into_iter().zip(0..).collect();
         let names = numbers.keys().map(name).collect();

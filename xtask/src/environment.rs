@@ -17,7 +17,7 @@ const ORT_LIBRARY: &str = "onnxruntime/capi/libonnxruntime.so.1.31.1";
 const FASHION_MNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 /// What an environment carries.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 enum Layer {
     /// ONNX Runtime (and numpy, which it needs): enough to embed, index and search.
     Inference,
@@ -68,12 +68,10 @@ impl Layer {
 
 /// Creates the full environment if needed and (re)links `.dim-env/` in the workspace to it.
 pub fn setup(root: &Path, gpu: bool) -> Result<(), String> {
+    let python = base_python()?;
     let layer = Layer::Full { gpu };
-    let env_dir = environment_dir(root, layer)?;
-    let site_packages = ensure(root, layer, &env_dir)?;
-    link_workspace(root, &env_dir, &site_packages, layer)?;
-    eprintln!("==> environment ready: {} ({})", env_dir.display(), layer.variant());
-    Ok(())
+    let env_dir = environment_dir(root, &python, layer)?;
+    use_environment(root, &python, layer, &env_dir)
 }
 
 /// Makes ONNX Runtime available to the inference binaries with the least set-up: the library
@@ -85,37 +83,39 @@ pub fn setup_inference(root: &Path) -> Result<(), String> {
         eprintln!("==> ONNX Runtime ready: {}", linked.display());
         return Ok(());
     }
+    let python = base_python()?;
     let full = Layer::Full { gpu: false };
-    let full_dir = environment_dir(root, full)?;
-    let layer = if full_dir.join(COMPLETE_MARKER).is_file() { full } else { Layer::Inference };
-    let env_dir = if layer == full { full_dir } else { environment_dir(root, layer)? };
-    let site_packages = ensure(root, layer, &env_dir)?;
-    link_workspace(root, &env_dir, &site_packages, layer)?;
-    eprintln!("==> environment ready: {} ({})", env_dir.display(), layer.variant());
-    Ok(())
+    let full_dir = environment_dir(root, &python, full)?;
+    if full_dir.join(COMPLETE_MARKER).is_file() {
+        return use_environment(root, &python, full, &full_dir);
+    }
+    let env_dir = environment_dir(root, &python, Layer::Inference)?;
+    use_environment(root, &python, Layer::Inference, &env_dir)
 }
 
 /// The cache folder of `layer`'s environment, keyed by its lock file and the Python version.
-fn environment_dir(root: &Path, layer: Layer) -> Result<PathBuf, String> {
+fn environment_dir(root: &Path, python: &BasePython, layer: Layer) -> Result<PathBuf, String> {
     let lock_path = root.join(layer.lock_name());
     let lock =
         fs::read_to_string(&lock_path).map_err(|e| format!("cannot read {}: {e}", lock_path.display()))?;
-    let python = base_python()?;
     let digest = hex_prefix(&Sha256::digest(format!("{lock}\n{}", python.version)));
     Ok(cache_dir()?.join(format!("env-{}-{digest}", layer.variant())))
 }
 
-/// Installs `layer`'s environment into `env_dir` unless it is complete; returns its
-/// site-packages.
-fn ensure(root: &Path, layer: Layer, env_dir: &Path) -> Result<PathBuf, String> {
+/// Installs `layer`'s environment into `env_dir` unless it is complete, and links `.dim-env/`
+/// to it.
+fn use_environment(root: &Path, python: &BasePython, layer: Layer, env_dir: &Path) -> Result<(), String> {
     if !env_dir.join(COMPLETE_MARKER).is_file() {
-        install(&base_python()?, env_dir, &root.join(layer.lock_name()), layer)?;
+        install(python, env_dir, &root.join(layer.lock_name()), layer)?;
     }
-    Ok(PathBuf::from(
+    let site_packages = PathBuf::from(
         fs::read_to_string(env_dir.join(COMPLETE_MARKER))
             .map_err(|e| format!("cannot read the environment marker: {e}"))?
             .trim(),
-    ))
+    );
+    link_workspace(root, env_dir, &site_packages, layer)?;
+    eprintln!("==> environment ready: {} ({})", env_dir.display(), layer.variant());
+    Ok(())
 }
 
 pub(crate) struct BasePython {
