@@ -4,14 +4,14 @@
 
 use dim_models::checkpoint::CheckpointConfig;
 use dim_models::preprocess::{Background, InputSpec, ResizePolicy};
+use dim_train::data::views::ViewMode;
 use dim_train::data::{DataError, Dataset, Sample};
-use dim_train::estimators::Estimator;
-use dim_train::features::{LabelledImages, random_encoder, read_labelled_images};
-use dim_train::objective::{GlobalToGlobal, ObjectiveWeights};
-use dim_train::retrieval_check::{RetrievalCheck, precision_at_k};
-use dim_train::settings::TrainSettings;
-use dim_train::trainer::{self, RunEnd, RunOptions};
-use dim_train::views::ViewMode;
+use dim_train::eval::features::{LabelledImages, random_encoder, read_labelled_images};
+use dim_train::fit::retrieval_check::{RetrievalCheck, precision_at_k};
+use dim_train::fit::settings::TrainSettings;
+use dim_train::fit::trainer::{self, RunEnd, RunOptions};
+use dim_train::model::estimators::Estimator;
+use dim_train::model::objective::{GlobalToGlobal, ObjectiveWeights};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -142,7 +142,7 @@ fn cross_view_training_lowers_the_loss_and_searches_better_than_the_untrained_en
     assert_eq!(saved.training["views"], "cross");
     assert_eq!(saved.training["global_to_global"]["weight"], 1.0);
     assert_eq!(saved.training["augmentation"]["min_area"], 0.3);
-    assert_eq!(trainer::resume_settings(dir.path()).unwrap(), settings);
+    assert_eq!(trainer::Resume::read(dir.path()).unwrap().settings(), &settings);
 }
 
 #[test]
@@ -163,7 +163,7 @@ fn a_cross_view_run_interrupted_mid_epoch_resumes_to_the_uninterrupted_weights()
     trainer::train(
         &settings,
         Arc::clone(&data),
-        Some(interrupted.path()),
+        Some(&trainer::Resume::read(interrupted.path()).unwrap()),
         &options(interrupted.path(), None),
     )
     .unwrap();

@@ -5,12 +5,12 @@
 use dim_models::checkpoint::{CheckpointConfig, WEIGHTS_FILE};
 use dim_models::preprocess::{Background, InputSpec, ResizePolicy};
 use dim_models::{EncoderConfig, Preset};
-use dim_train::data::{CachePolicy, DataError, Dataset, Sample};
-use dim_train::estimators::Estimator;
-use dim_train::objective::{DimModel, Levers, Mode};
-use dim_train::optim::{Adam, AdamConfig};
-use dim_train::settings::TrainSettings;
-use dim_train::trainer::{self, RunEnd, RunOptions, TrainError};
+use dim_train::data::{CachePolicy, DataError, DataFormat, Dataset, Sample};
+use dim_train::fit::optim::{Adam, AdamConfig};
+use dim_train::fit::settings::TrainSettings;
+use dim_train::fit::trainer::{self, RunEnd, RunOptions, TrainError};
+use dim_train::model::estimators::Estimator;
+use dim_train::model::objective::{DimModel, Levers, Mode};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,10 +114,10 @@ fn resuming_after_an_epoch_or_mid_epoch_reproduces_an_uninterrupted_run() {
     // One epoch, then a second call that resumes for the second.
     let split = tempfile::tempdir().unwrap();
     trainer::train(&settings(1), Arc::clone(&data), None, &options(split.path())).unwrap();
-    let resumed_settings = trainer::resume_settings(split.path()).unwrap();
-    assert_eq!(resumed_settings, settings(1));
+    let resume = trainer::Resume::read(split.path()).unwrap();
+    assert_eq!(resume.settings(), &settings(1));
     let again =
-        trainer::train(&settings(2), Arc::clone(&data), Some(split.path()), &options(split.path())).unwrap();
+        trainer::train(&settings(2), Arc::clone(&data), Some(&resume), &options(split.path())).unwrap();
     assert_eq!(again.epochs.len(), 1);
     let difference = trainer::max_weight_difference(straight.path(), split.path()).unwrap();
     assert!(difference < 1e-6, "weights differ by {difference}");
@@ -131,8 +131,13 @@ fn resuming_after_an_epoch_or_mid_epoch_reproduces_an_uninterrupted_run() {
     let config = CheckpointConfig::read(interrupted.path()).unwrap();
     assert_eq!((config.epoch, config.step), (0, 1));
     assert_eq!(config.training["batches_into_epoch"], 1);
-    trainer::train(&settings(2), Arc::clone(&data), Some(interrupted.path()), &options(interrupted.path()))
-        .unwrap();
+    trainer::train(
+        &settings(2),
+        Arc::clone(&data),
+        Some(&trainer::Resume::read(interrupted.path()).unwrap()),
+        &options(interrupted.path()),
+    )
+    .unwrap();
     let difference = trainer::max_weight_difference(straight.path(), interrupted.path()).unwrap();
     assert!(difference < 1e-6, "weights differ by {difference}");
 }
@@ -149,8 +154,13 @@ fn a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let weights_before = std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap();
 
     poisoned.store(true, Ordering::SeqCst);
-    let error =
-        trainer::train(&settings(2), Arc::clone(&data), Some(dir.path()), &options(dir.path())).unwrap_err();
+    let error = trainer::train(
+        &settings(2),
+        Arc::clone(&data),
+        Some(&trainer::Resume::read(dir.path()).unwrap()),
+        &options(dir.path()),
+    )
+    .unwrap_err();
     assert!(matches!(error, TrainError::NonFiniteLoss { epoch: 2, step: 3, .. }), "{error}");
     assert!(error.to_string().contains("last good checkpoint"), "{error}");
     assert_eq!(std::fs::read(dir.path().join(WEIGHTS_FILE)).unwrap(), weights_before);
@@ -163,9 +173,13 @@ fn resuming_on_other_data_is_refused() {
     let _turn = exclusive_torch();
     let dir = tempfile::tempdir().unwrap();
     trainer::train(&settings(1), Arc::new(Blobs::new(16)), None, &options(dir.path())).unwrap();
-    let error =
-        trainer::train(&settings(2), Arc::new(Blobs::new(24)), Some(dir.path()), &options(dir.path()))
-            .unwrap_err();
+    let error = trainer::train(
+        &settings(2),
+        Arc::new(Blobs::new(24)),
+        Some(&trainer::Resume::read(dir.path()).unwrap()),
+        &options(dir.path()),
+    )
+    .unwrap_err();
     assert!(matches!(error, TrainError::DataChanged { .. }), "{error}");
     let error =
         trainer::train(&settings(1), Arc::new(Blobs::new(4)), None, &options(dir.path())).unwrap_err();
@@ -228,7 +242,7 @@ fn dim_g_with_infonce_and_dim_l_with_dv_train_without_error() {
         assert!(record.loss.is_finite(), "{mode:?} {estimator:?}");
         assert_eq!(record.global_loss.is_some(), mode == Mode::DimG);
         assert_eq!(record.local_loss.is_some(), mode == Mode::DimL);
-        let weights = dim_train::checkpoint::read_tensors(&dir.path().join(WEIGHTS_FILE)).unwrap();
+        let weights = dim_train::fit::checkpoint::read_tensors(&dir.path().join(WEIGHTS_FILE)).unwrap();
         assert_eq!(weights.keys().any(|name| name.starts_with("global_critic.")), mode == Mode::DimG);
         assert_eq!(weights.keys().any(|name| name.starts_with("local_critic.")), mode == Mode::DimL);
     }
@@ -255,8 +269,8 @@ fn occlusion_and_extra_globals_each_and_together_lower_the_loss_and_are_saved() 
         let config = CheckpointConfig::read(dir.path()).unwrap();
         assert_eq!(config.training["occlusion_size"], occlusion_size);
         assert_eq!(config.training["extra_globals"], extra_globals);
-        assert_eq!(trainer::resume_settings(dir.path()).unwrap(), run);
-        let weights = dim_train::checkpoint::read_tensors(&dir.path().join(WEIGHTS_FILE)).unwrap();
+        assert_eq!(trainer::Resume::read(dir.path()).unwrap().settings(), &run);
+        let weights = dim_train::fit::checkpoint::read_tensors(&dir.path().join(WEIGHTS_FILE)).unwrap();
         assert_eq!(
             weights.keys().any(|name| name.starts_with("extra_globals.")),
             extra_globals > 0,
@@ -347,7 +361,7 @@ fn dim_train_killed_with_sigkill_resumes_from_its_last_checkpoint_to_the_uninter
     assert!(kills >= 1, "the run was never killed");
     // A kill can fall after the last save's config rename but before its log rename; what a user
     // runs next (`dim-train --resume`) finishes that save and removes abandoned staged files.
-    trainer::resume_settings(&killed).unwrap();
+    trainer::Resume::read(&killed).unwrap();
     assert_eq!(CheckpointConfig::read(&killed).unwrap().epoch, 6, "never finished after {kills} kills");
     let difference = trainer::max_weight_difference(&straight, &killed).unwrap();
     assert!(difference < 1e-6, "after {kills} kills the weights differ by {difference}");
@@ -368,7 +382,7 @@ fn the_decoded_image_cache_changes_no_loss_whichever_store_holds_it() {
     let temp = tempfile::tempdir().unwrap();
     let data = temp.path().join("images");
     write_image_folder(&data, 32);
-    let run_settings = TrainSettings { data: data.clone(), format: "folder".into(), ..settings(2) };
+    let run_settings = TrainSettings { data: data.clone(), format: DataFormat::Folder, ..settings(2) };
     let mut runs = Vec::new();
     for policy in [CachePolicy::Off, CachePolicy::Memory, CachePolicy::File] {
         let dir = temp.path().join(format!("{policy:?}"));

@@ -7,26 +7,28 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use dim_models::preprocess::{Background, ResizePolicy};
 use dim_models::{EncoderConfig, Preset};
-use dim_train::data::DataFormat;
-use dim_train::device::DeviceRequest;
-use dim_train::evaluation::{Baseline, EvalSettings, Progress, evaluate};
-use dim_train::features::Tap;
-use dim_train::measures::mine::{self, MineOptions};
-use dim_train::measures::ms_ssim::{self, MsSsimOptions};
-use dim_train::measures::ndm::{self, NdmOptions};
-use dim_train::measures::{
-    MeasureReport, MeasureRun, MeasureSchedule, MeasureScore, MeasureSettings, run_measure,
+use dim_train::cli::{DeviceArg, FormatArg};
+use dim_train::eval::features::Tap;
+use dim_train::eval::harness::{Baseline, EvalSource, Progress, Sampling, SplitSummary};
+use dim_train::eval::measures::mine::{self, MineOptions};
+use dim_train::eval::measures::ms_ssim::{self, MsSsimOptions};
+use dim_train::eval::measures::ndm::{self, NdmOptions};
+use dim_train::eval::measures::{
+    MeasureError, MeasureRun, MeasureSchedule, MeasureScore, MeasureSettings, TapData, run_measure,
 };
-use dim_train::probes::knn::{KnnOptions, Vote};
-use dim_train::probes::mlp::{MlpProtocol, ScheduleOverrides};
-use dim_train::probes::{ProbeKind, TrainingSchedule, linear};
-use dim_train::retrieval_evaluation::{RetrievalSettings, evaluate_retrieval};
-use dim_train::supervised::{SupervisedJob, SupervisedOptions, run_supervised_job};
+use dim_train::eval::probes::knn::{KnnOptions, Vote};
+use dim_train::eval::probes::mlp::{MlpProtocol, ScheduleOverrides};
+use dim_train::eval::probes::{ProbeKind, TrainingSchedule, linear};
+use dim_train::eval::probing::{EvalSettings, evaluate};
+use dim_train::eval::retrieval::{RetrievalSettings, evaluate_retrieval};
+use dim_train::eval::supervised::{SupervisedJob, SupervisedOptions, run_supervised_job};
 use dim_vectors::distance::Metric;
 use dim_vectors::post_process::{DEFAULT_WHITEN_EPS, PcaSpec};
+use indicatif::ProgressBar;
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use tch::Device;
 
 /// Evaluate Deep InfoMax encoders with probes, and train the supervised baseline.
 ///
@@ -146,31 +148,39 @@ Notes:
   NDM) and its KL estimate on the test split. 0 means independent factors. The official run uses
   batches of 10,000 for 1,000 epochs; the defaults here are CPU-sized.";
 
-/// What every measure reads and which models it scores.
+/// The checkpoint and the data every evaluation reads. The help texts are the measures'; `probe`
+/// and `retrieval` give their own.
 #[derive(Debug, Args)]
-struct MeasureArgs {
+struct SourceArgs {
     /// Checkpoint directory of the DIM encoder to measure.
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[arg(long, required = true)]
+    checkpoint: Option<PathBuf>,
     /// Dataset with train and test splits (IDX or CIFAR directory, or a folder of class
     /// subfolders with --test-data).
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, required = true)]
+    data: Option<PathBuf>,
     /// Separate held-out dataset, for sources without a test split.
     #[arg(long)]
     test_data: Option<PathBuf>,
-    /// Data format.
-    #[arg(long, value_enum, default_value_t = DataFormat::Auto)]
-    format: DataFormat,
-    /// Encoder taps to measure, comma-separated (conv is the last conv map flattened).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "y")]
-    tap: Vec<Tap>,
-    /// Checkpoint of a supervised encoder (`dim-eval train-supervised`) measured as a baseline.
-    #[arg(long)]
-    supervised: Option<PathBuf>,
-    /// Use a seeded random subset of this many training examples.
-    #[arg(long)]
-    limit_train: Option<usize>,
+    #[command(flatten)]
+    format: FormatArg,
+}
+
+impl SourceArgs {
+    fn source(self) -> anyhow::Result<EvalSource> {
+        Ok(EvalSource {
+            checkpoint: self.checkpoint.context("--checkpoint is required")?,
+            data: self.data.context("--data is required")?,
+            test_data: self.test_data,
+            format: self.format.format,
+        })
+    }
+}
+
+/// How every evaluation samples the test split and runs the encoders. The help texts are the
+/// measures'; `probe` and `retrieval` give their own where they differ.
+#[derive(Debug, Args)]
+struct SamplingArgs {
     /// Use a seeded random subset of this many test examples.
     #[arg(long)]
     limit_test: Option<usize>,
@@ -180,29 +190,53 @@ struct MeasureArgs {
     /// CPU threads for libtorch and decoding (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: DeviceRequest,
+    #[command(flatten)]
+    device: DeviceArg,
     /// Images per encoder pass during feature extraction.
     #[arg(long, default_value_t = 256)]
     batch: usize,
 }
 
+impl SamplingArgs {
+    /// Sizes the thread pools and resolves the device.
+    fn start(&self) -> anyhow::Result<Device> {
+        set_threads(self.threads)?;
+        Ok(self.device.resolve()?)
+    }
+
+    fn sampling(&self) -> Sampling {
+        Sampling { limit_test: self.limit_test, seed: self.seed, batch_size: self.batch }
+    }
+}
+
+/// What every measure reads and which models it scores.
+#[derive(Debug, Args)]
+struct MeasureArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Encoder taps to measure, comma-separated (conv is the last conv map flattened).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "y")]
+    tap: Vec<Tap>,
+    /// Checkpoint of a supervised encoder (`dim-eval train-supervised`) measured as a baseline.
+    #[arg(long)]
+    supervised: Option<PathBuf>,
+    /// Use a seeded random subset of this many training examples.
+    #[arg(long)]
+    limit_train: Option<usize>,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
 impl MeasureArgs {
-    fn settings(&self, baselines: Vec<Baseline>) -> MeasureSettings {
-        MeasureSettings {
-            checkpoint: self.checkpoint.clone(),
-            data: self.data.clone(),
-            test_data: self.test_data.clone(),
-            format: self.format,
-            taps: self.tap.clone(),
+    fn settings(self, baselines: Vec<Baseline>) -> anyhow::Result<MeasureSettings> {
+        Ok(MeasureSettings {
+            source: self.source.source()?,
+            taps: self.tap,
             baselines,
-            supervised: self.supervised.clone(),
+            supervised: self.supervised,
             limit_train: self.limit_train,
-            limit_test: self.limit_test,
-            seed: self.seed,
-            batch_size: self.batch,
-        }
+            sampling: self.sampling.sampling(),
+        })
     }
 }
 
@@ -283,19 +317,19 @@ struct NdmArgs {
 
 /// Retrieval run settings.
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("checkpoint", |arg| arg.help("Checkpoint directory of the DIM encoder to score")),
+    mut_arg("data", |arg| {
+        arg.help("Labelled dataset (IDX or CIFAR directory, or a folder of class subfolders)")
+    }),
+    mut_arg("test_data", |arg| arg.help("Separate dataset to search, for sources without a test split")),
+    mut_arg("limit_test", |arg| arg.help("Use a seeded random subset of this many searched images")),
+    mut_arg("seed", |arg| arg.help("Seed for subsets and the random encoder")),
+    mut_arg("threads", |arg| arg.help("CPU threads for libtorch, decoding and search (default: all cores)")),
+)]
 struct RetrievalArgs {
-    /// Checkpoint directory of the DIM encoder to score.
-    #[arg(long)]
-    checkpoint: PathBuf,
-    /// Labelled dataset (IDX or CIFAR directory, or a folder of class subfolders).
-    #[arg(long)]
-    data: PathBuf,
-    /// Separate dataset to search, for sources without a test split.
-    #[arg(long)]
-    test_data: Option<PathBuf>,
-    /// Data format.
-    #[arg(long, value_enum, default_value_t = DataFormat::Auto)]
-    format: DataFormat,
+    #[command(flatten)]
+    source: SourceArgs,
     /// Encoder taps to score, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "conv,fc,y")]
     taps: Vec<Tap>,
@@ -321,21 +355,8 @@ struct RetrievalArgs {
     /// Train images the PCA is fitted on (a seeded subset).
     #[arg(long, default_value_t = 10_000)]
     limit_fit: usize,
-    /// Use a seeded random subset of this many searched images.
-    #[arg(long)]
-    limit_test: Option<usize>,
-    /// Seed for subsets and the random encoder.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// CPU threads for libtorch, decoding and search (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: DeviceRequest,
-    /// Images per encoder pass during feature extraction.
-    #[arg(long, default_value_t = 256)]
-    batch: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// JSON report path (written atomically).
     #[arg(long, default_value = "retrieval.json")]
     out: PathBuf,
@@ -343,19 +364,19 @@ struct RetrievalArgs {
 
 /// Probe run settings.
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("checkpoint", |arg| arg.help("Checkpoint directory (config.json + weights.safetensors)")),
+    mut_arg("data", |arg| {
+        arg.help("Labelled dataset with train and test splits (IDX, CIFAR or STL-10 binary directory)")
+    }),
+    mut_arg("test_data", |arg| {
+        arg.help("Separate test set, for sources without a test split (image folders)")
+    }),
+    mut_arg("seed", |arg| arg.help("Seed for subsets, the random encoder and the probes")),
+)]
 struct ProbeArgs {
-    /// Checkpoint directory (config.json + weights.safetensors).
-    #[arg(long, required = true)]
-    checkpoint: Option<PathBuf>,
-    /// Labelled dataset with train and test splits (IDX, CIFAR or STL-10 binary directory).
-    #[arg(long, required = true)]
-    data: Option<PathBuf>,
-    /// Separate test set, for sources without a test split (image folders).
-    #[arg(long)]
-    test_data: Option<PathBuf>,
-    /// Data format.
-    #[arg(long, value_enum, default_value_t = DataFormat::Auto)]
-    format: DataFormat,
+    #[command(flatten)]
+    source: SourceArgs,
     /// Probes to run, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "linear,mlp,knn")]
     probes: Vec<ProbeKind>,
@@ -372,21 +393,8 @@ struct ProbeArgs {
     /// Use a seeded random subset of this many training examples.
     #[arg(long)]
     limit_train: Option<usize>,
-    /// Use a seeded random subset of this many test examples.
-    #[arg(long)]
-    limit_test: Option<usize>,
-    /// Seed for subsets, the random encoder and the probes.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// CPU threads for libtorch and decoding (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: DeviceRequest,
-    /// Images per encoder pass during feature extraction.
-    #[arg(long, default_value_t = 256)]
-    batch: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Linear probe epochs.
     #[arg(long, default_value_t = linear::default_schedule().epochs)]
     linear_epochs: usize,
@@ -431,9 +439,8 @@ struct SupervisedArgs {
     /// Labelled training data (IDX or CIFAR directory or file, or a folder of class subfolders).
     #[arg(long)]
     data: PathBuf,
-    /// Data format.
-    #[arg(long, value_enum, default_value_t = DataFormat::Auto)]
-    format: DataFormat,
+    #[command(flatten)]
+    format: FormatArg,
     /// Encoder architecture (basic32x32, basic64x64, alex64x64).
     #[arg(long, default_value = "basic32x32")]
     preset: Preset,
@@ -464,9 +471,8 @@ struct SupervisedArgs {
     /// CPU threads for libtorch and decoding (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: DeviceRequest,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
@@ -485,28 +491,23 @@ fn set_threads(threads: Option<usize>) -> anyhow::Result<()> {
 const LINEAR_PROBE_BATCH: usize = 128;
 
 fn probe(args: ProbeArgs) -> anyhow::Result<()> {
-    set_threads(args.threads)?;
-    let device = args.device.resolve()?;
+    let device = args.sampling.start()?;
+    let seed = args.sampling.seed;
     let schedule = |epochs, batch_size, learning_rate, weight_decay, lr_drop_epochs| TrainingSchedule {
         epochs,
         batch_size,
         learning_rate,
         weight_decay,
         lr_drop_epochs,
-        seed: args.seed,
+        seed,
     };
     let settings = EvalSettings {
-        checkpoint: args.checkpoint.context("--checkpoint is required")?,
-        data: args.data.context("--data is required")?,
-        test_data: args.test_data,
-        format: args.format,
+        source: args.source.source()?,
         probes: args.probes,
         taps: args.taps,
         baselines: args.baselines,
         limit_train: args.limit_train,
-        limit_test: args.limit_test,
-        seed: args.seed,
-        batch_size: args.batch,
+        sampling: args.sampling.sampling(),
         linear: schedule(
             args.linear_epochs,
             args.probe_batch.unwrap_or(LINEAR_PROBE_BATCH),
@@ -514,7 +515,7 @@ fn probe(args: ProbeArgs) -> anyhow::Result<()> {
             args.linear_weight_decay,
             args.linear_lr_drops,
         ),
-        mlp: args.protocol.recipe(args.seed).with_overrides(ScheduleOverrides {
+        mlp: args.protocol.recipe(seed).with_overrides(ScheduleOverrides {
             epochs: args.mlp_epochs,
             batch_size: args.probe_batch,
             learning_rate: args.mlp_lr,
@@ -523,14 +524,8 @@ fn probe(args: ProbeArgs) -> anyhow::Result<()> {
         knn: KnnOptions { k: args.knn_k, vote: args.knn_vote, ..KnnOptions::default() },
     };
     let report = evaluate(&settings, device, Progress { visible: true })?;
-    for (split, summary) in [("train", &report.train), ("test", &report.test)] {
-        if !summary.skipped.is_empty() {
-            eprintln!("skipped {} unreadable {split} examples:", summary.skipped.len());
-            for skipped in &summary.skipped {
-                eprintln!("  #{}: {}", skipped.index, skipped.reason);
-            }
-        }
-    }
+    print_skipped("train", &report.train);
+    print_skipped("test", &report.test);
     print!("{}", report.table());
     report.write_json(&args.out)?;
     println!("wrote {}", args.out.display());
@@ -538,7 +533,7 @@ fn probe(args: ProbeArgs) -> anyhow::Result<()> {
 }
 
 fn retrieval(args: RetrievalArgs) -> anyhow::Result<()> {
-    set_threads(args.threads)?;
+    set_threads(args.sampling.threads)?;
     let post_process = (args.pca > 0).then_some(PcaSpec {
         dims: args.pca,
         whiten: !args.no_whiten,
@@ -546,10 +541,7 @@ fn retrieval(args: RetrievalArgs) -> anyhow::Result<()> {
     });
     anyhow::ensure!(args.k > 0, "-k must be at least 1");
     let settings = RetrievalSettings {
-        checkpoint: args.checkpoint,
-        data: args.data,
-        test_data: args.test_data,
-        format: args.format,
+        source: args.source.source()?,
         taps: args.taps,
         baselines: args.baselines,
         supervised: args.supervised,
@@ -557,36 +549,51 @@ fn retrieval(args: RetrievalArgs) -> anyhow::Result<()> {
         metric: args.metric,
         post_process,
         limit_fit: Some(args.limit_fit),
-        limit_test: args.limit_test,
-        seed: args.seed,
-        batch_size: args.batch,
+        sampling: args.sampling.sampling(),
     };
-    let report = evaluate_retrieval(&settings, args.device.resolve()?, Progress { visible: true })?;
-    if !report.searched.skipped.is_empty() {
-        eprintln!("skipped {} unreadable searched examples:", report.searched.skipped.len());
-        for skipped in &report.searched.skipped {
-            eprintln!("  #{}: {}", skipped.index, skipped.reason);
-        }
-    }
+    let report = evaluate_retrieval(&settings, args.sampling.device.resolve()?, Progress { visible: true })?;
+    print_skipped("searched", &report.searched);
     print!("{}", report.table());
     report.write_json(&args.out)?;
     println!("wrote {}", args.out.display());
     Ok(())
 }
 
-/// Prints a measure's table and skipped examples and writes its JSON.
-fn finish_measure<O: Serialize, S: MeasureScore>(
-    report: &MeasureReport<O, S>,
-    out: &std::path::Path,
-) -> anyhow::Result<()> {
-    for (split, summary) in [("train", &report.train), ("test", &report.test)] {
-        if !summary.skipped.is_empty() {
-            eprintln!("skipped {} unreadable {split} examples:", summary.skipped.len());
-            for skipped in &summary.skipped {
-                eprintln!("  #{}: {}", skipped.index, skipped.reason);
-            }
+/// Lists the examples of `split` that could not be read, if any.
+fn print_skipped(split: &str, summary: &SplitSummary) {
+    if !summary.skipped.is_empty() {
+        eprintln!("skipped {} unreadable {split} examples:", summary.skipped.len());
+        for skipped in &summary.skipped {
+            eprintln!("  #{}: {}", skipped.index, skipped.reason);
         }
     }
+}
+
+/// The schedule of a measure's own network from its command line, seeded by `seed`.
+fn measure_schedule(steps: usize, batch_size: usize, learning_rate: f64, seed: u64) -> MeasureSchedule {
+    MeasureSchedule { steps, batch_size, learning_rate, seed }
+}
+
+/// Runs one measure (`label` in errors) on the checkpoint and data of `common`, with the options
+/// `options` makes from the seed, prints its table and skipped examples and writes its JSON.
+fn measure<O: Clone + Serialize, S: MeasureScore>(
+    common: MeasureArgs,
+    baselines: Vec<Baseline>,
+    out: &Path,
+    label: &str,
+    options: impl FnOnce(u64) -> O,
+    run: impl FnOnce(&O) -> MeasureRun<'_, O>,
+    score: impl Fn(&TapData<'_>, &O, Device, &ProgressBar) -> Result<S, MeasureError>,
+) -> anyhow::Result<()> {
+    let device = common.sampling.start()?;
+    let options = options(common.sampling.seed);
+    let settings = common.settings(baselines)?;
+    let report = run_measure(&settings, run(&options), device, Progress { visible: true }, |data, bar| {
+        score(data, &options, device, bar)
+    })
+    .with_context(|| format!("cannot measure {label} of {}", settings.source.checkpoint.display()))?;
+    print_skipped("train", &report.train);
+    print_skipped("test", &report.test);
     print!("{}", report.table());
     report.write_json(out)?;
     println!("wrote {}", out.display());
@@ -594,78 +601,61 @@ fn finish_measure<O: Serialize, S: MeasureScore>(
 }
 
 fn measure_ms_ssim(args: MsSsimArgs) -> anyhow::Result<()> {
-    set_threads(args.common.threads)?;
-    let device = args.common.device.resolve()?;
-    let options = MsSsimOptions {
-        schedule: MeasureSchedule {
-            steps: args.steps,
-            batch_size: args.train_batch,
-            learning_rate: args.lr,
-            seed: args.common.seed,
-        },
+    let options = |seed| MsSsimOptions {
+        schedule: measure_schedule(args.steps, args.train_batch, args.lr, seed),
         width: args.width,
     };
-    let run =
-        MeasureRun { name: "ms-ssim", options: &options, method: ms_ssim::METHOD, raw_not_applicable: None };
-    let settings = args.common.settings(args.baselines);
-    let report = run_measure(&settings, run, device, Progress { visible: true }, |data, bar| {
-        ms_ssim::reconstruction_score(data, &options, device, bar)
-    })
-    .with_context(|| format!("cannot measure MS-SSIM of {}", settings.checkpoint.display()))?;
-    finish_measure(&report, &args.out)
+    measure(
+        args.common,
+        args.baselines,
+        &args.out,
+        "MS-SSIM",
+        options,
+        |options| MeasureRun { name: "ms-ssim", options, method: ms_ssim::METHOD, raw_not_applicable: None },
+        ms_ssim::reconstruction_score,
+    )
 }
 
 fn measure_mine(args: MineArgs) -> anyhow::Result<()> {
-    set_threads(args.common.threads)?;
-    let device = args.common.device.resolve()?;
-    let options = MineOptions {
-        schedule: MeasureSchedule {
-            steps: args.steps,
-            batch_size: args.train_batch,
-            learning_rate: args.lr,
-            seed: args.common.seed,
-        },
+    let options = |seed| MineOptions {
+        schedule: measure_schedule(args.steps, args.train_batch, args.lr, seed),
         units: args.units,
     };
-    let run = MeasureRun {
-        name: "mine",
-        options: &options,
-        method: mine::METHOD,
-        raw_not_applicable: Some("I(X; X) of continuous pixels is infinite; use --baselines random"),
-    };
-    let settings = args.common.settings(args.baselines);
-    let report = run_measure(&settings, run, device, Progress { visible: true }, |data, bar| {
-        mine::image_mine_score(data, &options, device, bar)
-    })
-    .with_context(|| format!("cannot measure MINE of {}", settings.checkpoint.display()))?;
-    finish_measure(&report, &args.out)
+    measure(
+        args.common,
+        args.baselines,
+        &args.out,
+        "MINE",
+        options,
+        |options| MeasureRun {
+            name: "mine",
+            options,
+            method: mine::METHOD,
+            raw_not_applicable: Some("I(X; X) of continuous pixels is infinite; use --baselines random"),
+        },
+        mine::image_mine_score,
+    )
 }
 
 fn measure_ndm(args: NdmArgs) -> anyhow::Result<()> {
-    set_threads(args.common.threads)?;
-    let device = args.common.device.resolve()?;
-    let options = NdmOptions {
-        schedule: MeasureSchedule {
-            steps: args.steps,
-            batch_size: args.train_batch,
-            learning_rate: args.lr,
-            seed: args.common.seed,
-        },
-    };
-    let run = MeasureRun { name: "ndm", options: &options, method: ndm::METHOD, raw_not_applicable: None };
-    let settings = args.common.settings(args.baselines);
-    let report = run_measure(&settings, run, device, Progress { visible: true }, |data, bar| {
-        ndm::feature_ndm_score(data, &options, device, bar)
-    })
-    .with_context(|| format!("cannot measure NDM of {}", settings.checkpoint.display()))?;
-    finish_measure(&report, &args.out)
+    let options =
+        |seed| NdmOptions { schedule: measure_schedule(args.steps, args.train_batch, args.lr, seed) };
+    measure(
+        args.common,
+        args.baselines,
+        &args.out,
+        "NDM",
+        options,
+        |options| MeasureRun { name: "ndm", options, method: ndm::METHOD, raw_not_applicable: None },
+        ndm::feature_ndm_score,
+    )
 }
 
 fn train_supervised(args: SupervisedArgs) -> anyhow::Result<()> {
     set_threads(args.threads)?;
     let job = SupervisedJob {
         data: args.data,
-        format: args.format,
+        format: args.format.format,
         encoder: EncoderConfig::new(args.preset, args.channels)?,
         resize: args.resize,
         background: args.background,
@@ -693,7 +683,7 @@ fn train_supervised(args: SupervisedArgs) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !dim_train::heap::keep_freed_tensor_memory() {
+    if !dim_train::fit::heap::keep_freed_tensor_memory() {
         eprintln!("warning: glibc refused the heap settings; running on, with more page faults");
     }
     let result = match cli.command {

@@ -2,17 +2,17 @@
 //! writes checkpoints (weights, optimiser state, config and a per-epoch log) to a directory.
 
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use dim_models::Preset;
 use dim_models::preprocess::{Background, ResizePolicy};
-use dim_train::data::{CachePolicy, DataFormat};
-use dim_train::device::DeviceRequest;
-use dim_train::estimators::Estimator;
-use dim_train::objective::{GlobalToGlobal, Levers, Mode};
-use dim_train::retrieval_check::RetrievalCheck;
-use dim_train::settings::TrainSettings;
-use dim_train::trainer::{self, RunEnd, RunOptions};
-use dim_train::views::{ViewAugmentation, ViewMode};
+use dim_train::cli::{DeviceArg, FormatArg};
+use dim_train::data::CachePolicy;
+use dim_train::data::views::{ViewAugmentation, ViewMode};
+use dim_train::fit::retrieval_check::RetrievalCheck;
+use dim_train::fit::settings::TrainSettings;
+use dim_train::fit::trainer::{self, Resume, RunEnd, RunOptions};
+use dim_train::model::estimators::Estimator;
+use dim_train::model::objective::{GlobalToGlobal, Levers, Mode};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -28,9 +28,8 @@ struct Args {
     /// images.
     #[arg(long, required_unless_present = "resume")]
     data: Option<PathBuf>,
-    /// Data format.
-    #[arg(long, value_enum, default_value_t = DataFormat::Auto)]
-    format: DataFormat,
+    #[command(flatten)]
+    format: FormatArg,
     /// Encoder architecture: basic32x32, basic64x64, alex64x64, or the ResNets resnet19_32x32,
     /// resnet34_32x32 and foldresnet19_32x32 (on 7×7 strided 8×8 crops).
     #[arg(long, default_value = "basic32x32")]
@@ -85,9 +84,8 @@ struct Args {
     /// Random crops after padding each side by this many pixels.
     #[arg(long, default_value_t = 0)]
     crop_padding: usize,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    device: DeviceRequest,
+    #[command(flatten)]
+    device: DeviceArg,
     /// CPU threads for libtorch (default: libtorch's choice).
     #[arg(long)]
     threads: Option<usize>,
@@ -179,10 +177,9 @@ struct Args {
     quiet: bool,
 }
 
-fn settings_from(args: &Args) -> anyhow::Result<TrainSettings> {
-    if let Some(dir) = &args.resume {
-        let mut settings =
-            trainer::resume_settings(dir).with_context(|| format!("cannot resume from {}", dir.display()))?;
+fn settings_from(args: &Args, resume: Option<&Resume>) -> anyhow::Result<TrainSettings> {
+    if let Some(resume) = resume {
+        let mut settings = resume.settings().clone();
         if let Some(epochs) = args.epochs {
             settings.epochs = epochs;
         }
@@ -196,9 +193,8 @@ fn settings_from(args: &Args) -> anyhow::Result<TrainSettings> {
     weights.alpha = args.alpha.unwrap_or(weights.alpha);
     weights.beta = args.beta.unwrap_or(weights.beta);
     weights.gamma = args.gamma.unwrap_or(weights.gamma);
-    let format = args.format.to_possible_value().expect("every format has a name");
     Ok(TrainSettings {
-        format: format.get_name().to_string(),
+        format: args.format.format,
         preset: args.preset,
         channels: args.channels,
         resize: args.resize,
@@ -239,7 +235,12 @@ fn settings_from(args: &Args) -> anyhow::Result<TrainSettings> {
 }
 
 fn run(args: &Args) -> anyhow::Result<RunEnd> {
-    let settings = settings_from(args)?;
+    let resume = args
+        .resume
+        .as_deref()
+        .map(|dir| Resume::read(dir).with_context(|| format!("cannot resume from {}", dir.display())))
+        .transpose()?;
+    let settings = settings_from(args, resume.as_ref())?;
     settings.validate()?;
     let out_dir = match (&args.out, &args.resume) {
         (Some(out), _) => out.clone(),
@@ -294,11 +295,10 @@ fn run(args: &Args) -> anyhow::Result<RunEnd> {
     }
 
     let retrieval = if args.retrieval_every > 0 {
-        let format = DataFormat::from_str(&settings.format, true).unwrap_or(DataFormat::Auto);
         let check = RetrievalCheck::open(
             &settings.data,
             args.retrieval_data.as_deref(),
-            format,
+            settings.format,
             dataset.input_spec(),
             &*dataset,
             args.retrieval_images,
@@ -335,7 +335,7 @@ fn run(args: &Args) -> anyhow::Result<RunEnd> {
         decoded_cache: args.decoded_cache,
         retrieval,
     };
-    let outcome = trainer::train(&settings, dataset, args.resume.as_deref(), &options)?;
+    let outcome = trainer::train(&settings, dataset, resume.as_ref(), &options)?;
     for record in &outcome.epochs {
         eprintln!(
             "epoch {}: loss {:.4}, MI {:.4} nats, {:.0} images/s, {:.1} s",
@@ -359,7 +359,7 @@ fn run(args: &Args) -> anyhow::Result<RunEnd> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if !dim_train::heap::keep_freed_tensor_memory() {
+    if !dim_train::fit::heap::keep_freed_tensor_memory() {
         eprintln!("warning: glibc refused the heap settings; running on, with more page faults");
     }
     match run(&args) {

@@ -1,7 +1,7 @@
 //! Training and evaluation data: IDX (MNIST/Fashion-MNIST), CIFAR-10/100 and STL-10 binaries
 //! and image folders, all yielding CHW f32 images in [0, 1] fitted to the encoder's input, plus a
-//! batch loader that shuffles by seed, decodes in parallel and prefetches, and a cache that
-//! decodes each image file only once per run.
+//! batch loader that shuffles by seed, decodes in parallel and prefetches, a cache that decodes
+//! each image file only once per run, and the augmented [`views`] of cross-view training.
 
 mod cifar;
 mod decoded_cache;
@@ -10,6 +10,7 @@ mod folder;
 mod idx;
 mod loader;
 mod stl10;
+pub mod views;
 
 pub use cifar::{CifarDataset, CifarKind};
 pub use decoded_cache::{CACHE_FILE, CachePolicy, DecodedCache};
@@ -115,6 +116,25 @@ pub enum DataFormat {
     Stl10WithUnlabelled,
     /// A folder of image files, labelled by first-level subfolder when every image has one.
     Folder,
+}
+
+/// Serialised by its command-line name (`"idx"`, `"stl10-with-unlabelled"`), as checkpoints and
+/// reports record it.
+impl serde::Serialize for DataFormat {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use clap::ValueEnum;
+        let value = self.to_possible_value().expect("every data format has a name");
+        serializer.serialize_str(value.get_name())
+    }
+}
+
+/// Read by its command-line name, in any case.
+impl<'de> serde::Deserialize<'de> for DataFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use clap::ValueEnum;
+        let name = <String as serde::Deserialize>::deserialize(deserializer)?;
+        DataFormat::from_str(&name, true).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Which part of a dataset with a fixed train/test split to read. Image folders have no split

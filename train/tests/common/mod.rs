@@ -2,7 +2,7 @@
 //! run options of a quiet CPU run.
 
 use dim_train::data::CachePolicy;
-use dim_train::trainer::RunOptions;
+use dim_train::fit::trainer::RunOptions;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -3,8 +3,8 @@
 //! cosine search, and precision@k goes into `train_log.jsonl` and the progress line.
 
 use crate::data::{DataFormat, Dataset, Split, open_dataset};
-use crate::encoder::Encoder;
-use crate::features::{LabelledImages, Tap, encoder_features, read_labelled_images};
+use crate::eval::features::{LabelledImages, Tap, encoder_features, read_labelled_images};
+use crate::model::encoder::Encoder;
 use dim_models::preprocess::InputSpec;
 use dim_vectors::distance::Metric;
 use dim_vectors::retrieval::{nearest_neighbours, score};
@@ -44,7 +44,7 @@ pub enum RetrievalCheckError {
     NoHeldOutSplit(String),
     /// The split is unlabelled, empty or of another shape.
     #[error(transparent)]
-    Features(#[from] crate::features::FeatureError),
+    Features(#[from] crate::eval::features::FeatureError),
     /// Too few images to search.
     #[error("the held-out split has {0} readable image(s); retrieval needs at least 2")]
     TooFew(usize),

@@ -7,7 +7,7 @@ pub mod knn;
 pub mod linear;
 pub mod mlp;
 
-use crate::features::standardise;
+use crate::eval::features::standardise;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use tch::{Device, Kind, Tensor};

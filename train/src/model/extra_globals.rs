@@ -3,7 +3,7 @@
 //! besides Y, each scored against every location by the local critic. The module is a training aid
 //! only: its variables live under their own prefix, outside the exported encoder's.
 
-use crate::encoder::batch_norm_config;
+use crate::model::encoder::batch_norm_config;
 use tch::{Tensor, nn};
 
 /// Variable prefix of the extra-globals layer.

@@ -43,7 +43,7 @@ pub fn train_linear_probe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probes::test_data::{probe_data, separable};
+    use crate::eval::probes::test_data::{probe_data, separable};
     use tch::{Kind, Tensor};
 
     fn quick_schedule() -> TrainingSchedule {

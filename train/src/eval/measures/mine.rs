@@ -5,12 +5,12 @@
 //! The critic is separable, T(x, y) = ⟨φ(x), ψ(y)⟩ ("encode and dot", as DIM's own critics):
 //! φ is a freshly initialised encoder of the checkpoint's preset followed by a linear layer (or an
 //! MLP when X is a vector), ψ an MLP. One batch then scores every x against every y, and the DV
-//! estimator of [`crate::estimators`] takes the diagonal as samples of the joint and the rest as
+//! estimator of [`crate::model::estimators`] takes the diagonal as samples of the joint and the rest as
 //! samples of the product of marginals.
 
 use super::{MeasureError, MeasureSchedule, MeasureScore, TapData, ensure_finite, forward_in_chunks};
-use crate::encoder::Encoder;
-use crate::estimators::Estimator;
+use crate::model::encoder::Encoder;
+use crate::model::estimators::Estimator;
 use dim_models::EncoderConfig;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
@@ -219,7 +219,7 @@ mod tests {
     }
 
     fn estimate(rho: f64) -> MineScore {
-        crate::measures::tests::single_threaded();
+        crate::eval::measures::tests::single_threaded();
         // Seeded numbers: no other test may draw from the generator while this one trains.
         let _turn = crate::torch_generator::exclusive();
         tch::manual_seed(21);

@@ -3,17 +3,17 @@
 //! `train_log.jsonl`, checkpoints at every epoch end and on interruption, resumes exactly, and
 //! stops on a non-finite loss without overwriting the last good checkpoint.
 
-use crate::checkpoint::{self, CheckpointIoError};
+use crate::data::views::{ViewMode, make_views};
 use crate::data::{
     Augment, CachePolicy, DataError, Dataset, DecodedCache, LoaderOptions, Sample, batches_per_epoch,
     epoch_batches,
 };
-use crate::objective::DimModel;
-use crate::optim::{Adam, OptimizerStateError};
-use crate::prior::PRIOR_PREFIX;
-use crate::retrieval_check::{RetrievalCheck, RetrievalCheckError};
-use crate::settings::{SettingsError, TrainSettings, TrainingState};
-use crate::views::{ViewMode, make_views};
+use crate::fit::checkpoint::{self, CheckpointIoError};
+use crate::fit::optim::{Adam, OptimizerStateError};
+use crate::fit::retrieval_check::{RetrievalCheck, RetrievalCheckError};
+use crate::fit::settings::{SettingsError, TrainSettings, TrainingState};
+use crate::model::objective::DimModel;
+use crate::model::prior::PRIOR_PREFIX;
 use dim_models::EncoderConfig;
 use dim_models::atomic_file::{self, StagedFile};
 use dim_models::checkpoint::{CHECKPOINT_FORMAT_VERSION, CheckpointConfig};
@@ -440,16 +440,13 @@ impl Session {
 
 /// Opens the dataset named by the settings, cut to `--limit`.
 pub fn open_training_data(settings: &TrainSettings) -> Result<Arc<dyn Dataset>, TrainError> {
-    use clap::ValueEnum;
-    let format = crate::data::DataFormat::from_str(&settings.format, true)
-        .map_err(|_| SettingsError::Invalid(format!("unknown data format `{}`", settings.format)))?;
     let spec = InputSpec {
         channels: settings.channels,
         size: settings.preset.input_size(),
         resize: settings.resize,
         background: settings.background,
     };
-    let dataset = crate::data::open_dataset(&settings.data, format, crate::data::Split::Train, spec)
+    let dataset = crate::data::open_dataset(&settings.data, settings.format, crate::data::Split::Train, spec)
         .map_err(TrainError::Data)?;
     Ok(match settings.limit {
         Some(limit) => Arc::new(Prefix { inner: dataset, limit }),
@@ -457,20 +454,38 @@ pub fn open_training_data(settings: &TrainSettings) -> Result<Arc<dyn Dataset>, 
     })
 }
 
-/// Reads the settings saved in a checkpoint directory, to resume it.
-pub fn resume_settings(dir: &Path) -> Result<TrainSettings, TrainError> {
-    checkpoint::recover_interrupted_save(dir, &[LOG_FILE])?;
-    let config = CheckpointConfig::read(dir).map_err(CheckpointIoError::from)?;
-    let state: TrainingState = serde_json::from_value(config.training).map_err(TrainError::ResumeSettings)?;
-    Ok(state.settings)
+/// A checkpoint to continue, read once: its directory, its config and the training state saved
+/// in it.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    dir: PathBuf,
+    config: CheckpointConfig,
+    state: TrainingState,
 }
 
-/// Trains on `dataset` with `settings`, continuing the checkpoint in `resume` when given, and
+impl Resume {
+    /// Reads the checkpoint in `dir`, first completing or rolling back a save that an
+    /// interruption left unfinished.
+    pub fn read(dir: &Path) -> Result<Self, TrainError> {
+        checkpoint::recover_interrupted_save(dir, &[LOG_FILE])?;
+        let config = CheckpointConfig::read(dir).map_err(CheckpointIoError::from)?;
+        let state: TrainingState =
+            serde_json::from_value(config.training.clone()).map_err(TrainError::ResumeSettings)?;
+        Ok(Resume { dir: dir.to_path_buf(), config, state })
+    }
+
+    /// The settings the run was saved with.
+    pub fn settings(&self) -> &TrainSettings {
+        &self.state.settings
+    }
+}
+
+/// Trains on `dataset` with `settings`, continuing the checkpoint read as `resume` when given, and
 /// checkpointing into `options.out_dir`.
 pub fn train(
     settings: &TrainSettings,
     dataset: Arc<dyn Dataset>,
-    resume: Option<&Path>,
+    resume: Option<&Resume>,
     options: &RunOptions,
 ) -> Result<TrainOutcome, TrainError> {
     settings.validate()?;
@@ -491,18 +506,14 @@ pub fn train(
         DecodedCache::wrap(dataset, options.decoded_cache, &options.out_dir).map_err(TrainError::Data)?;
     let mut session =
         Session::new(settings.clone(), options.device, options.channels_last, dataset.fingerprint())?;
-    if let Some(dir) = resume {
-        checkpoint::recover_interrupted_save(dir, &[LOG_FILE])?;
-        let config = CheckpointConfig::read(dir).map_err(CheckpointIoError::from)?;
+    if let Some(Resume { dir, config, state }) = resume {
         if config.data_fingerprint != session.data_fingerprint {
             return Err(TrainError::DataChanged {
-                expected: config.data_fingerprint,
+                expected: config.data_fingerprint.clone(),
                 found: session.data_fingerprint,
             });
         }
-        let state: TrainingState =
-            serde_json::from_value(config.training.clone()).map_err(TrainError::ResumeSettings)?;
-        session.restore(dir, &config, state.batches_into_epoch)?;
+        session.restore(dir, config, state.batches_into_epoch)?;
     }
 
     let spec = dataset.input_spec();

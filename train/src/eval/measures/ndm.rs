@@ -162,7 +162,7 @@ mod tests {
     use super::*;
 
     fn estimate(features: impl Fn(i64) -> Tensor) -> NdmScore {
-        crate::measures::tests::single_threaded();
+        crate::eval::measures::tests::single_threaded();
         tch::manual_seed(5);
         let (train, test) = (features(2000), features(1000));
         let options = NdmOptions {

@@ -3,12 +3,12 @@
 //! loaded or across two augmented views, with the optional levers (occlusion of the global view,
 //! extra global vectors, AMDIM's score stabilisers).
 
-use crate::critics::{GlobalCritic, LocalCritic, ViewCritic};
-use crate::encoder::{Encoder, Statistics};
-use crate::estimators::{Estimator, MiEstimate, ScoreStabiliser, global_to_global};
-use crate::extra_globals::ExtraGlobals;
-use crate::occlusion::Occlusion;
-use crate::prior::Discriminator;
+use crate::model::critics::{GlobalCritic, LocalCritic, ViewCritic};
+use crate::model::encoder::{Encoder, Statistics};
+use crate::model::estimators::{Estimator, MiEstimate, ScoreStabiliser, global_to_global};
+use crate::model::extra_globals::ExtraGlobals;
+use crate::model::occlusion::Occlusion;
+use crate::model::prior::Discriminator;
 use dim_models::EncoderConfig;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor, nn};

@@ -3,7 +3,7 @@
 //! `optimizer.safetensors` with the Adam states, and `config.json`, each written atomically and
 //! config.json last, so a directory with a config always holds a complete checkpoint.
 
-use crate::encoder::Encoder;
+use crate::model::encoder::Encoder;
 use dim_models::atomic_file;
 use dim_models::checkpoint::{CONFIG_FILE, CheckpointConfig, CheckpointError, OPTIMIZER_FILE, WEIGHTS_FILE};
 use dim_models::parameters::ENCODER_PREFIX;
@@ -247,7 +247,7 @@ mod tests {
         let encoder_config = EncoderConfig::new(Preset::Basic32x32, 1).unwrap();
         let store = nn::VarStore::new(Device::Cpu);
         let encoder = Encoder::new(&store.root(), encoder_config);
-        let _critic = crate::critics::LocalCritic::new(&store.root(), 128, 64, 16);
+        let _critic = crate::model::critics::LocalCritic::new(&store.root(), 128, 64, 16);
         // A training-mode pass moves the BatchNorm running statistics off their initial values.
         let images = Tensor::rand([4, 1, 32, 32], (Kind::Float, Device::Cpu));
         let _ = encoder.forward_taps(&images, true);
@@ -262,7 +262,7 @@ mod tests {
         assert_eq!(load_optimizer_state(dir.path()).unwrap()["opt.step"].int64_value(&[]), 7);
 
         let other = nn::VarStore::new(Device::Cpu);
-        let _bigger_critic = crate::critics::LocalCritic::new(&other.root(), 128, 64, 32);
+        let _bigger_critic = crate::model::critics::LocalCritic::new(&other.root(), 128, 64, 32);
         assert!(matches!(load_weights(dir.path(), &other), Err(CheckpointIoError::Shape { .. })));
     }
 

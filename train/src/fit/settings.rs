@@ -1,11 +1,12 @@
 //! The trainer's settings: everything that determines a training run's result, checked once and
 //! saved in every checkpoint's config so a run can be resumed or reproduced exactly.
 
-use crate::estimators::Estimator;
-use crate::estimators::ScoreStabiliser;
-use crate::objective::{GlobalToGlobal, Levers, Mode, ObjectiveWeights};
-use crate::optim::AdamConfig;
-use crate::views::{ViewAugmentation, ViewMode};
+use crate::data::DataFormat;
+use crate::data::views::{ViewAugmentation, ViewMode};
+use crate::fit::optim::AdamConfig;
+use crate::model::estimators::Estimator;
+use crate::model::estimators::ScoreStabiliser;
+use crate::model::objective::{GlobalToGlobal, Levers, Mode, ObjectiveWeights};
 use dim_models::Preset;
 use dim_models::preprocess::{Background, ResizePolicy};
 use serde::{Deserialize, Serialize};
@@ -16,8 +17,8 @@ use std::path::PathBuf;
 pub struct TrainSettings {
     /// Dataset path (directory or file).
     pub data: PathBuf,
-    /// Dataset format name (`auto`, `idx`, `cifar10`, `cifar100`, `folder`).
-    pub format: String,
+    /// Dataset format (saved by its command-line name: `auto`, `idx`, `cifar10`, ...).
+    pub format: DataFormat,
     /// Encoder architecture.
     pub preset: Preset,
     /// Input channels (1 or 3).
@@ -96,7 +97,7 @@ impl TrainSettings {
         let adam = AdamConfig::dim_default();
         TrainSettings {
             data,
-            format: "auto".into(),
+            format: DataFormat::Auto,
             preset: Preset::Basic32x32,
             channels: 1,
             resize: ResizePolicy::Pad,

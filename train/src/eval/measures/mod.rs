@@ -8,13 +8,12 @@ pub mod mine;
 pub mod ms_ssim;
 pub mod ndm;
 
-use crate::data::DataFormat;
-use crate::encoder::Encoder;
-use crate::evaluation::{
-    Baseline, CheckpointSummary, EvalError, LoadedEncoders, Progress, SplitSummary, load_encoders,
-    open_splits, read_split, utc_timestamp,
+use crate::eval::features::{LabelledImages, Tap, standardise};
+use crate::eval::harness::{
+    Baseline, CheckpointSummary, EvalError, EvalSource, Extraction, Progress, ReadSplits, Sampling,
+    SplitSummary, load_encoders, read_splits, utc_timestamp,
 };
-use crate::features::{LabelledImages, Tap, encoder_features, pixel_features, random_encoder, standardise};
+use crate::model::encoder::Encoder;
 use dim_models::EncoderConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -24,15 +23,10 @@ use tch::{Device, Kind, Tensor};
 /// Which data a measure's run reads, and which models it scores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MeasureSettings {
-    /// The DIM checkpoint.
-    pub checkpoint: PathBuf,
-    /// Dataset: the measure's networks train on its train split and are scored on its test split.
-    pub data: PathBuf,
-    /// A separate held-out dataset, for sources without a test split (image folders).
-    pub test_data: Option<PathBuf>,
-    /// Dataset format.
-    #[serde(with = "crate::evaluation::data_format_name")]
-    pub format: DataFormat,
+    /// The DIM checkpoint and the dataset: the measure's networks train on its train split and
+    /// are scored on its test split.
+    #[serde(flatten)]
+    pub source: EvalSource,
     /// Encoder taps measured.
     pub taps: Vec<Tap>,
     /// Unlearned baselines measured beside the checkpoint.
@@ -41,12 +35,10 @@ pub struct MeasureSettings {
     pub supervised: Option<PathBuf>,
     /// Train examples read (a seeded subset); all when `None`.
     pub limit_train: Option<usize>,
-    /// Test examples read (a seeded subset); all when `None`.
-    pub limit_test: Option<usize>,
-    /// Seeds the subsets and the random encoder.
-    pub seed: u64,
-    /// Images per encoder forward pass during feature extraction.
-    pub batch_size: usize,
+    /// The test subset, the seed of the subsets and the random encoder, and the
+    /// feature-extraction batch size.
+    #[serde(flatten)]
+    pub sampling: Sampling,
 }
 
 /// Minibatch schedule of a measure's own network (decoder, critic or discriminator).
@@ -314,29 +306,22 @@ pub fn run_measure<O: Clone + Serialize, S: MeasureScore>(
     if taps.is_empty() && !settings.baselines.contains(&Baseline::Raw) {
         return Err(MeasureError::Option("no encoder taps and no raw-pixel baseline selected".into()));
     }
-    let LoadedEncoders { store: _store, encoder, config, checkpoint, supervised } =
-        load_encoders(&settings.checkpoint, settings.supervised.as_deref(), device)?;
+    let models = load_encoders(&settings.source.checkpoint, settings.supervised.as_deref(), device)?;
+    let encoder_config = models.config.encoder;
+    let ReadSplits { train: (train_summary, train), test: (test_summary, test), .. } = read_splits(
+        &settings.source,
+        settings.limit_train,
+        &settings.sampling,
+        models.config.input_spec(),
+        progress,
+    )?;
 
-    let splits =
-        open_splits(&settings.data, settings.test_data.as_deref(), settings.format, config.input_spec())?;
-    let (train_summary, train) =
-        read_split(&*splits.train, settings.limit_train, settings.seed, "reading train split", progress)?;
-    let (test_summary, test) =
-        read_split(&*splits.test, settings.limit_test, settings.seed, "reading test split", progress)?;
-
+    let extraction = Extraction { taps: &taps, batch_size: settings.sampling.batch_size, device, progress };
     let mut entries = Vec::new();
-    let mut measure_model = |model: &str, encoder: Option<&Encoder>| -> Result<(), MeasureError> {
+    let measure_model = |model: &str, encoder: Option<&Encoder>| -> Result<(), MeasureError> {
         let features = |images: &LabelledImages, split: &str| -> Result<Vec<(Tap, Tensor)>, MeasureError> {
-            Ok(match encoder {
-                Some(encoder) => {
-                    let bar = progress.bar(format!("{model} features, {split}"));
-                    let features =
-                        encoder_features(encoder, &images.images, &taps, settings.batch_size, device, &bar);
-                    bar.finish_and_clear();
-                    features.map_err(EvalError::from)?
-                }
-                None => vec![(Tap::Pixels, pixel_features(&images.images))],
-            })
+            let features = extraction.features(encoder, images, || format!("{model} features, {split}"));
+            Ok(features.map_err(EvalError::from)?)
         };
         for ((tap, train_features), (_, test_features)) in
             features(&train, "train")?.into_iter().zip(features(&test, "test")?)
@@ -348,7 +333,7 @@ pub fn run_measure<O: Clone + Serialize, S: MeasureScore>(
                 test_features,
                 train_images: &train.images,
                 test_images: &test.images,
-                encoder: config.encoder,
+                encoder: encoder_config,
             };
             let bar = progress.bar(format!("{} on {model}/{tap}", run.name));
             let started = Instant::now();
@@ -371,27 +356,15 @@ pub fn run_measure<O: Clone + Serialize, S: MeasureScore>(
         Ok(())
     };
 
-    if !taps.is_empty() {
-        measure_model("checkpoint", Some(&encoder))?;
-        if let Some((_, supervised_encoder, _)) = &supervised {
-            measure_model("supervised", Some(supervised_encoder))?;
-        }
-        if settings.baselines.contains(&Baseline::Random) {
-            let (_random_store, random) = random_encoder(config.encoder, settings.seed, device);
-            measure_model("random", Some(&random))?;
-        }
-    }
-    if settings.baselines.contains(&Baseline::Raw) {
-        measure_model("raw", None)?;
-    }
+    models.for_each_model(&taps, &settings.baselines, settings.sampling.seed, device, measure_model)?;
 
     Ok(MeasureReport {
         measure: run.name.into(),
         settings: settings.clone(),
         options: run.options.clone(),
         method: run.method.into(),
-        checkpoint,
-        supervised: supervised.map(|(_, _, summary)| summary),
+        checkpoint: models.checkpoint,
+        supervised: models.supervised.map(|(_, _, summary)| summary),
         train: train_summary,
         test: test_summary,
         device: format!("{device:?}"),
@@ -440,7 +413,8 @@ pub(crate) mod tests {
     pub(crate) fn single_threaded() {
         tch::set_num_threads(1);
     }
-    use crate::evaluation::tests::{write_checkpoint, write_checkpoint_with_channels, write_idx};
+    use crate::data::DataFormat;
+    use crate::eval::harness::tests::{write_checkpoint, write_checkpoint_with_channels, write_idx};
 
     pub(crate) fn settings(dir: &Path, taps: Vec<Tap>, baselines: Vec<Baseline>) -> MeasureSettings {
         let data = dir.join("data");
@@ -450,17 +424,12 @@ pub(crate) mod tests {
         let checkpoint = dir.join("checkpoint");
         write_checkpoint(&checkpoint);
         MeasureSettings {
-            checkpoint,
-            data,
-            test_data: None,
-            format: DataFormat::Auto,
+            source: EvalSource { checkpoint, data, test_data: None, format: DataFormat::Auto },
             taps,
             baselines,
             supervised: None,
             limit_train: None,
-            limit_test: Some(16),
-            seed: 0,
-            batch_size: 32,
+            sampling: Sampling { limit_test: Some(16), seed: 0, batch_size: 32 },
         }
     }
 
@@ -549,7 +518,7 @@ pub(crate) mod tests {
         assert!(matches!(err, MeasureError::Eval(EvalError::SupervisedInput { .. })), "{err}");
 
         settings.supervised = None;
-        settings.checkpoint = dir.path().join("nowhere");
+        settings.source.checkpoint = dir.path().join("nowhere");
         let err =
             run_measure(&settings, run(), Device::Cpu, Progress { visible: false }, measure).unwrap_err();
         assert!(err.to_string().contains("nowhere"), "{err}");

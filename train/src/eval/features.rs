@@ -3,7 +3,7 @@
 //! baselines' features (raw pixels, and a randomly initialised encoder of the same shape).
 
 use crate::data::Dataset;
-use crate::encoder::Encoder;
+use crate::model::encoder::Encoder;
 use dim_models::EncoderConfig;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;

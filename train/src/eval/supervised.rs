@@ -6,11 +6,11 @@
 //! trains, and a classifier on Y means every tap the probes read (conv, fc and Y) is shaped by
 //! the labels. A classifier on fc would leave Y's weights at their random initialisation.
 
-use crate::checkpoint::{CheckpointIoError, save_checkpoint};
 use crate::data::{DataError, DataFormat, Dataset, LoaderOptions, Split, epoch_batches, open_dataset};
-use crate::encoder::Encoder;
-use crate::evaluation::Progress;
-use crate::features::{FeatureError, read_labelled_images};
+use crate::eval::features::{FeatureError, read_labelled_images};
+use crate::eval::harness::Progress;
+use crate::fit::checkpoint::{CheckpointIoError, save_checkpoint};
+use crate::model::encoder::Encoder;
 use dim_models::EncoderConfig;
 use dim_models::checkpoint::CONFIG_FILE;
 use dim_models::checkpoint::{CHECKPOINT_FORMAT_VERSION, CheckpointConfig};
@@ -237,7 +237,7 @@ impl SupervisedModel {
         correct as f64 / rows.max(1) as f64
     }
 
-    /// Writes a checkpoint directory through [`crate::checkpoint::save_checkpoint`]:
+    /// Writes a checkpoint directory through [`crate::fit::checkpoint::save_checkpoint`]:
     /// `weights.safetensors` with the `encoder.*` and `classifier.*` tensors, and `config.json`.
     /// The optimiser state file is written empty: tch's Adam does not expose its moments, and a
     /// supervised baseline is not resumed.
@@ -363,8 +363,8 @@ pub fn run_supervised_job(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::read_labelled_images;
-    use crate::features::tests::GeneratedImages;
+    use crate::eval::features::read_labelled_images;
+    use crate::eval::features::tests::GeneratedImages;
     use dim_models::Preset;
 
     #[test]
@@ -409,7 +409,7 @@ mod tests {
         assert!(expected.iter().all(|p| names.contains(&p.name.as_str())), "{names:?}");
         assert!(names.contains(&"classifier.linear.weight"));
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 3, "no temporary files are left behind");
-        let (_store, loaded, _) = crate::checkpoint::load_encoder(&out, Device::Cpu).unwrap();
+        let (_store, loaded, _) = crate::fit::checkpoint::load_encoder(&out, Device::Cpu).unwrap();
         let _guard = tch::no_grad_guard();
         let images = split.images.narrow(0, 0, 4);
         let original = model.encoder().forward_taps(&images, false).y;

@@ -3,7 +3,7 @@
 //! whole of M. Scores come out as `[N, N, L]` for the estimators. The view critic embeds Y for
 //! the global-to-global term across two augmented views.
 
-use crate::encoder::{TrunkLayer, batch_norm_config};
+use crate::model::encoder::{TrunkLayer, batch_norm_config};
 use dim_models::{EncoderConfig, LayerKind};
 use tch::{Kind, Tensor, nn, nn::Module};
 
@@ -176,7 +176,7 @@ impl GlobalCritic {
 }
 
 /// View critic: embeds the global vectors of two views, `Y → φ(Y)` with the local critic's block
-/// shape, for [`crate::estimators::global_to_global`].
+/// shape, for [`crate::model::estimators::global_to_global`].
 #[derive(Debug)]
 pub struct ViewCritic {
     block: EncodeBlock,

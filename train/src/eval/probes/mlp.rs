@@ -325,8 +325,8 @@ pub fn train_mlp_probe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probes::linear::train_linear_probe;
-    use crate::probes::test_data::{probe_data, separable, xor};
+    use crate::eval::probes::linear::train_linear_probe;
+    use crate::eval::probes::test_data::{probe_data, separable, xor};
 
     #[test]
     fn learns_xor_which_the_linear_probe_cannot() {

@@ -5,13 +5,13 @@
 //! are dim-vectors' precision@k (micro and macro), mAP@k and k-NN accuracy, so they are the
 //! numbers `dim-search retrieval` gives for the same vectors.
 
-use crate::data::{DataError, DataFormat, Split, open_dataset};
-use crate::encoder::Encoder;
-use crate::evaluation::{
-    Baseline, CheckpointSummary, EvalError, LoadedEncoders, Progress, SplitSummary, load_encoders,
-    read_split, utc_timestamp,
+use crate::data::{DataError, Split, open_dataset};
+use crate::eval::features::{LabelledImages, Tap};
+use crate::eval::harness::{
+    Baseline, CheckpointSummary, EvalError, EvalSource, Extraction, Progress, Sampling, SplitSummary,
+    load_encoders, read_split, utc_timestamp,
 };
-use crate::features::{LabelledImages, Tap, encoder_features, pixel_features, random_encoder};
+use crate::model::encoder::Encoder;
 use dim_vectors::distance::Metric;
 use dim_vectors::post_process::{Pca, PcaSpec, PostProcessError};
 use dim_vectors::retrieval::{RetrievalError, RetrievalRun};
@@ -22,15 +22,10 @@ use tch::{Device, Kind, Tensor};
 /// Everything a retrieval run needs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RetrievalSettings {
-    /// The DIM checkpoint.
-    pub checkpoint: PathBuf,
-    /// Dataset: its test split is searched, its train split fits the post-processing.
-    pub data: PathBuf,
-    /// A separate dataset to search, for sources without a test split (image folders).
-    pub test_data: Option<PathBuf>,
-    /// Dataset format.
-    #[serde(with = "crate::evaluation::data_format_name")]
-    pub format: DataFormat,
+    /// The DIM checkpoint and the dataset: its test split is searched, its train split fits the
+    /// post-processing.
+    #[serde(flatten)]
+    pub source: EvalSource,
     /// Encoder taps to score.
     pub taps: Vec<Tap>,
     /// Unlearned baselines scored beside the checkpoint.
@@ -45,12 +40,10 @@ pub struct RetrievalSettings {
     pub post_process: Option<PcaSpec>,
     /// Train examples the post-processing is fitted on (a seeded subset); all when `None`.
     pub limit_fit: Option<usize>,
-    /// Test examples searched (a seeded subset); all when `None`.
-    pub limit_test: Option<usize>,
-    /// Seeds the subsets and the random encoder.
-    pub seed: u64,
-    /// Images per encoder forward pass.
-    pub batch_size: usize,
+    /// The searched subset, the seed of the subsets and the random encoder, and the
+    /// feature-extraction batch size.
+    #[serde(flatten)]
+    pub sampling: Sampling,
 }
 
 /// Why a retrieval evaluation failed.
@@ -128,24 +121,25 @@ pub fn evaluate_retrieval(
     progress: Progress,
 ) -> Result<RetrievalReport, RetrievalEvalError> {
     let taps: Vec<Tap> = settings.taps.iter().copied().filter(|&t| t != Tap::Pixels).collect();
-    let LoadedEncoders { store: _store, encoder, config, checkpoint, supervised } =
-        load_encoders(&settings.checkpoint, settings.supervised.as_deref(), device)?;
+    let source = &settings.source;
+    let models = load_encoders(&source.checkpoint, settings.supervised.as_deref(), device)?;
 
-    let spec = config.input_spec();
+    let spec = models.config.input_spec();
     let open = |path: &Path, split: Split, name: &'static str| {
-        open_dataset(path, settings.format, split, spec).map_err(|source: DataError| EvalError::Data {
+        open_dataset(path, source.format, split, spec).map_err(|source: DataError| EvalError::Data {
             path: path.into(),
             split: name,
             source: Box::new(source),
         })
     };
-    let searched_set = open(settings.test_data.as_deref().unwrap_or(&settings.data), Split::Test, "test")?;
+    let seed = settings.sampling.seed;
+    let searched_set = open(source.test_data.as_deref().unwrap_or(&source.data), Split::Test, "test")?;
     let (searched_summary, searched) =
-        read_split(&*searched_set, settings.limit_test, settings.seed, "reading searched split", progress)?;
+        read_split(&*searched_set, settings.sampling.limit_test, seed, "reading searched split", progress)?;
     let fit = match settings.post_process {
         None => None,
         Some(_) => {
-            let train_set = open(&settings.data, Split::Train, "train")?;
+            let train_set = open(&source.data, Split::Train, "train")?;
             if train_set.fingerprint() == searched_set.fingerprint() {
                 progress.note(format!(
                     "{} has no separate train split: the post-processing is fitted on the searched images",
@@ -153,13 +147,8 @@ pub fn evaluate_retrieval(
                 ));
                 Some((searched_summary.clone(), None))
             } else {
-                let (summary, images) = read_split(
-                    &*train_set,
-                    settings.limit_fit,
-                    settings.seed,
-                    "reading train split",
-                    progress,
-                )?;
+                let (summary, images) =
+                    read_split(&*train_set, settings.limit_fit, seed, "reading train split", progress)?;
                 Some((summary, Some(images)))
             }
         }
@@ -171,29 +160,11 @@ pub fn evaluate_retrieval(
         .map(|label| label as u32)
         .collect();
 
+    let extraction = Extraction { taps: &taps, batch_size: settings.sampling.batch_size, device, progress };
     let mut entries = Vec::new();
-    let mut score_model = |model: &str, encoder: Option<&Encoder>| -> Result<(), RetrievalEvalError> {
-        let model_taps: Vec<Tap> = match encoder {
-            Some(_) => taps.clone(),
-            None => vec![Tap::Pixels],
-        };
+    let score_model = |model: &str, encoder: Option<&Encoder>| -> Result<(), RetrievalEvalError> {
         let features = |images: &LabelledImages, split: &str| -> Result<Vec<(Tap, Tensor)>, EvalError> {
-            match encoder {
-                Some(encoder) => {
-                    let bar = progress.bar(format!("{model} features, {split}"));
-                    let features = encoder_features(
-                        encoder,
-                        &images.images,
-                        &model_taps,
-                        settings.batch_size,
-                        device,
-                        &bar,
-                    );
-                    bar.finish_and_clear();
-                    Ok(features?)
-                }
-                None => Ok(vec![(Tap::Pixels, pixel_features(&images.images))]),
-            }
+            Ok(extraction.features(encoder, images, || format!("{model} features, {split}"))?)
         };
         let searched_features = features(&searched, "searched")?;
         let fit_features = match fit_images {
@@ -230,32 +201,14 @@ pub fn evaluate_retrieval(
         Ok(())
     };
 
-    if !taps.is_empty() {
-        score_model("checkpoint", Some(&encoder))?;
-        if let Some((_, supervised_encoder, _)) = &supervised {
-            score_model("supervised", Some(supervised_encoder))?;
-        }
-    }
-    let mut baselines = settings.baselines.clone();
-    baselines.sort_by_key(|b| matches!(b, Baseline::Raw));
-    baselines.dedup();
-    for baseline in baselines {
-        match baseline {
-            Baseline::Random if !taps.is_empty() => {
-                let (_random_store, random) = random_encoder(config.encoder, settings.seed, device);
-                score_model("random", Some(&random))?;
-            }
-            Baseline::Random => {}
-            Baseline::Raw => score_model("raw", None)?,
-        }
-    }
+    models.for_each_model(&taps, &settings.baselines, seed, device, score_model)?;
     if entries.is_empty() {
         return Err(EvalError::Nothing("no encoder taps and no raw-pixel baseline selected".into()).into());
     }
     Ok(RetrievalReport {
         settings: settings.clone(),
-        checkpoint,
-        supervised: supervised.map(|(_, _, summary)| summary),
+        checkpoint: models.checkpoint,
+        supervised: models.supervised.map(|(_, _, summary)| summary),
         searched: searched_summary,
         fitted_on: fit.map(|(summary, _)| summary),
         device: format!("{device:?}"),
@@ -356,7 +309,8 @@ impl RetrievalReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::evaluation::tests::{
+    use crate::data::DataFormat;
+    use crate::eval::harness::tests::{
         write_checkpoint, write_checkpoint_with_channels, write_folder, write_idx,
     };
     use dim_vectors::post_process::DEFAULT_WHITEN_EPS;
@@ -364,10 +318,7 @@ mod tests {
 
     fn settings(checkpoint: PathBuf, data: PathBuf) -> RetrievalSettings {
         RetrievalSettings {
-            checkpoint,
-            data,
-            test_data: None,
-            format: DataFormat::Auto,
+            source: EvalSource { checkpoint, data, test_data: None, format: DataFormat::Auto },
             taps: vec![Tap::Conv, Tap::Fc, Tap::Y],
             baselines: vec![Baseline::Raw, Baseline::Random],
             supervised: None,
@@ -375,9 +326,7 @@ mod tests {
             metric: Metric::Cosine,
             post_process: Some(PcaSpec { dims: 16, whiten: true, eps: DEFAULT_WHITEN_EPS }),
             limit_fit: Some(40),
-            limit_test: None,
-            seed: 0,
-            batch_size: 16,
+            sampling: Sampling { limit_test: None, seed: 0, batch_size: 16 },
         }
     }
 
