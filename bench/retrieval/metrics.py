@@ -13,7 +13,7 @@
       Collects the results of every row that META.json (written by bench/retrieval/run, naming
       its runs folder) lists into one report section per META.json.
 
-Measures (as in infer/src/retrieval.rs): precision@k micro (mean over queries) and macro (mean
+Measures (as in vectors/src/retrieval.rs): precision@k micro (mean over queries) and macro (mean
 over classes of the class mean), k-NN accuracy (majority vote of the k neighbours, a tie going to
 the tied label held by the nearest neighbour). The query itself is excluded.
 """

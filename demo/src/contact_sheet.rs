@@ -4,7 +4,7 @@
 use crate::fashion_png::CLASS_NAMES;
 use crate::neighbours::{Precision, QueryResult};
 use base64::Engine;
-use dim_infer::html_preview::escape;
+use dim_index::html_preview::escape;
 use dim_vectors::retrieval::RetrievalScores;
 use std::fmt::Write;
 use std::path::Path;

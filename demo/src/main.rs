@@ -11,11 +11,12 @@ mod neighbours;
 
 use anyhow::Context;
 use clap::Parser;
+use dim_index::index::{self, IndexParams, SearchIndex};
 use dim_infer::embed_job::{self, EmbedJob};
-use dim_infer::embedder::{Embedder, EmbedderOptions, Feature};
-use dim_infer::index::{self, IndexParams, SearchIndex};
+use dim_infer::embedder::{Embedder, EmbedderOptions};
 use dim_models::atomic_file::write_bytes_atomically;
 use dim_models::preprocess;
+use dim_models::tap::Feature;
 use dim_vectors::distance::Metric;
 use dim_vectors::post_process::{Pca, PcaSpec};
 use dim_vectors::retrieval::{self, RetrievalScores};
@@ -233,7 +234,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 /// preprocessing of the same files), each as embedded and through the same kind of
 /// post-processing as the index (fitted on this collection), so the page shows what the model adds.
 fn compare_with_pixels(
-    index: &dim_infer::index::SearchIndex,
+    index: &dim_index::index::SearchIndex,
     labels: &[usize],
     embedder: &Embedder,
     args: &Args,

@@ -2,7 +2,7 @@
 //! precision@k (the share of the k nearest other images that have the query's class).
 
 use anyhow::Context;
-use dim_infer::index::{Hit, SearchIndex};
+use dim_index::index::{Hit, SearchIndex};
 use rayon::prelude::*;
 use serde::Serialize;
 

@@ -7,49 +7,11 @@ use crate::batch_norm_folding::{BatchNormStats, fold};
 use crate::checkpoint::EncoderCheckpoint;
 use dim_models::onnx_metadata::{INPUT_NAME, OUTPUT_CONV, OUTPUT_EMBEDDING, OUTPUT_FC, OUTPUT_Y};
 use dim_models::parameters::{ENCODER_PREFIX, batch_norm_names};
+use dim_models::tap::Tap;
 use dim_models::{Bottleneck, LayerKind};
-use std::fmt;
 
 /// Smallest norm the embedding is divided by, so an all-zero feature stays finite (zero).
 pub const NORM_FLOOR: f32 = 1e-12;
-
-/// Which feature tap the `embedding` output L2-normalises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EmbeddingSource {
-    /// The flattened last conv map.
-    Conv,
-    /// The hidden FC layer before Y.
-    Fc,
-    /// The global vector Y.
-    Y,
-}
-
-impl EmbeddingSource {
-    /// The graph output holding the source tap; also the name used in metadata and on the CLI.
-    pub fn output_name(self) -> &'static str {
-        match self {
-            EmbeddingSource::Conv => OUTPUT_CONV,
-            EmbeddingSource::Fc => OUTPUT_FC,
-            EmbeddingSource::Y => OUTPUT_Y,
-        }
-    }
-}
-
-impl fmt::Display for EmbeddingSource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.output_name())
-    }
-}
-
-impl std::str::FromStr for EmbeddingSource {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [EmbeddingSource::Conv, EmbeddingSource::Fc, EmbeddingSource::Y]
-            .into_iter()
-            .find(|source| source.output_name() == s)
-            .ok_or_else(|| format!("unknown embedding source `{s}` (known: conv, fc, y)"))
-    }
-}
 
 /// An operation of the graph, with its attributes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +120,7 @@ pub struct EncoderGraph {
 
 impl EncoderGraph {
     /// Builds the graph of `checkpoint`'s encoder with `embedding` normalising the chosen tap.
-    pub fn build(checkpoint: &EncoderCheckpoint, embedding: EmbeddingSource) -> Self {
+    pub fn build(checkpoint: &EncoderCheckpoint, embedding: Tap) -> Self {
         let config = &checkpoint.config.encoder;
         let size = config.input_size();
         let mut builder = GraphBuilder { checkpoint, nodes: Vec::new(), initializers: Vec::new() };
@@ -226,7 +188,7 @@ impl EncoderGraph {
             }
         }
 
-        let source = embedding.output_name();
+        let source = embedding.name();
         builder.constant("norm_floor", NORM_FLOOR);
         let norm = builder.node("embedding/norm", Op::ReduceL2, &[source], "embedding.norm");
         let floored =
@@ -234,23 +196,17 @@ impl EncoderGraph {
         builder.node("embedding/divide", Op::Div, &[source, &floored], OUTPUT_EMBEDDING);
 
         let dims = config.tap_dims();
-        let width_of = |source: EmbeddingSource| match source {
-            EmbeddingSource::Conv => dims.conv_len(),
-            EmbeddingSource::Fc => dims.fc,
-            EmbeddingSource::Y => dims.y,
-        };
         let output = |name: &str, width| GraphOutput { name: name.to_string(), width };
         EncoderGraph {
             name: format!("dim_encoder_{}", config.preset.name()),
             input_chw: [config.in_channels, size, size],
             nodes: builder.nodes,
             initializers: builder.initializers,
-            outputs: vec![
-                output(OUTPUT_CONV, dims.conv_len()),
-                output(OUTPUT_FC, dims.fc),
-                output(OUTPUT_Y, dims.y),
-                output(OUTPUT_EMBEDDING, width_of(embedding)),
-            ],
+            outputs: Tap::ALL
+                .map(|tap| output(tap.name(), tap.width(&dims)))
+                .into_iter()
+                .chain([output(OUTPUT_EMBEDDING, embedding.width(&dims))])
+                .collect(),
         }
     }
 }
@@ -484,20 +440,20 @@ mod tests {
             ops.extend_from_slice(&NORMALISE);
             ops
         };
-        let basic32 = EncoderGraph::build(&checkpoint_of_ones(Preset::Basic32x32, 1), EmbeddingSource::Conv);
+        let basic32 = EncoderGraph::build(&checkpoint_of_ones(Preset::Basic32x32, 1), Tap::Conv);
         assert_eq!(
             op_names(&basic32),
             expected(&[&CONV_RELU, &CONV_RELU, &CONV_RELU, &["Flatten"], &GEMM_RELU, &["Gemm"]])
         );
-        assert_well_formed(&basic32, EmbeddingSource::Conv);
-        let basic64 = EncoderGraph::build(&checkpoint_of_ones(Preset::Basic64x64, 3), EmbeddingSource::Conv);
-        assert_well_formed(&basic64, EmbeddingSource::Conv);
+        assert_well_formed(&basic32, Tap::Conv);
+        let basic64 = EncoderGraph::build(&checkpoint_of_ones(Preset::Basic64x64, 3), Tap::Conv);
+        assert_well_formed(&basic64, Tap::Conv);
         assert_eq!(
             op_names(&basic64),
             expected(&[&CONV_RELU, &CONV_RELU, &CONV_RELU, &CONV_RELU, &["Flatten"], &GEMM_RELU, &["Gemm"]])
         );
-        let alex = EncoderGraph::build(&checkpoint_of_ones(Preset::Alex64x64, 3), EmbeddingSource::Y);
-        assert_well_formed(&alex, EmbeddingSource::Y);
+        let alex = EncoderGraph::build(&checkpoint_of_ones(Preset::Alex64x64, 3), Tap::Y);
+        assert_well_formed(&alex, Tap::Y);
         let pool = ["MaxPool"];
         assert_eq!(
             op_names(&alex),
@@ -521,7 +477,7 @@ mod tests {
 
     /// Every value is defined once before it is read, every output is computed, and the
     /// embedding normalises `source`.
-    fn assert_well_formed(graph: &EncoderGraph, source: EmbeddingSource) {
+    fn assert_well_formed(graph: &EncoderGraph, source: Tap) {
         let mut defined: std::collections::HashSet<String> =
             graph.initializers.iter().map(|i| i.name.clone()).collect();
         assert!(defined.insert(INPUT_NAME.to_string()));
@@ -535,14 +491,13 @@ mod tests {
             assert!(defined.contains(&output.name), "output `{}` never computed", output.name);
         }
         let embedding = graph.nodes.iter().find(|n| n.output == OUTPUT_EMBEDDING).unwrap();
-        assert_eq!(embedding.inputs[0], source.output_name());
+        assert_eq!(embedding.inputs[0], source.name());
     }
 
     #[test]
     fn residual_blocks_add_their_shortcut_and_strided_crops_gather_with_a_one_hot_kernel() {
-        let resnet =
-            EncoderGraph::build(&checkpoint_of_ones(Preset::ResNet19_32x32, 3), EmbeddingSource::Conv);
-        assert_well_formed(&resnet, EmbeddingSource::Conv);
+        let resnet = EncoderGraph::build(&checkpoint_of_ones(Preset::ResNet19_32x32, 3), Tap::Conv);
+        assert_well_formed(&resnet, Tap::Conv);
         let ops = op_names(&resnet);
         // conv1, then block1 (three convs, a shortcut conv, the add), block2 (identity shortcut).
         let block_with_shortcut = ["Conv", "Relu", "Conv", "Relu", "Conv", "Conv", "Add", "Relu"];
@@ -555,9 +510,8 @@ mod tests {
         assert_eq!(block2_add.inputs, ["block2.expand.conv", "block1"]);
         assert_eq!(resnet.outputs[0].width, 1024 * 4 * 4);
 
-        let folded =
-            EncoderGraph::build(&checkpoint_of_ones(Preset::FoldResNet19_32x32, 3), EmbeddingSource::Y);
-        assert_well_formed(&folded, EmbeddingSource::Y);
+        let folded = EncoderGraph::build(&checkpoint_of_ones(Preset::FoldResNet19_32x32, 3), Tap::Y);
+        assert_well_formed(&folded, Tap::Y);
         let one_hot = folded.initializers.iter().find(|i| i.name == "crops.one_hot").unwrap();
         assert_eq!(one_hot.shape, [3 * 64, 3, 8, 8]);
         let ones = floats(one_hot);
@@ -578,7 +532,7 @@ mod tests {
 
     #[test]
     fn values_flow_from_the_input_to_every_output_for_each_embedding_source() {
-        for source in [EmbeddingSource::Conv, EmbeddingSource::Fc, EmbeddingSource::Y] {
+        for source in [Tap::Conv, Tap::Fc, Tap::Y] {
             let graph = EncoderGraph::build(&checkpoint_of_ones(Preset::Basic32x32, 1), source);
             assert_well_formed(&graph, source);
         }
@@ -586,7 +540,7 @@ mod tests {
 
     #[test]
     fn batch_norm_is_folded_and_initialisers_have_the_layer_shapes() {
-        let graph = EncoderGraph::build(&checkpoint_of_ones(Preset::Basic32x32, 3), EmbeddingSource::Fc);
+        let graph = EncoderGraph::build(&checkpoint_of_ones(Preset::Basic32x32, 3), Tap::Fc);
         let find = |name: &str| graph.initializers.iter().find(|i| i.name == name).unwrap();
         // All ones: s = 1/√(1+ε), bias = s·(0 − 1) + 1 for the bias-free conv.
         let s = (1.0 / (1.0 + dim_models::parameters::BATCH_NORM_EPSILON).sqrt()) as f32;
@@ -598,7 +552,7 @@ mod tests {
         assert_eq!(find("fc1.weight").shape, [1024, 4096]);
         assert!(floats(find("fc1.bias")).iter().all(|&b| (b - 1.0).abs() < 1e-7));
         assert_eq!(find("y.weight").shape, [64, 1024]);
-        assert!("embed".parse::<EmbeddingSource>().is_err());
-        assert_eq!("fc".parse::<EmbeddingSource>(), Ok(EmbeddingSource::Fc));
+        assert!("embed".parse::<Tap>().is_err());
+        assert_eq!("fc".parse::<Tap>(), Ok(Tap::Fc));
     }
 }

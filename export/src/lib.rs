@@ -3,12 +3,13 @@
 //! with the shared metadata ([`onnx_writer`]).
 //!
 //! ```no_run
-//! use dim_export::{EmbeddingSource, ExportOptions, export};
+//! use dim_export::{ExportOptions, export};
+//! use dim_models::tap::Tap;
 //! use dim_models::onnx_metadata::SearchRecipe;
 //! let options = ExportOptions {
 //!     checkpoint_dir: "runs/fashion/checkpoint".into(),
 //!     out: "model.onnx".into(),
-//!     embedding_source: EmbeddingSource::Conv,
+//!     embedding_source: Tap::Conv,
 //!     search_recipe: Some(SearchRecipe::new(256, true)),
 //! };
 //! let summary = export(&options)?;
@@ -24,11 +25,12 @@ pub mod onnx_writer;
 
 pub use checkpoint::EncoderCheckpoint;
 pub use error::ExportError;
-pub use graph::{EmbeddingSource, EncoderGraph};
+pub use graph::EncoderGraph;
 
 use dim_models::TOOLKIT_VERSION;
 use dim_models::onnx_metadata::{ModelMetadata, OutputInfo, SearchRecipe};
 use dim_models::onnx_schema;
+use dim_models::tap::Tap;
 use prost::Message;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,7 +43,7 @@ pub struct ExportOptions {
     /// Destination `.onnx` file, written atomically.
     pub out: PathBuf,
     /// The tap the `embedding` output normalises.
-    pub embedding_source: EmbeddingSource,
+    pub embedding_source: Tap,
     /// The search post-processing recommended in the metadata, if any.
     pub search_recipe: Option<SearchRecipe>,
 }
@@ -74,14 +76,14 @@ pub fn export(options: &ExportOptions) -> Result<ExportSummary, ExportError> {
 pub fn model_metadata(
     checkpoint: &EncoderCheckpoint,
     graph: &EncoderGraph,
-    embedding_source: EmbeddingSource,
+    embedding_source: Tap,
 ) -> ModelMetadata {
     let config = &checkpoint.config;
     ModelMetadata {
         preset: config.encoder.preset,
         input: config.input_spec(),
         outputs: graph.outputs.iter().map(|o| OutputInfo { name: o.name.clone(), dim: o.width }).collect(),
-        embedding_source: embedding_source.output_name().to_string(),
+        embedding_source,
         training_digest: config.training_digest(),
         training_recipe: config.training_recipe(),
         checkpoint_sha256: checkpoint.weights_sha256.clone(),
@@ -192,7 +194,7 @@ mod tests {
         let options = ExportOptions {
             checkpoint_dir: dir.to_path_buf(),
             out: out_dir.path().join("model.onnx"),
-            embedding_source: EmbeddingSource::Y,
+            embedding_source: Tap::Y,
             search_recipe: None,
         };
         (export(&options), listing(out_dir.path()))
@@ -215,7 +217,7 @@ mod tests {
         let options = ExportOptions {
             checkpoint_dir: dir.path().into(),
             out: out.clone(),
-            embedding_source: EmbeddingSource::Y,
+            embedding_source: Tap::Y,
             search_recipe: Some(SearchRecipe::new(32, true)),
         };
         let summary = export(&options).unwrap();
@@ -230,7 +232,7 @@ mod tests {
             .collect();
         let metadata = ModelMetadata::from_props(&props).unwrap();
         assert_eq!(metadata, summary.metadata);
-        assert_eq!(metadata.embedding_source, "y");
+        assert_eq!(metadata.embedding_source, Tap::Y);
         assert_eq!(props["dim.background"], "black", "the checkpoint's background reaches dim-embed");
         assert_eq!(metadata.input.background, dim_models::preprocess::Background::Black);
         assert!(props["dim.preprocessing"].contains("EXIF orientation applied; alpha composited over black"));

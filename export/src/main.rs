@@ -3,8 +3,9 @@
 
 use anyhow::Context;
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use dim_export::{EmbeddingSource, ExportOptions, export, set_search_recipe};
+use dim_export::{ExportOptions, export, set_search_recipe};
 use dim_models::onnx_metadata::SearchRecipe;
+use dim_models::tap::Tap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -51,7 +52,7 @@ struct ExportArgs {
     out: Option<PathBuf>,
     /// Tap that the `embedding` output L2-normalises: conv, fc or y.
     #[arg(long, default_value = "conv")]
-    embedding_source: EmbeddingSource,
+    embedding_source: Tap,
     #[command(flatten)]
     recipe: RecipeArgs,
 }

@@ -9,10 +9,10 @@
 //! the index with `--pca 0`. The `duplicate` feature (`dim-embed --feature duplicate`) is made
 //! for this search: it does not move under brightness and contrast changes or mirroring.
 
-use crate::embedder::Feature;
 use crate::html_preview::{escape, file_preview, jpeg_data_uri};
 use crate::index::{IndexError, SearchIndex};
 use dim_models::path_record::PathRecord;
+use dim_models::tap::Feature;
 use dim_vectors::distance::Metric;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -35,7 +35,7 @@ pub fn default_threshold(feature: Feature) -> Option<f32> {
     match feature {
         Feature::Duplicate => Some(DUPLICATE_FEATURE_THRESHOLD),
         Feature::Embedding => Some(EMBEDDING_FEATURE_THRESHOLD),
-        Feature::Conv | Feature::Fc | Feature::Y => None,
+        Feature::Tap(_) => None,
     }
 }
 

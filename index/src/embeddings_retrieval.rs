@@ -3,8 +3,8 @@
 //! and after a PCA fitted on the same rows. `dim-search retrieval` prints and saves the
 //! [`EmbeddingsReport`].
 
-use crate::manifest::{self, Manifest, ManifestError};
 use dim_vectors::distance::Metric;
+use dim_vectors::manifest::{self, Manifest, ManifestError};
 use dim_vectors::npy::{self, NpyError};
 use dim_vectors::post_process::{Pca, PcaSpec, PostProcessError};
 use dim_vectors::retrieval::{Labels, RetrievalError, RetrievalRun};

@@ -20,9 +20,9 @@
 //! vectors as embedded.
 
 use crate::flat_graph::FlatGraph;
-use crate::manifest::{self, MANIFEST_FILE, Manifest, ManifestError, ModelIdentity};
 use crate::vector_distance::{DistDot, DistL2};
 use dim_vectors::distance::Metric;
+use dim_vectors::manifest::{self, MANIFEST_FILE, Manifest, ManifestError, ModelIdentity};
 use dim_vectors::npy::{self, Matrix, NpyError};
 use dim_vectors::post_process::{Pca, PcaDescription, PcaSpec, PostProcessError};
 use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
@@ -777,8 +777,8 @@ fn perturb(vector: &[f32], relative: f32, random: &mut SplitMix64) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embedder::Feature;
-    use crate::manifest::{MANIFEST_FORMAT_VERSION, ManifestRow};
+    use dim_models::tap::Feature;
+    use dim_vectors::manifest::{MANIFEST_FORMAT_VERSION, ManifestRow};
 
     /// An index over `vectors` whose graph leaves out `orphan`, as hnsw_rs can leave a row
     /// without incoming links, with `listed` as the rows the build found unreachable.

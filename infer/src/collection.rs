@@ -2,8 +2,8 @@
 //! recursively for image extensions ([`dim_models::image_walk`]: links followed, every directory
 //! and file taken once), and list files with one path per line.
 
-use crate::embedder::Skipped;
 use dim_models::image_walk::ImageWalk;
+use dim_vectors::manifest::Skipped;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};

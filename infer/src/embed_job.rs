@@ -9,12 +9,12 @@
 //! embeds everything again. Either way its result has the rows a clean run would have. A lock
 //! file keeps two jobs out of one directory, and leftovers of killed runs are removed.
 
-use crate::embedder::{EmbedError, Embedder, Skipped, decode_ahead};
-use crate::manifest::{
-    self, EMBEDDINGS_FILE, MANIFEST_FILE, MANIFEST_FORMAT_VERSION, Manifest, ManifestError, ManifestRow,
-    ModelIdentity,
-};
+use crate::embedder::{EmbedError, Embedder, decode_ahead};
 use dim_models::atomic_file::{self, StagedFile};
+use dim_vectors::manifest::{
+    self, EMBEDDINGS_FILE, MANIFEST_FILE, MANIFEST_FORMAT_VERSION, Manifest, ManifestError, ManifestRow,
+    ModelIdentity, Skipped,
+};
 use dim_vectors::npy;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;

@@ -2,75 +2,18 @@
 //! [`Embedder::embed`] turns image files (or [`Embedder::embed_images`] decoded images) into
 //! feature vectors, in chunks of `batch_size`, with the same preprocessing the trainer uses.
 
-use crate::manifest::ModelIdentity;
 use crate::reduced_jpeg;
 use crate::session::{self, ExecutionProvider, ModelSession, SessionError, SessionOptions};
-use dim_models::onnx_metadata::{
-    INPUT_NAME, ModelMetadata, OUTPUT_CONV, OUTPUT_EMBEDDING, OUTPUT_FC, OUTPUT_Y,
-};
-use dim_models::path_record::{PathRecord, PathRecordError};
+use dim_models::onnx_metadata::{INPUT_NAME, ModelMetadata};
 use dim_models::preprocess::{self, ImageError, InputSpec};
 use dim_models::shipped_model;
+use dim_models::tap::Feature;
+use dim_vectors::manifest::{ModelIdentity, Skipped};
 use image::DynamicImage;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions};
 use ort::value::TensorRef;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-
-/// Which model output is used as the image's vector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Feature {
-    /// The L2-normalised search feature.
-    #[default]
-    Embedding,
-    /// The flattened last conv map.
-    Conv,
-    /// The hidden FC layer.
-    Fc,
-    /// The global vector Y.
-    Y,
-    /// For near-duplicate finding: the `embedding` output of the image and of its mirror image,
-    /// each from a contrast-normalised input ([`preprocess::normalise_contrast`]), averaged and
-    /// L2-normalised. Brightness and contrast changes and left-right mirroring leave it
-    /// (nearly) unchanged; it costs two model runs per image.
-    Duplicate,
-}
-
-impl Feature {
-    /// Every feature, in the order `--help` lists them.
-    pub const ALL: [Feature; 5] =
-        [Feature::Embedding, Feature::Conv, Feature::Fc, Feature::Y, Feature::Duplicate];
-
-    /// The feature's name on command lines, in manifests, Parquet files and database registries.
-    pub fn name(self) -> &'static str {
-        match self {
-            Feature::Duplicate => "duplicate",
-            other => other.output_name(),
-        }
-    }
-
-    /// The model output the feature is made from.
-    pub fn output_name(self) -> &'static str {
-        match self {
-            Feature::Embedding | Feature::Duplicate => OUTPUT_EMBEDDING,
-            Feature::Conv => OUTPUT_CONV,
-            Feature::Fc => OUTPUT_FC,
-            Feature::Y => OUTPUT_Y,
-        }
-    }
-}
-
-impl std::str::FromStr for Feature {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Feature::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
-            let known: Vec<&str> = Feature::ALL.iter().map(|f| f.name()).collect();
-            format!("unknown feature `{s}` (known: {})", known.join(", "))
-        })
-    }
-}
 
 /// What to load and how to run it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,37 +76,6 @@ pub enum EmbedError {
     /// ONNX Runtime failed while running the model.
     #[error("running the model failed: {0}")]
     Run(String),
-}
-
-/// An image that could not be embedded, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(into = "SkippedJson", try_from = "SkippedJson")]
-pub struct Skipped {
-    /// The file.
-    pub path: PathBuf,
-    /// Why it was skipped.
-    pub reason: String,
-}
-
-/// [`Skipped`] as `skipped.json` holds it: the path losslessly ([`PathRecord`]).
-#[derive(Serialize, Deserialize)]
-struct SkippedJson {
-    #[serde(flatten)]
-    path: PathRecord,
-    reason: String,
-}
-
-impl From<Skipped> for SkippedJson {
-    fn from(skipped: Skipped) -> Self {
-        SkippedJson { path: PathRecord::of(&skipped.path), reason: skipped.reason }
-    }
-}
-
-impl TryFrom<SkippedJson> for Skipped {
-    type Error = PathRecordError;
-    fn try_from(json: SkippedJson) -> Result<Self, Self::Error> {
-        Ok(Skipped { path: json.path.to_path_buf()?, reason: json.reason })
-    }
 }
 
 /// The result of embedding a list of files.
@@ -480,15 +392,5 @@ mod tests {
         assert_eq!(&flipped[..6], &[2.0, 1.0, 0.0, 5.0, 4.0, 3.0]);
         assert_eq!(&flipped[33..], &[35.0, 34.0, 33.0]);
         assert_eq!(mirrored(&flipped, 3), inputs);
-    }
-
-    #[test]
-    fn feature_names_round_trip_and_duplicate_reads_the_embedding_output() {
-        for feature in Feature::ALL {
-            assert_eq!(feature.name().parse::<Feature>(), Ok(feature));
-        }
-        assert_eq!(Feature::Duplicate.output_name(), OUTPUT_EMBEDDING);
-        let unknown = "pixels".parse::<Feature>().unwrap_err();
-        assert!(unknown.contains("duplicate"), "{unknown}");
     }
 }

@@ -23,9 +23,9 @@
 //! describes, so a reader can tell a stale file (a run killed after the manifest was committed but
 //! before this file was) from a current one. It is written atomically.
 
-use crate::manifest::{Manifest, ManifestRow};
 use dim_models::atomic_file;
 use dim_models::path_record::PathRecord;
+use dim_vectors::manifest::{Manifest, ManifestRow};
 use parquet::basic::Compression;
 use parquet::data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type};
 use parquet::file::metadata::KeyValue;
@@ -387,7 +387,7 @@ fn read_facts(row: &ManifestRow) -> Option<FileFacts> {
     if !unchanged() {
         return None;
     }
-    let sha256 = crate::manifest::file_sha256(&row.path).ok()?;
+    let sha256 = dim_vectors::manifest::file_sha256(&row.path).ok()?;
     let (width, height) = upright_dimensions(&row.path)?;
     unchanged().then_some(FileFacts { sha256, width, height })
 }

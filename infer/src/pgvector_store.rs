@@ -27,10 +27,10 @@
 //! included) and every query applies the stored transform, so all rows share one space.
 //! Searches rank by cosine distance (`<=>`); the score is the cosine similarity.
 
-use crate::index::Hit;
-use crate::manifest::{Manifest, ManifestError, ManifestRow, ModelIdentity};
 use crate::parquet_metadata::{self, FileFacts, KnownFacts, METADATA_FILE, clamp_i32, clamp_i64};
+use dim_index::index::Hit;
 use dim_models::path_record::PathRecord;
+use dim_vectors::manifest::{Manifest, ManifestError, ManifestRow, ModelIdentity};
 use dim_vectors::npy;
 use dim_vectors::post_process::{Pca, PcaDescription, PcaSpec};
 use pgvector::Vector;
@@ -174,7 +174,7 @@ pub fn publish(
 ) -> Result<PublishSummary, StoreError> {
     check_table_name(&options.table)?;
     let manifest = Manifest::read(dir)?;
-    let vectors = npy::read_matrix(&dir.join(crate::manifest::EMBEDDINGS_FILE))?;
+    let vectors = npy::read_matrix(&dir.join(dim_vectors::manifest::EMBEDDINGS_FILE))?;
     let setup = prepare_table(client, &options.table, &manifest.model, &vectors, options)?;
     let table = &options.table;
 

@@ -10,9 +10,9 @@
 //! component), which is the order a single `dim-embed` run over one folder gives. The output is
 //! written like a `dim-embed` run's (all three files committed together).
 
-use crate::embedder::Skipped;
-use crate::manifest::{self, EMBEDDINGS_FILE, Manifest, ManifestError, ManifestRow, SKIPPED_FILE};
 use dim_models::atomic_file;
+use dim_vectors::manifest::Skipped;
+use dim_vectors::manifest::{self, EMBEDDINGS_FILE, Manifest, ManifestError, ManifestRow, SKIPPED_FILE};
 use dim_vectors::npy::{self, NpyError};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;

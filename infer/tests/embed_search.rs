@@ -3,16 +3,17 @@
 //! recall, the two command-line tools, the Parquet table, and publishing to a real PostgreSQL
 //! server with pgvector.
 
+use dim_index::index::{self, IndexParams, QuerySource, SearchIndex};
 use dim_infer::embed_job::{self, EmbedJob, EmbedJobError};
-use dim_infer::embedder::{EmbedError, Embedder, EmbedderOptions, Feature};
+use dim_infer::embedder::{EmbedError, Embedder, EmbedderOptions};
 use dim_infer::graph_pruning;
-use dim_infer::index::{self, IndexParams, QuerySource, SearchIndex};
-use dim_infer::manifest::{EMBEDDINGS_FILE, MANIFEST_FORMAT_VERSION, Manifest, ManifestRow, ModelIdentity};
 use dim_infer::session::{self, SessionError, SessionOptions};
 use dim_models::onnx_metadata::{INPUT_NAME, ModelMetadata, OutputInfo};
 use dim_models::preprocess::{Background, InputSpec, ResizePolicy};
 use dim_models::preset::Preset;
+use dim_models::tap::{Feature, Tap};
 use dim_vectors::distance::Metric;
+use dim_vectors::manifest::{EMBEDDINGS_FILE, MANIFEST_FORMAT_VERSION, Manifest, ManifestRow, ModelIdentity};
 use dim_vectors::npy;
 use image::{DynamicImage, ImageBuffer, LumaA, Rgb, RgbImage};
 use ort::value::TensorRef;
@@ -44,7 +45,7 @@ fn test_metadata(checkpoint_sha256: &str) -> ModelMetadata {
         preset: Preset::Basic32x32,
         input: InputSpec { channels: 1, size: 32, resize: ResizePolicy::Pad, background: Background::White },
         outputs: vec![output("conv", 1024), output("fc", 64), output("y", 16), output("embedding", 64)],
-        embedding_source: "fc".into(),
+        embedding_source: Tap::Fc,
         training_digest: "test-training".into(),
         training_recipe: None,
         checkpoint_sha256: checkpoint_sha256.into(),
@@ -255,7 +256,7 @@ fn a_rerun_embeds_only_new_or_changed_files_and_another_model_is_refused() {
     assert!(error.to_string().contains("--force"), "{error}");
     let mut fc = Embedder::try_new(EmbedderOptions {
         model: model.clone(),
-        feature: Feature::Fc,
+        feature: Feature::Tap(Tap::Fc),
         ..Default::default()
     })
     .unwrap();
@@ -309,7 +310,8 @@ fn each_feature_of_the_shipped_model_runs_on_a_graph_cut_to_its_output_with_the_
         TensorRef::from_array_view(([count, spec.channels, spec.size, spec.size], inputs.as_slice()))
             .unwrap();
     let outputs = whole_session.run(ort::inputs![INPUT_NAME => tensor]).unwrap();
-    for feature in [Feature::Conv, Feature::Fc, Feature::Y, Feature::Embedding] {
+    for feature in [Feature::Tap(Tap::Conv), Feature::Tap(Tap::Fc), Feature::Tap(Tap::Y), Feature::Embedding]
+    {
         let (_, expected) = outputs[feature.output_name()].try_extract_tensor::<f32>().unwrap();
         let mut embedder = Embedder::try_new(EmbedderOptions {
             model: model.clone(),

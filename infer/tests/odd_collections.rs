@@ -4,7 +4,7 @@
 //! The shipped model embeds; every test runs the real binary or the library's job.
 
 use dim_infer::embedder::{Embedder, EmbedderOptions};
-use dim_infer::manifest::{EMBEDDINGS_FILE, MANIFEST_FILE, Manifest, SKIPPED_FILE};
+use dim_vectors::manifest::{EMBEDDINGS_FILE, MANIFEST_FILE, Manifest, SKIPPED_FILE};
 use image::{DynamicImage, GrayAlphaImage, ImageFormat, LumaA, Rgb, RgbImage, Rgba, RgbaImage};
 use std::ffi::OsString;
 use std::io::Cursor;

@@ -1,10 +1,10 @@
 //! Tests of the collection-fitted post-processing (PCA, whitening) through the index and the
 //! command line, against numpy's PCA, and of `dim-search retrieval` on labelled embeddings.
 
-use dim_infer::embeddings_retrieval::evaluate_embeddings;
-use dim_infer::index::{self, INDEX_FILE, IndexParams, SearchIndex};
-use dim_infer::manifest::{EMBEDDINGS_FILE, MANIFEST_FILE, MANIFEST_FORMAT_VERSION, Manifest};
+use dim_index::embeddings_retrieval::evaluate_embeddings;
+use dim_index::index::{self, INDEX_FILE, IndexParams, SearchIndex};
 use dim_vectors::distance::Metric;
+use dim_vectors::manifest::{EMBEDDINGS_FILE, MANIFEST_FILE, MANIFEST_FORMAT_VERSION, Manifest};
 use dim_vectors::npy;
 use dim_vectors::post_process::{COMPONENTS_FILE, MEAN_FILE, Pca, PcaSpec, VARIANCES_FILE};
 use dim_vectors::retrieval::Labels;

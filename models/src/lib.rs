@@ -1,5 +1,5 @@
 //! The contracts every dim-toolkit crate shares, with no libtorch and no ONNX Runtime:
-//! encoder presets ([`preset`]), parameter names ([`parameters`]), the checkpoint layout
+//! encoder presets ([`preset`]) and their outputs by name ([`tap`]), parameter names ([`parameters`]), the checkpoint layout
 //! ([`checkpoint`]), the exported model's metadata ([`onnx_metadata`]) and ONNX schema
 //! ([`onnx_schema`]), image preprocessing
 //! ([`preprocess`]), finding a collection's images ([`image_walk`]), lossless paths in JSON
@@ -17,6 +17,7 @@ pub mod path_record;
 pub mod preprocess;
 pub mod preset;
 pub mod shipped_model;
+pub mod tap;
 
 pub use preset::{BlockConv, Bottleneck, EncoderConfig, Layer, LayerKind, Preset, TapDims};
 

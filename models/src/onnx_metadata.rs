@@ -3,6 +3,7 @@
 
 use crate::preprocess::{Background, InputSpec, ResizePolicy};
 use crate::preset::Preset;
+use crate::tap::Tap;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -101,8 +102,8 @@ pub struct ModelMetadata {
     pub input: InputSpec,
     /// Outputs in graph order.
     pub outputs: Vec<OutputInfo>,
-    /// Which tap (`conv`, `fc` or `y`) the `embedding` output normalises.
-    pub embedding_source: String,
+    /// Which tap the `embedding` output normalises.
+    pub embedding_source: Tap,
     /// sha256 of the checkpoint's training settings.
     pub training_digest: String,
     /// How the encoder was trained: the checkpoint's settings without machine-local ones (the
@@ -149,7 +150,7 @@ impl ModelMetadata {
             (KEY_ORIENTATION, "applied".to_string()),
             (KEY_PREPROCESSING, self.input.describe()),
             (KEY_OUTPUTS, outputs),
-            (KEY_EMBEDDING_SOURCE, self.embedding_source.clone()),
+            (KEY_EMBEDDING_SOURCE, self.embedding_source.name().to_string()),
             (KEY_TRAINING_DIGEST, self.training_digest.clone()),
             (KEY_CHECKPOINT_DIGEST, self.checkpoint_sha256.clone()),
             (KEY_TOOLKIT, self.toolkit_version.clone()),
@@ -198,7 +199,10 @@ impl ModelMetadata {
             preset,
             input: InputSpec { channels: parse(KEY_CHANNELS)?, size: parse(KEY_SIZE)?, resize, background },
             outputs,
-            embedding_source: get(KEY_EMBEDDING_SOURCE)?.clone(),
+            embedding_source: {
+                let name = get(KEY_EMBEDDING_SOURCE)?;
+                name.parse().map_err(|_| invalid(KEY_EMBEDDING_SOURCE, name))?
+            },
             training_digest: get(KEY_TRAINING_DIGEST)?.clone(),
             training_recipe: props.get(KEY_TRAINING_RECIPE).cloned(),
             checkpoint_sha256: get(KEY_CHECKPOINT_DIGEST)?.clone(),
@@ -231,7 +235,7 @@ mod tests {
                 OutputInfo { name: OUTPUT_CONV.into(), dim: 4096 },
                 OutputInfo { name: OUTPUT_EMBEDDING.into(), dim: 4096 },
             ],
-            embedding_source: OUTPUT_CONV.into(),
+            embedding_source: Tap::Conv,
             training_digest: "t".into(),
             training_recipe: Some(r#"{"views":"cross"}"#.into()),
             checkpoint_sha256: "c".into(),

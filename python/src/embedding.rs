@@ -2,9 +2,10 @@
 //! chunks of the batch size with the GIL released, checking for Ctrl-C between chunks.
 
 use crate::errors::{self, Kind};
-use dim_infer::embedder::{EmbedError, Embedder, EmbedderOptions, Feature};
-use dim_infer::manifest::ModelIdentity;
+use dim_infer::embedder::{EmbedError, Embedder, EmbedderOptions};
 use dim_infer::session::ExecutionProvider;
+use dim_models::tap::Feature;
+use dim_vectors::manifest::ModelIdentity;
 use image::{DynamicImage, GrayAlphaImage, GrayImage, RgbImage, RgbaImage};
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArrayDyn};
 use pyo3::prelude::*;

@@ -6,10 +6,10 @@
 use crate::embedding::NativeEmbedder;
 use crate::errors::{self, Kind};
 use crate::search::{index_error, index_params, post_process};
+use dim_index::index;
 use dim_infer::collection;
 use dim_infer::embed_job::{self, EmbedJob, EmbedJobError};
-use dim_infer::index;
-use dim_infer::manifest::Manifest;
+use dim_vectors::manifest::Manifest;
 use pyo3::prelude::*;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -3,11 +3,11 @@
 
 use crate::embedding::NativeEmbedder;
 use crate::errors::{self, Kind};
-use dim_infer::embedder::Feature;
-use dim_infer::index::{self, IndexError, IndexParams, SearchIndex};
-use dim_infer::manifest::{MANIFEST_FORMAT_VERSION, Manifest, ManifestRow, ModelIdentity};
+use dim_index::index::{self, IndexError, IndexParams, SearchIndex};
 use dim_models::onnx_metadata::SearchRecipe;
+use dim_models::tap::Feature;
 use dim_vectors::distance::Metric;
+use dim_vectors::manifest::{MANIFEST_FORMAT_VERSION, Manifest, ManifestRow, ModelIdentity};
 use dim_vectors::npy::Matrix;
 use dim_vectors::post_process::{DEFAULT_WHITEN_EPS, PcaSpec, PostProcessChoice};
 use numpy::{IntoPyArray, PyArray2, PyReadonlyArray2};

@@ -2,10 +2,10 @@
 //! (checked to be the index's), and each row's path relative to the collection root. Every
 //! search, whether by image, row or vector, ends in [`ServedCollection::search_vector`].
 
+use dim_index::index::{Hit, IndexError, SearchIndex};
 use dim_infer::embedder::{EmbedError, Embedder};
-use dim_infer::index::{Hit, IndexError, SearchIndex};
-use dim_infer::manifest::ModelIdentity;
 use dim_models::path_record::PathRecord;
+use dim_vectors::manifest::ModelIdentity;
 use image::DynamicImage;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -73,7 +73,7 @@ pub struct CollectionSummary {
     /// cosine or l2.
     pub metric: String,
     /// The index's construction parameters, post-processing included.
-    pub index: dim_infer::index::IndexParams,
+    pub index: dim_index::index::IndexParams,
     /// The post-processing fitted at build time, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub post_process: Option<dim_vectors::post_process::PcaDescription>,

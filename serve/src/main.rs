@@ -2,9 +2,10 @@
 
 use anyhow::Context;
 use clap::Parser;
-use dim_infer::embedder::{Embedder, EmbedderOptions, Feature};
-use dim_infer::index::{IndexInfo, IndexParams};
+use dim_index::index::{IndexInfo, IndexParams};
+use dim_infer::embedder::{Embedder, EmbedderOptions};
 use dim_infer::session::ExecutionProvider;
+use dim_models::tap::Feature;
 use dim_serve::api::{AppState, ServerConfig, router};
 use dim_serve::collection::ServedCollection;
 use dim_serve::prepare;

@@ -3,11 +3,11 @@
 //! embeddings or the index parameters changed. Everything lives in a state directory outside
 //! the collection, so the photo folder is never written to.
 
+use dim_index::index::{self, IndexInfo, IndexParams};
 use dim_infer::collection;
 use dim_infer::embed_job::{self, EmbedJob, EmbedSummary};
 use dim_infer::embedder::Embedder;
-use dim_infer::index::{self, IndexInfo, IndexParams};
-use dim_infer::manifest::{MANIFEST_FILE, Manifest};
+use dim_vectors::manifest::{MANIFEST_FILE, Manifest};
 use dim_vectors::post_process::{PcaSpec, PostProcessChoice};
 use sha2::{Digest, Sha256};
 use std::io::IsTerminal;

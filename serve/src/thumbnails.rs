@@ -85,7 +85,7 @@ impl ThumbnailCache {
         let bytes = std::fs::read(path).map_err(|source| ThumbnailError::Unreadable { row, source })?;
         let image = preprocess::decode_bytes(&bytes, max_pixels)
             .map_err(|error| ThumbnailError::Undecodable { row, reason: error.to_string() })?;
-        let jpeg = dim_infer::html_preview::encode_preview(&image, size)
+        let jpeg = dim_index::html_preview::encode_preview(&image, size)
             .map_err(|reason| ThumbnailError::Undecodable { row, reason })?;
         let thumbnail = Thumbnail { jpeg: jpeg.into(), etag };
         self.insert((row, size), thumbnail.clone());

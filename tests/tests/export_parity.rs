@@ -4,21 +4,22 @@
 //! The model also passes ONNX's own full checker, dim-infer reads back its metadata, and the
 //! exporter reads exactly the encoder variables the trainer creates.
 
-use dim_export::{EmbeddingSource, EncoderCheckpoint, ExportOptions, export};
+use dim_export::{EncoderCheckpoint, ExportOptions, export};
 use dim_infer::embedder::{Embedder, EmbedderOptions};
 use dim_models::checkpoint::{CHECKPOINT_FORMAT_VERSION, CheckpointConfig};
 use dim_models::onnx_metadata::{INPUT_NAME, OUTPUT_CONV, OUTPUT_EMBEDDING, OUTPUT_FC, OUTPUT_Y};
 use dim_models::parameters::ENCODER_PREFIX;
 use dim_models::preprocess::{Background, InputSpec, ResizePolicy, image_to_input};
+use dim_models::tap::Tap;
 use dim_models::{EncoderConfig, Preset};
-use dim_train::checkpoint::save_checkpoint;
-use dim_train::critics::LocalCritic;
 use dim_train::data::CachePolicy;
-use dim_train::encoder::Encoder;
-use dim_train::objective::GlobalToGlobal;
-use dim_train::settings::TrainSettings;
-use dim_train::trainer::{self, RunEnd, RunOptions};
-use dim_train::views::ViewMode;
+use dim_train::data::views::ViewMode;
+use dim_train::fit::checkpoint::save_checkpoint;
+use dim_train::fit::settings::TrainSettings;
+use dim_train::fit::trainer::{self, RunEnd, RunOptions};
+use dim_train::model::critics::LocalCritic;
+use dim_train::model::encoder::Encoder;
+use dim_train::model::objective::GlobalToGlobal;
 use image::{DynamicImage, Rgb, RgbImage};
 use ort::session::Session;
 use ort::value::TensorRef;
@@ -178,7 +179,7 @@ enum WeightLayout {
     ChannelsLast,
 }
 
-fn check_preset(preset: Preset, channels: usize, source: EmbeddingSource, layout: WeightLayout, seed: i64) {
+fn check_preset(preset: Preset, channels: usize, source: Tap, layout: WeightLayout, seed: i64) {
     let config = EncoderConfig::new(preset, channels).unwrap();
     let (store, encoder) = encoder_with_statistics(config, seed);
     if layout == WeightLayout::ChannelsLast {
@@ -202,7 +203,7 @@ fn check_export_matches(
     checkpoint_dir: &Path,
     store: &nn::VarStore,
     encoder: &Encoder,
-    source: EmbeddingSource,
+    source: Tap,
 ) -> tempfile::TempDir {
     let config = *encoder.config();
     let preset = config.preset;
@@ -222,7 +223,7 @@ fn check_export_matches(
         search_recipe: None,
     };
     let summary = export(&options).unwrap();
-    assert_eq!(summary.metadata.embedding_source, source.output_name());
+    assert_eq!(summary.metadata.embedding_source, source);
     assert_onnx_checker_passes(&model);
 
     let environment = dim_infer::runtime::ensure_initialised().unwrap();
@@ -234,47 +235,47 @@ fn check_export_matches(
     for batch in [1, 7] {
         let shape = [batch, channels, size, size];
         let random = tensor_values(&Tensor::rand(shape.map(|d| d as i64), (Kind::Float, Device::Cpu)));
-        assert_outputs_match(&mut session, encoder, &random, shape, source.output_name());
+        assert_outputs_match(&mut session, encoder, &random, shape, source.name());
         let images: Vec<f32> =
             generated_images(batch).iter().flat_map(|image| image_to_input(image, &spec)).collect();
-        assert_outputs_match(&mut session, encoder, &images, shape, source.output_name());
+        assert_outputs_match(&mut session, encoder, &images, shape, source.name());
     }
     dir
 }
 
 #[test]
 fn basic32x32_grey_with_channels_last_weights_matches_libtorch() {
-    check_preset(Preset::Basic32x32, 1, EmbeddingSource::Conv, WeightLayout::ChannelsLast, 1);
+    check_preset(Preset::Basic32x32, 1, Tap::Conv, WeightLayout::ChannelsLast, 1);
 }
 
 #[test]
 fn basic32x32_rgb_matches_libtorch() {
-    check_preset(Preset::Basic32x32, 3, EmbeddingSource::Fc, WeightLayout::Contiguous, 2);
+    check_preset(Preset::Basic32x32, 3, Tap::Fc, WeightLayout::Contiguous, 2);
 }
 
 #[test]
 fn basic64x64_matches_libtorch() {
-    check_preset(Preset::Basic64x64, 3, EmbeddingSource::Y, WeightLayout::Contiguous, 3);
+    check_preset(Preset::Basic64x64, 3, Tap::Y, WeightLayout::Contiguous, 3);
 }
 
 #[test]
 fn alex64x64_with_channels_last_weights_matches_libtorch() {
-    check_preset(Preset::Alex64x64, 3, EmbeddingSource::Conv, WeightLayout::ChannelsLast, 4);
+    check_preset(Preset::Alex64x64, 3, Tap::Conv, WeightLayout::ChannelsLast, 4);
 }
 
 #[test]
 fn resnet19_with_channels_last_weights_matches_libtorch() {
-    check_preset(Preset::ResNet19_32x32, 3, EmbeddingSource::Conv, WeightLayout::ChannelsLast, 5);
+    check_preset(Preset::ResNet19_32x32, 3, Tap::Conv, WeightLayout::ChannelsLast, 5);
 }
 
 #[test]
 fn resnet34_grey_matches_libtorch() {
-    check_preset(Preset::ResNet34_32x32, 1, EmbeddingSource::Fc, WeightLayout::Contiguous, 6);
+    check_preset(Preset::ResNet34_32x32, 1, Tap::Fc, WeightLayout::Contiguous, 6);
 }
 
 #[test]
 fn foldresnet19_on_strided_crops_matches_libtorch() {
-    check_preset(Preset::FoldResNet19_32x32, 3, EmbeddingSource::Y, WeightLayout::Contiguous, 7);
+    check_preset(Preset::FoldResNet19_32x32, 3, Tap::Y, WeightLayout::Contiguous, 7);
 }
 
 /// How the trainer runs in these tests: on the CPU into `dir`, quietly, channels-last.
@@ -313,9 +314,9 @@ fn foldresnet19_trained_a_few_steps_exports_and_matches_libtorch() {
     assert_eq!(outcome.end, RunEnd::Completed);
     assert_eq!(outcome.epochs.last().unwrap().step, 2);
     assert!(outcome.epochs[0].loss.is_finite());
-    let (store, encoder, config) = dim_train::checkpoint::load_encoder(run.path(), Device::Cpu).unwrap();
+    let (store, encoder, config) = dim_train::fit::checkpoint::load_encoder(run.path(), Device::Cpu).unwrap();
     assert_eq!(config.encoder.preset, Preset::FoldResNet19_32x32);
-    let exported = check_export_matches(run.path(), &store, &encoder, EmbeddingSource::Conv);
+    let exported = check_export_matches(run.path(), &store, &encoder, Tap::Conv);
 
     // dim-embed's embedder reads the files and gives the encoder's normalised conv tap.
     let options = EmbedderOptions { model: exported.path().join("model.onnx"), ..EmbedderOptions::default() };
@@ -361,8 +362,8 @@ fn basic32x32_trained_across_views_exports_and_matches_libtorch() {
     let outcome = trainer::train(&settings, dataset, None, &options).unwrap();
     assert_eq!(outcome.end, RunEnd::Completed);
     assert!(outcome.epochs.iter().all(|record| record.global_to_global_loss.is_some()));
-    let (store, encoder, _) = dim_train::checkpoint::load_encoder(run.path(), Device::Cpu).unwrap();
-    let exported = check_export_matches(run.path(), &store, &encoder, EmbeddingSource::Conv);
+    let (store, encoder, _) = dim_train::fit::checkpoint::load_encoder(run.path(), Device::Cpu).unwrap();
+    let exported = check_export_matches(run.path(), &store, &encoder, Tap::Conv);
     let environment = dim_infer::runtime::ensure_initialised().unwrap();
     let session =
         Session::builder(environment).unwrap().commit_from_file(exported.path().join("model.onnx")).unwrap();

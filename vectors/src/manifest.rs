@@ -7,11 +7,11 @@
 //! renamed together, vectors first; the digest in the manifest tells a manifest that does not
 //! describe the vectors beside it (a run killed between the renames) from one that does.
 
-use crate::embedder::{Feature, Skipped};
+use crate::npy;
 use dim_models::atomic_file::{self, StagedFile};
 use dim_models::onnx_metadata::{ModelMetadata, SearchRecipe};
 use dim_models::path_record::{PathRecord, PathRecordError};
-use dim_vectors::npy;
+use dim_models::tap::Feature;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -71,6 +71,37 @@ impl ModelIdentity {
 
 fn short(digest: &str) -> &str {
     &digest[..digest.len().min(12)]
+}
+
+/// An image that could not be embedded, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "SkippedJson", try_from = "SkippedJson")]
+pub struct Skipped {
+    /// The file.
+    pub path: PathBuf,
+    /// Why it was skipped.
+    pub reason: String,
+}
+
+/// [`Skipped`] as `skipped.json` holds it: the path losslessly ([`PathRecord`]).
+#[derive(Serialize, Deserialize)]
+struct SkippedJson {
+    #[serde(flatten)]
+    path: PathRecord,
+    reason: String,
+}
+
+impl From<Skipped> for SkippedJson {
+    fn from(skipped: Skipped) -> Self {
+        SkippedJson { path: PathRecord::of(&skipped.path), reason: skipped.reason }
+    }
+}
+
+impl TryFrom<SkippedJson> for Skipped {
+    type Error = PathRecordError;
+    fn try_from(json: SkippedJson) -> Result<Self, Self::Error> {
+        Ok(Skipped { path: json.path.to_path_buf()?, reason: json.reason })
+    }
 }
 
 /// One row of `embeddings.npy`: the file it came from and that file's identity when embedded.

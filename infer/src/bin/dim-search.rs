@@ -5,14 +5,14 @@
 
 use anyhow::Context;
 use clap::{ArgGroup, Args as ClapArgs, Parser, Subcommand};
-use dim_infer::duplicates::{self, DuplicateParams};
+use dim_index::duplicates::{self, DuplicateParams};
+use dim_index::embeddings_retrieval::{EmbeddingsReport, LabelSource};
+use dim_index::index::{self, Hit, IndexParams, SearchIndex};
 use dim_infer::embedder::{Embedder, EmbedderOptions};
-use dim_infer::embeddings_retrieval::{EmbeddingsReport, LabelSource};
-use dim_infer::index::{self, Hit, IndexParams, SearchIndex};
-use dim_infer::manifest::{Manifest, ModelIdentity};
 use dim_infer::pgvector_store::{self, PublishOptions, PublishedTable, QuerySpace};
 use dim_infer::session::ExecutionProvider;
 use dim_vectors::distance::Metric;
+use dim_vectors::manifest::{Manifest, ModelIdentity};
 use dim_vectors::npy;
 use dim_vectors::post_process::{DEFAULT_WHITEN_EPS, PcaSpec, PostProcessChoice};
 use std::io::IsTerminal;
