@@ -34,6 +34,15 @@ impl Tap {
         }
     }
 
+    /// What the tap is, in a sentence (command-line help).
+    pub fn description(self) -> &'static str {
+        match self {
+            Tap::Conv => "The last convolutional map, flattened",
+            Tap::Fc => "The hidden fully connected layer before Y",
+            Tap::Y => "The global vector Y",
+        }
+    }
+
     /// The tap's width in an encoder with these dimensions.
     pub fn width(self, dims: &TapDims) -> usize {
         match self {

@@ -36,7 +36,9 @@ fn dim_train_builds_without_the_inference_side() {
     let packages = dependencies_of("dim-train");
     assert!(packages.iter().any(|p| p == "tch"), "dim-train's tree looks wrong: {packages:?}");
     assert!(packages.iter().any(|p| p == "dim-vectors"));
-    for unwanted in ["dim-infer", "dim-index", "ort", "ort-sys", "hnsw_rs", "parquet", "postgres", "pgvector", "mozjpeg"] {
+    for unwanted in
+        ["dim-infer", "dim-index", "ort", "ort-sys", "hnsw_rs", "parquet", "postgres", "pgvector", "mozjpeg"]
+    {
         assert!(!packages.iter().any(|p| p == unwanted), "dim-train depends on {unwanted}");
     }
 }

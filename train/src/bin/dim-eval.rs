@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use dim_models::preprocess::{Background, ResizePolicy};
 use dim_models::{EncoderConfig, Preset};
 use dim_train::cli::{DeviceArg, FormatArg};
-use dim_train::eval::features::Tap;
+use dim_train::eval::features::Representation;
 use dim_train::eval::harness::{Baseline, EvalSource, Progress, Sampling, SplitSummary};
 use dim_train::eval::measures::mine::{self, MineOptions};
 use dim_train::eval::measures::ms_ssim::{self, MsSsimOptions};
@@ -216,7 +216,7 @@ struct MeasureArgs {
     source: SourceArgs,
     /// Encoder taps to measure, comma-separated (conv is the last conv map flattened).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "y")]
-    tap: Vec<Tap>,
+    tap: Vec<Representation>,
     /// Checkpoint of a supervised encoder (`dim-eval train-supervised`) measured as a baseline.
     #[arg(long)]
     supervised: Option<PathBuf>,
@@ -332,7 +332,7 @@ struct RetrievalArgs {
     source: SourceArgs,
     /// Encoder taps to score, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "conv,fc,y")]
-    taps: Vec<Tap>,
+    taps: Vec<Representation>,
     /// Baselines, comma-separated: raw (pixels) and random (untrained encoder, seeded). Give
     /// `--baselines` with no value for none.
     #[arg(long, value_enum, value_delimiter = ',', num_args = 0.., default_value = "raw,random")]
@@ -382,7 +382,7 @@ struct ProbeArgs {
     probes: Vec<ProbeKind>,
     /// Encoder taps to probe, comma-separated (conv is the last conv map flattened).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "conv,fc,y")]
-    taps: Vec<Tap>,
+    taps: Vec<Representation>,
     /// Baselines, comma-separated: raw (pixels) and random (untrained encoder, seeded). Give
     /// `--baselines` with no value for none.
     #[arg(long, value_enum, value_delimiter = ',', num_args = 0.., default_value = "raw,random")]

@@ -5,6 +5,7 @@
 use crate::data::Dataset;
 use crate::model::encoder::Encoder;
 use dim_models::EncoderConfig;
+use dim_models::tap::Tap;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
@@ -12,37 +13,73 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use tch::{Device, Kind, Tensor, nn};
 
-/// A feature tap that probes read.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Tap {
-    /// The last convolutional map, flattened.
-    Conv,
-    /// The hidden fully connected layer before Y.
-    Fc,
-    /// The global vector Y.
-    Y,
-    /// The input pixels in [0, 1], flattened (the raw-pixel baseline's only tap).
+/// What a probe reads: one of the encoder's taps, or the input pixels in [0, 1], flattened (the
+/// raw-pixel baseline's only representation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "&'static str", try_from = "String")]
+pub enum Representation {
+    /// An encoder tap.
+    Tap(Tap),
+    /// The input pixels.
     Pixels,
 }
 
-impl Tap {
-    /// The tap's name in tables, files and on command lines.
+impl Representation {
+    /// Every representation, in the order `--help` lists them.
+    pub const ALL: [Representation; 4] = [
+        Representation::Tap(Tap::Conv),
+        Representation::Tap(Tap::Fc),
+        Representation::Tap(Tap::Y),
+        Representation::Pixels,
+    ];
+
+    /// The name in tables, files and on command lines.
     pub fn name(self) -> &'static str {
         match self {
-            Tap::Conv => "conv",
-            Tap::Fc => "fc",
-            Tap::Y => "y",
-            Tap::Pixels => "pixels",
+            Representation::Tap(tap) => tap.name(),
+            Representation::Pixels => "pixels",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            Representation::Tap(tap) => tap.description(),
+            Representation::Pixels => {
+                "The input pixels in [0, 1], flattened (the raw-pixel baseline's only tap)"
+            }
         }
     }
 }
 
-impl fmt::Display for Tap {
+impl fmt::Display for Representation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+impl From<Representation> for &'static str {
+    fn from(representation: Representation) -> Self {
+        representation.name()
+    }
+}
+
+impl TryFrom<String> for Representation {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        Representation::ALL
+            .into_iter()
+            .find(|representation| representation.name() == name)
+            .ok_or_else(|| format!("unknown representation `{name}` (known: conv, fc, y, pixels)"))
+    }
+}
+
+impl clap::ValueEnum for Representation {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Representation::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()).help(self.description()))
     }
 }
 
@@ -159,15 +196,15 @@ pub fn pixel_features(images: &Tensor) -> Tensor {
 
 /// Runs `encoder` frozen (eval-mode BatchNorm, no gradients) over `images` in batches on
 /// `device` and returns each requested tap as a `[N, D]` CPU f32 matrix, in the order asked
-/// ([`Tap::Pixels`] gives the flattened input).
+/// ([`Representation::Pixels`] gives the flattened input).
 pub fn encoder_features(
     encoder: &Encoder,
     images: &Tensor,
-    taps: &[Tap],
+    taps: &[Representation],
     batch_size: usize,
     device: Device,
     progress: &indicatif::ProgressBar,
-) -> Result<Vec<(Tap, Tensor)>, FeatureError> {
+) -> Result<Vec<(Representation, Tensor)>, FeatureError> {
     let config = encoder.config();
     let size = images.size();
     let found = (size[1] as usize, size[3] as usize);
@@ -186,10 +223,10 @@ pub fn encoder_features(
         let outputs = encoder.forward_taps(&images.narrow(0, start, len).to_device(device), false);
         for (tap, part) in taps.iter().zip(parts.iter_mut()) {
             let features = match tap {
-                Tap::Conv => outputs.conv.flatten(1, -1),
-                Tap::Fc => outputs.fc.shallow_clone(),
-                Tap::Y => outputs.y.shallow_clone(),
-                Tap::Pixels => pixel_features(&images.narrow(0, start, len)),
+                Representation::Tap(Tap::Conv) => outputs.conv.flatten(1, -1),
+                Representation::Tap(Tap::Fc) => outputs.fc.shallow_clone(),
+                Representation::Tap(Tap::Y) => outputs.y.shallow_clone(),
+                Representation::Pixels => pixel_features(&images.narrow(0, start, len)),
             };
             part.push(features.to_device(Device::Cpu).to_kind(Kind::Float));
         }
@@ -310,20 +347,27 @@ pub(crate) mod tests {
         let (_store, encoder) = random_encoder(config, 0, Device::Cpu);
         let images = Tensor::rand([5, 1, 32, 32], (Kind::Float, Device::Cpu));
         let hidden = indicatif::ProgressBar::hidden();
-        let taps = [Tap::Conv, Tap::Fc, Tap::Y, Tap::Pixels];
+        let taps = [
+            Representation::Tap(Tap::Conv),
+            Representation::Tap(Tap::Fc),
+            Representation::Tap(Tap::Y),
+            Representation::Pixels,
+        ];
         let features = encoder_features(&encoder, &images, &taps, 2, Device::Cpu, &hidden).unwrap();
-        let widths: Vec<(Tap, Vec<i64>)> = features.iter().map(|(t, f)| (*t, f.size())).collect();
+        let widths: Vec<(Representation, Vec<i64>)> = features.iter().map(|(t, f)| (*t, f.size())).collect();
         assert_eq!(
             widths,
             [
-                (Tap::Conv, vec![5, 4096]),
-                (Tap::Fc, vec![5, 1024]),
-                (Tap::Y, vec![5, 64]),
-                (Tap::Pixels, vec![5, 1024])
+                (Representation::Tap(Tap::Conv), vec![5, 4096]),
+                (Representation::Tap(Tap::Fc), vec![5, 1024]),
+                (Representation::Tap(Tap::Y), vec![5, 64]),
+                (Representation::Pixels, vec![5, 1024])
             ]
         );
         // Batching must not change the result: eval mode makes each row independent.
-        let whole = encoder_features(&encoder, &images, &[Tap::Y], 5, Device::Cpu, &hidden).unwrap();
+        let whole =
+            encoder_features(&encoder, &images, &[Representation::Tap(Tap::Y)], 5, Device::Cpu, &hidden)
+                .unwrap();
         assert!(whole[0].1.allclose(&features[2].1, 1e-5, 1e-5, false));
 
         let wrong = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));

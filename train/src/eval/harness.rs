@@ -6,8 +6,8 @@
 
 use crate::data::{DataError, DataFormat, Dataset, Split, open_dataset};
 use crate::eval::features::{
-    FeatureError, LabelledImages, SkippedExample, Tap, encoder_features, pixel_features, random_encoder,
-    read_labelled_images,
+    FeatureError, LabelledImages, Representation, SkippedExample, encoder_features, pixel_features,
+    random_encoder, read_labelled_images,
 };
 use crate::eval::probes::{ProbeError, ProbeKind};
 use crate::fit::checkpoint::{CheckpointIoError, load_encoder};
@@ -116,7 +116,7 @@ pub enum EvalError {
         /// The model.
         model: String,
         /// The tap.
-        tap: Tap,
+        tap: Representation,
         /// The probe.
         probe: ProbeKind,
         /// The cause.
@@ -128,7 +128,7 @@ pub enum EvalError {
         /// The model.
         model: String,
         /// The tap.
-        tap: Tap,
+        tap: Representation,
         /// The cause.
         source: ProbeError,
     },
@@ -256,7 +256,7 @@ impl LoadedEncoders {
     /// what ran before it draws from libtorch's generator as it always has.
     pub(crate) fn for_each_model<E>(
         &self,
-        taps: &[Tap],
+        taps: &[Representation],
         baselines: &[Baseline],
         seed: u64,
         device: Device,
@@ -282,8 +282,8 @@ impl LoadedEncoders {
 /// How an evaluation extracts a model's features: which encoder taps, in batches of what size,
 /// on which device, with which progress display.
 pub(crate) struct Extraction<'a> {
-    /// The encoder taps (never [`Tap::Pixels`]).
-    pub taps: &'a [Tap],
+    /// The encoder taps (never [`Representation::Pixels`]).
+    pub taps: &'a [Representation],
     /// Images per encoder forward pass.
     pub batch_size: usize,
     /// Where the encoders run.
@@ -300,9 +300,9 @@ impl Extraction<'_> {
         encoder: Option<&Encoder>,
         images: &LabelledImages,
         message: impl FnOnce() -> String,
-    ) -> Result<Vec<(Tap, Tensor)>, FeatureError> {
+    ) -> Result<Vec<(Representation, Tensor)>, FeatureError> {
         let Some(encoder) = encoder else {
-            return Ok(vec![(Tap::Pixels, pixel_features(&images.images))]);
+            return Ok(vec![(Representation::Pixels, pixel_features(&images.images))]);
         };
         let bar = self.progress.bar(message());
         let features =

@@ -3,7 +3,7 @@
 //! (raw pixels, a randomly initialised encoder), runs every requested probe on every tap, and
 //! reports a table and a JSON file.
 
-use crate::eval::features::Tap;
+use crate::eval::features::Representation;
 use crate::eval::harness::{
     Baseline, CheckpointSummary, EvalError, EvalSource, Extraction, LoadedEncoders, Progress, ReadSplits,
     Sampling, SplitSummary, load_encoders, read_splits, utc_timestamp,
@@ -27,7 +27,7 @@ pub struct EvalSettings {
     /// Probes to run, in table column order.
     pub probes: Vec<ProbeKind>,
     /// Encoder taps to probe.
-    pub taps: Vec<Tap>,
+    pub taps: Vec<Representation>,
     /// Baselines evaluated beside the checkpoint.
     pub baselines: Vec<Baseline>,
     /// Read at most this many training examples (a seeded random subset).
@@ -50,7 +50,7 @@ pub struct ProbeEntry {
     /// "checkpoint", "random" or "raw".
     pub model: String,
     /// The tap probed.
-    pub tap: Tap,
+    pub tap: Representation,
     /// The probe.
     pub probe: ProbeKind,
     /// Test accuracy in [0, 1].
@@ -97,7 +97,8 @@ pub fn evaluate(
     if settings.probes.is_empty() {
         return Err(EvalError::Nothing("no probes selected".into()));
     }
-    let taps: Vec<Tap> = settings.taps.iter().copied().filter(|&t| t != Tap::Pixels).collect();
+    let taps: Vec<Representation> =
+        settings.taps.iter().copied().filter(|&t| t != Representation::Pixels).collect();
     if taps.is_empty() && !settings.baselines.contains(&Baseline::Raw) {
         return Err(EvalError::Nothing("no encoder taps and no raw-pixel baseline selected".into()));
     }
@@ -259,6 +260,7 @@ pub(crate) mod tests {
     use crate::eval::harness::tests::{write_checkpoint, write_folder, write_idx};
     use crate::eval::probes::knn::Vote;
     use crate::eval::probes::mlp::MlpProtocol;
+    use dim_models::tap::Tap;
 
     fn quick(schedule: TrainingSchedule) -> TrainingSchedule {
         TrainingSchedule { epochs: 3, batch_size: 16, lr_drop_epochs: vec![], ..schedule }
@@ -276,7 +278,11 @@ pub(crate) mod tests {
         let settings = EvalSettings {
             source: EvalSource { checkpoint, data, test_data: None, format: DataFormat::Auto },
             probes: vec![ProbeKind::Linear, ProbeKind::Mlp, ProbeKind::Knn],
-            taps: vec![Tap::Conv, Tap::Fc, Tap::Y],
+            taps: vec![
+                Representation::Tap(Tap::Conv),
+                Representation::Tap(Tap::Fc),
+                Representation::Tap(Tap::Y),
+            ],
             baselines: vec![Baseline::Raw, Baseline::Random],
             limit_train: Some(40),
             sampling: Sampling { limit_test: None, seed: 0, batch_size: 16 },
@@ -291,18 +297,18 @@ pub(crate) mod tests {
         let report = evaluate(&settings, Device::Cpu, Progress { visible: false }).unwrap();
         assert_eq!((report.train.examples, report.test.examples), (40, 20));
         assert_eq!(report.entries.len(), (3 + 3 + 1) * 3);
-        let rows: Vec<(&str, Tap, usize)> =
+        let rows: Vec<(&str, Representation, usize)> =
             report.entries.iter().step_by(3).map(|e| (e.model.as_str(), e.tap, e.dims)).collect();
         assert_eq!(
             rows,
             [
-                ("checkpoint", Tap::Conv, 4096),
-                ("checkpoint", Tap::Fc, 1024),
-                ("checkpoint", Tap::Y, 64),
-                ("random", Tap::Conv, 4096),
-                ("random", Tap::Fc, 1024),
-                ("random", Tap::Y, 64),
-                ("raw", Tap::Pixels, 1024),
+                ("checkpoint", Representation::Tap(Tap::Conv), 4096),
+                ("checkpoint", Representation::Tap(Tap::Fc), 1024),
+                ("checkpoint", Representation::Tap(Tap::Y), 64),
+                ("random", Representation::Tap(Tap::Conv), 4096),
+                ("random", Representation::Tap(Tap::Fc), 1024),
+                ("random", Representation::Tap(Tap::Y), 64),
+                ("raw", Representation::Pixels, 1024),
             ]
         );
         // The two classes differ in which half is bright: raw pixels separate them.
@@ -344,7 +350,7 @@ pub(crate) mod tests {
         let mut settings = EvalSettings {
             source: EvalSource { checkpoint, data: train, test_data: None, format: DataFormat::Folder },
             probes: vec![ProbeKind::Knn],
-            taps: vec![Tap::Y],
+            taps: vec![Representation::Tap(Tap::Y)],
             baselines: vec![Baseline::Raw],
             limit_train: None,
             sampling: Sampling { limit_test: None, seed: 0, batch_size: 4 },
@@ -374,7 +380,7 @@ pub(crate) mod tests {
                 format: DataFormat::Auto,
             },
             probes: vec![ProbeKind::Knn],
-            taps: vec![Tap::Y],
+            taps: vec![Representation::Tap(Tap::Y)],
             baselines: vec![],
             limit_train: None,
             sampling: Sampling { limit_test: None, seed: 0, batch_size: 16 },

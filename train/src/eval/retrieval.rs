@@ -6,7 +6,7 @@
 //! numbers `dim-search retrieval` gives for the same vectors.
 
 use crate::data::{DataError, Split, open_dataset};
-use crate::eval::features::{LabelledImages, Tap};
+use crate::eval::features::{LabelledImages, Representation};
 use crate::eval::harness::{
     Baseline, CheckpointSummary, EvalError, EvalSource, Extraction, Progress, Sampling, SplitSummary,
     load_encoders, read_split, utc_timestamp,
@@ -27,7 +27,7 @@ pub struct RetrievalSettings {
     #[serde(flatten)]
     pub source: EvalSource,
     /// Encoder taps to score.
-    pub taps: Vec<Tap>,
+    pub taps: Vec<Representation>,
     /// Unlearned baselines scored beside the checkpoint.
     pub baselines: Vec<Baseline>,
     /// A supervised checkpoint (`dim-eval train-supervised`) scored as a further baseline.
@@ -59,7 +59,7 @@ pub enum RetrievalEvalError {
         /// The model.
         model: String,
         /// The tap.
-        tap: Tap,
+        tap: Representation,
         /// The cause.
         source: RetrievalError,
     },
@@ -69,7 +69,7 @@ pub enum RetrievalEvalError {
         /// The model.
         model: String,
         /// The tap.
-        tap: Tap,
+        tap: Representation,
         /// The cause.
         source: PostProcessError,
     },
@@ -81,7 +81,7 @@ pub struct RetrievalEntry {
     /// "checkpoint", "supervised", "random" or "raw".
     pub model: String,
     /// The tap.
-    pub tap: Tap,
+    pub tap: Representation,
     /// The vectors (`vectors` is "none", or e.g. "pca 256 + whitening"), their width, the
     /// fitted transform if any, the search time and the measures.
     #[serde(flatten)]
@@ -120,7 +120,8 @@ pub fn evaluate_retrieval(
     device: Device,
     progress: Progress,
 ) -> Result<RetrievalReport, RetrievalEvalError> {
-    let taps: Vec<Tap> = settings.taps.iter().copied().filter(|&t| t != Tap::Pixels).collect();
+    let taps: Vec<Representation> =
+        settings.taps.iter().copied().filter(|&t| t != Representation::Pixels).collect();
     let source = &settings.source;
     let models = load_encoders(&source.checkpoint, settings.supervised.as_deref(), device)?;
 
@@ -163,9 +164,10 @@ pub fn evaluate_retrieval(
     let extraction = Extraction { taps: &taps, batch_size: settings.sampling.batch_size, device, progress };
     let mut entries = Vec::new();
     let score_model = |model: &str, encoder: Option<&Encoder>| -> Result<(), RetrievalEvalError> {
-        let features = |images: &LabelledImages, split: &str| -> Result<Vec<(Tap, Tensor)>, EvalError> {
-            Ok(extraction.features(encoder, images, || format!("{model} features, {split}"))?)
-        };
+        let features =
+            |images: &LabelledImages, split: &str| -> Result<Vec<(Representation, Tensor)>, EvalError> {
+                Ok(extraction.features(encoder, images, || format!("{model} features, {split}"))?)
+            };
         let searched_features = features(&searched, "searched")?;
         let fit_features = match fit_images {
             Some(images) => Some(features(images, "fit")?),
@@ -313,13 +315,18 @@ mod tests {
     use crate::eval::harness::tests::{
         write_checkpoint, write_checkpoint_with_channels, write_folder, write_idx,
     };
+    use dim_models::tap::Tap;
     use dim_vectors::post_process::DEFAULT_WHITEN_EPS;
     use dim_vectors::retrieval;
 
     fn settings(checkpoint: PathBuf, data: PathBuf) -> RetrievalSettings {
         RetrievalSettings {
             source: EvalSource { checkpoint, data, test_data: None, format: DataFormat::Auto },
-            taps: vec![Tap::Conv, Tap::Fc, Tap::Y],
+            taps: vec![
+                Representation::Tap(Tap::Conv),
+                Representation::Tap(Tap::Fc),
+                Representation::Tap(Tap::Y),
+            ],
             baselines: vec![Baseline::Raw, Baseline::Random],
             supervised: None,
             k: 5,
@@ -344,20 +351,24 @@ mod tests {
         settings.supervised = Some(supervised);
         let report = evaluate_retrieval(&settings, Device::Cpu, Progress { visible: false }).unwrap();
 
-        let rows: Vec<(&str, Tap, &str, usize)> = report
+        let rows: Vec<(&str, Representation, &str, usize)> = report
             .entries
             .iter()
             .map(|e| (e.model.as_str(), e.tap, e.run.vectors.as_str(), e.run.dims))
             .collect();
         let mut expected = Vec::new();
         for model in ["checkpoint", "supervised", "random"] {
-            for (tap, dims) in [(Tap::Conv, 4096), (Tap::Fc, 1024), (Tap::Y, 64)] {
+            for (tap, dims) in [
+                (Representation::Tap(Tap::Conv), 4096),
+                (Representation::Tap(Tap::Fc), 1024),
+                (Representation::Tap(Tap::Y), 64),
+            ] {
                 expected.push((model, tap, "none", dims));
                 expected.push((model, tap, "pca 16 + whitening", 16));
             }
         }
-        expected.push(("raw", Tap::Pixels, "none", 1024));
-        expected.push(("raw", Tap::Pixels, "pca 16 + whitening", 16));
+        expected.push(("raw", Representation::Pixels, "none", 1024));
+        expected.push(("raw", Representation::Pixels, "pca 16 + whitening", 16));
         assert_eq!(rows, expected);
         assert_eq!(report.searched.examples, 20);
         assert_eq!(report.fitted_on.as_ref().unwrap().examples, 40);
@@ -409,7 +420,7 @@ mod tests {
         let checkpoint = dir.path().join("dim");
         write_checkpoint(&checkpoint);
         let mut settings = settings(checkpoint, folder);
-        settings.taps = vec![Tap::Y];
+        settings.taps = vec![Representation::Tap(Tap::Y)];
         settings.baselines = vec![Baseline::Raw];
         // The generated images vary along two directions only.
         settings.post_process = Some(PcaSpec { dims: 2, whiten: false, eps: DEFAULT_WHITEN_EPS });

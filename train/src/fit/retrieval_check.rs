@@ -3,9 +3,10 @@
 //! cosine search, and precision@k goes into `train_log.jsonl` and the progress line.
 
 use crate::data::{DataFormat, Dataset, Split, open_dataset};
-use crate::eval::features::{LabelledImages, Tap, encoder_features, read_labelled_images};
+use crate::eval::features::{LabelledImages, Representation, encoder_features, read_labelled_images};
 use crate::model::encoder::Encoder;
 use dim_models::preprocess::InputSpec;
+use dim_models::tap::Tap;
 use dim_vectors::distance::Metric;
 use dim_vectors::retrieval::{nearest_neighbours, score};
 use std::path::Path;
@@ -144,7 +145,8 @@ fn precision_of(
     device: Device,
 ) -> Result<f64, RetrievalCheckError> {
     let progress = indicatif::ProgressBar::hidden();
-    let features = encoder_features(encoder, images, &[Tap::Conv], 256, device, &progress)?;
+    let features =
+        encoder_features(encoder, images, &[Representation::Tap(Tap::Conv)], 256, device, &progress)?;
     let conv = &features[0].1;
     let cols = conv.size()[1] as usize;
     let values = Vec::<f32>::try_from(conv.flatten(0, -1)).expect("features are f32 on the CPU");

@@ -8,7 +8,7 @@ pub mod mine;
 pub mod ms_ssim;
 pub mod ndm;
 
-use crate::eval::features::{LabelledImages, Tap, standardise};
+use crate::eval::features::{LabelledImages, Representation, standardise};
 use crate::eval::harness::{
     Baseline, CheckpointSummary, EvalError, EvalSource, Extraction, Progress, ReadSplits, Sampling,
     SplitSummary, load_encoders, read_splits, utc_timestamp,
@@ -28,7 +28,7 @@ pub struct MeasureSettings {
     #[serde(flatten)]
     pub source: EvalSource,
     /// Encoder taps measured.
-    pub taps: Vec<Tap>,
+    pub taps: Vec<Representation>,
     /// Unlearned baselines measured beside the checkpoint.
     pub baselines: Vec<Baseline>,
     /// A supervised checkpoint (`dim-eval train-supervised`) measured as a further baseline.
@@ -145,7 +145,7 @@ pub enum MeasureError {
         /// The model.
         model: String,
         /// The tap.
-        tap: Tap,
+        tap: Representation,
         /// The cause.
         source: Box<MeasureError>,
     },
@@ -192,7 +192,7 @@ pub struct MeasureEntry<S> {
     /// "checkpoint", "supervised", "random" or "raw".
     pub model: String,
     /// The tap measured.
-    pub tap: Tap,
+    pub tap: Representation,
     /// Feature width.
     pub dims: usize,
     /// The result.
@@ -297,7 +297,8 @@ pub fn run_measure<O: Clone + Serialize, S: MeasureScore>(
     progress: Progress,
     mut measure: impl FnMut(&TapData<'_>, &indicatif::ProgressBar) -> Result<S, MeasureError>,
 ) -> Result<MeasureReport<O, S>, MeasureError> {
-    let taps: Vec<Tap> = settings.taps.iter().copied().filter(|&t| t != Tap::Pixels).collect();
+    let taps: Vec<Representation> =
+        settings.taps.iter().copied().filter(|&t| t != Representation::Pixels).collect();
     if let Some(why) = run.raw_not_applicable
         && settings.baselines.contains(&Baseline::Raw)
     {
@@ -319,10 +320,11 @@ pub fn run_measure<O: Clone + Serialize, S: MeasureScore>(
     let extraction = Extraction { taps: &taps, batch_size: settings.sampling.batch_size, device, progress };
     let mut entries = Vec::new();
     let measure_model = |model: &str, encoder: Option<&Encoder>| -> Result<(), MeasureError> {
-        let features = |images: &LabelledImages, split: &str| -> Result<Vec<(Tap, Tensor)>, MeasureError> {
-            let features = extraction.features(encoder, images, || format!("{model} features, {split}"));
-            Ok(features.map_err(EvalError::from)?)
-        };
+        let features =
+            |images: &LabelledImages, split: &str| -> Result<Vec<(Representation, Tensor)>, MeasureError> {
+                let features = extraction.features(encoder, images, || format!("{model} features, {split}"));
+                Ok(features.map_err(EvalError::from)?)
+            };
         for ((tap, train_features), (_, test_features)) in
             features(&train, "train")?.into_iter().zip(features(&test, "test")?)
         {
@@ -407,6 +409,7 @@ pub(crate) mod tests {
     use super::ms_ssim::{METHOD, MsSsimOptions, reconstruction_score};
     use super::ndm::{NdmOptions, feature_ndm_score};
     use super::*;
+    use dim_models::tap::Tap;
 
     /// One libtorch thread for the measures' tiny networks: they gain nothing from intra-op
     /// parallelism, and on a busy two-core machine spin-waiting workers slow them tenfold.
@@ -416,7 +419,11 @@ pub(crate) mod tests {
     use crate::data::DataFormat;
     use crate::eval::harness::tests::{write_checkpoint, write_checkpoint_with_channels, write_idx};
 
-    pub(crate) fn settings(dir: &Path, taps: Vec<Tap>, baselines: Vec<Baseline>) -> MeasureSettings {
+    pub(crate) fn settings(
+        dir: &Path,
+        taps: Vec<Representation>,
+        baselines: Vec<Baseline>,
+    ) -> MeasureSettings {
         let data = dir.join("data");
         std::fs::create_dir_all(&data).unwrap();
         write_idx(&data, "train", 64);
@@ -444,7 +451,8 @@ pub(crate) mod tests {
     fn ms_ssim_runs_on_every_model_and_the_json_reads_back() {
         single_threaded();
         let dir = tempfile::tempdir().unwrap();
-        let mut settings = settings(dir.path(), vec![Tap::Y], vec![Baseline::Raw, Baseline::Random]);
+        let mut settings =
+            settings(dir.path(), vec![Representation::Tap(Tap::Y)], vec![Baseline::Raw, Baseline::Random]);
         let supervised = dir.path().join("supervised");
         write_checkpoint(&supervised);
         settings.supervised = Some(supervised);
@@ -455,15 +463,15 @@ pub(crate) mod tests {
         })
         .unwrap();
         assert_eq!((report.train.examples, report.test.examples), (64, 16));
-        let rows: Vec<(&str, Tap, usize)> =
+        let rows: Vec<(&str, Representation, usize)> =
             report.entries.iter().map(|e| (e.model.as_str(), e.tap, e.dims)).collect();
         assert_eq!(
             rows,
             [
-                ("checkpoint", Tap::Y, 64),
-                ("supervised", Tap::Y, 64),
-                ("random", Tap::Y, 64),
-                ("raw", Tap::Pixels, 1024),
+                ("checkpoint", Representation::Tap(Tap::Y), 64),
+                ("supervised", Representation::Tap(Tap::Y), 64),
+                ("random", Representation::Tap(Tap::Y), 64),
+                ("raw", Representation::Pixels, 1024),
             ]
         );
         for entry in &report.entries {
@@ -503,7 +511,7 @@ pub(crate) mod tests {
     #[test]
     fn a_supervised_checkpoint_of_another_input_and_a_missing_checkpoint_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut settings = settings(dir.path(), vec![Tap::Y], vec![]);
+        let mut settings = settings(dir.path(), vec![Representation::Tap(Tap::Y)], vec![]);
         let supervised = dir.path().join("supervised");
         write_checkpoint_with_channels(&supervised, 3);
         settings.supervised = Some(supervised);
@@ -528,7 +536,8 @@ pub(crate) mod tests {
     fn mine_runs_on_the_checkpoint_and_the_random_encoder_and_refuses_raw_pixels() {
         single_threaded();
         let dir = tempfile::tempdir().unwrap();
-        let mut settings = settings(dir.path(), vec![Tap::Y], vec![Baseline::Random, Baseline::Raw]);
+        let mut settings =
+            settings(dir.path(), vec![Representation::Tap(Tap::Y)], vec![Baseline::Random, Baseline::Raw]);
         let options = MineOptions {
             schedule: MeasureSchedule { steps: 10, batch_size: 16, learning_rate: 1e-3, seed: 0 },
             units: 32,
@@ -550,8 +559,12 @@ pub(crate) mod tests {
         settings.baselines = vec![Baseline::Random];
         let report =
             run_measure(&settings, run(), Device::Cpu, Progress { visible: false }, measure).unwrap();
-        let rows: Vec<(&str, Tap)> = report.entries.iter().map(|e| (e.model.as_str(), e.tap)).collect();
-        assert_eq!(rows, [("checkpoint", Tap::Y), ("random", Tap::Y)]);
+        let rows: Vec<(&str, Representation)> =
+            report.entries.iter().map(|e| (e.model.as_str(), e.tap)).collect();
+        assert_eq!(
+            rows,
+            [("checkpoint", Representation::Tap(Tap::Y)), ("random", Representation::Tap(Tap::Y))]
+        );
         assert!(report.entries.iter().all(|e| e.score.mi.is_finite() && e.score.train_mi.is_finite()));
         assert_eq!(report.measure, "mine");
     }
@@ -560,7 +573,7 @@ pub(crate) mod tests {
     fn ndm_runs_on_the_checkpoint_and_raw_pixels() {
         single_threaded();
         let dir = tempfile::tempdir().unwrap();
-        let settings = settings(dir.path(), vec![Tap::Y], vec![Baseline::Raw]);
+        let settings = settings(dir.path(), vec![Representation::Tap(Tap::Y)], vec![Baseline::Raw]);
         let options = NdmOptions {
             schedule: MeasureSchedule { steps: 5, batch_size: 32, learning_rate: 1e-4, seed: 0 },
         };
@@ -570,9 +583,12 @@ pub(crate) mod tests {
             feature_ndm_score(data, &options, Device::Cpu, bar)
         })
         .unwrap();
-        let rows: Vec<(&str, Tap, usize)> =
+        let rows: Vec<(&str, Representation, usize)> =
             report.entries.iter().map(|e| (e.model.as_str(), e.tap, e.dims)).collect();
-        assert_eq!(rows, [("checkpoint", Tap::Y, 64), ("raw", Tap::Pixels, 1024)]);
+        assert_eq!(
+            rows,
+            [("checkpoint", Representation::Tap(Tap::Y), 64), ("raw", Representation::Pixels, 1024)]
+        );
         assert!(report.entries.iter().all(|e| e.score.ndm.is_finite() && e.score.kl.is_finite()));
         assert!(report.table().lines().next().unwrap().contains("ndm"));
     }
