@@ -422,6 +422,12 @@ pub(crate) fn utc_timestamp(time: std::time::SystemTime) -> String {
     )
 }
 
+/// Writes an evaluation report as pretty JSON, atomically.
+pub fn write_report_json(report: &impl Serialize, path: &Path) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(report).expect("reports serialise");
+    dim_models::atomic_file::write_bytes_atomically(path, &json)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 use crate::eval::features::Representation;
 use crate::eval::harness::{
     Baseline, CheckpointSummary, EvalError, EvalSource, Extraction, LoadedEncoders, Progress, ReadSplits,
-    Sampling, SplitSummary, load_encoders, read_splits, utc_timestamp,
+    Sampling, SplitSummary, load_encoders, read_splits, utc_timestamp, write_report_json,
 };
 use crate::eval::probes::knn::{KnnOptions, knn_probe};
 use crate::eval::probes::linear::train_linear_probe;
@@ -247,9 +247,7 @@ impl EvalReport {
 
     /// Writes the report as pretty JSON, atomically.
     pub fn write_json(&self, path: &Path) -> Result<(), EvalError> {
-        let json = serde_json::to_vec_pretty(self).expect("reports serialise");
-        dim_models::atomic_file::write_bytes_atomically(path, &json)
-            .map_err(|source| EvalError::Write { path: path.into(), source })
+        write_report_json(self, path).map_err(|source| EvalError::Write { path: path.into(), source })
     }
 }
 

@@ -9,7 +9,7 @@ use crate::data::{DataError, Split, open_dataset};
 use crate::eval::features::{LabelledImages, Representation};
 use crate::eval::harness::{
     Baseline, CheckpointSummary, EvalError, EvalSource, Extraction, Progress, Sampling, SplitSummary,
-    load_encoders, read_split, utc_timestamp,
+    load_encoders, read_split, utc_timestamp, write_report_json,
 };
 use crate::model::encoder::Encoder;
 use dim_vectors::distance::Metric;
@@ -302,9 +302,7 @@ impl RetrievalReport {
 
     /// Writes the report as pretty JSON, atomically.
     pub fn write_json(&self, path: &Path) -> Result<(), EvalError> {
-        let json = serde_json::to_vec_pretty(self).expect("reports serialise");
-        dim_models::atomic_file::write_bytes_atomically(path, &json)
-            .map_err(|source| EvalError::Write { path: path.into(), source })
+        write_report_json(self, path).map_err(|source| EvalError::Write { path: path.into(), source })
     }
 }
 

@@ -11,7 +11,7 @@ pub mod ndm;
 use crate::eval::features::{LabelledImages, Representation, standardise};
 use crate::eval::harness::{
     Baseline, CheckpointSummary, EvalError, EvalSource, Extraction, Progress, ReadSplits, Sampling,
-    SplitSummary, load_encoders, read_splits, utc_timestamp,
+    SplitSummary, load_encoders, read_splits, utc_timestamp, write_report_json,
 };
 use crate::model::encoder::Encoder;
 use dim_models::EncoderConfig;
@@ -263,9 +263,7 @@ impl<O: Serialize, S: MeasureScore> MeasureReport<O, S> {
 
     /// Writes the report as pretty JSON, atomically.
     pub fn write_json(&self, path: &Path) -> Result<(), MeasureError> {
-        let json = serde_json::to_vec_pretty(self).expect("reports serialise");
-        dim_models::atomic_file::write_bytes_atomically(path, &json)
-            .map_err(|source| MeasureError::Write { path: path.into(), source })
+        write_report_json(self, path).map_err(|source| MeasureError::Write { path: path.into(), source })
     }
 }
 
