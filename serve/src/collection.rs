@@ -1,40 +1,23 @@
-//! The collection a server answers for: a loaded index, the model that embeds uploaded queries
-//! (checked to be the index's), and each row's path relative to the collection root. Every
+//! The collection a server answers for: an index paired with the model that embeds uploaded
+//! queries ([`ImageSearch`], which checks that model), and each row's path relative to the collection root. Every
 //! search, whether by image, row or vector, ends in [`ServedCollection::search_vector`].
 
-use dim_index::index::{Hit, IndexError, SearchIndex};
+use dim_index::index::{Hit, IndexError};
 use dim_infer::embedder::{EmbedError, Embedder};
+use dim_infer::image_search::{ImageSearch, ImageSearchError};
 use dim_models::path_record::PathRecord;
 use dim_vectors::manifest::ModelIdentity;
 use image::DynamicImage;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 /// Why a collection cannot be served.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CollectionError {
-    /// The index directory is unusable.
-    #[error("cannot open the index {path}")]
-    Index {
-        /// The index directory.
-        path: PathBuf,
-        /// The cause.
-        source: IndexError,
-    },
-    /// The query model is not the one the index was built with.
-    #[error(
-        "model {model} is not the model the index {index} was built with ({reason}); pass that model with --model, or rebuild the index"
-    )]
-    ModelMismatch {
-        /// The query model.
-        model: PathBuf,
-        /// The index directory.
-        index: PathBuf,
-        /// What differs.
-        reason: String,
-    },
+    /// The index cannot be opened, or the query model is not its model.
+    #[error(transparent)]
+    Search(#[from] ImageSearchError),
     /// The index holds no rows.
     #[error("the index {0} holds no images")]
     Empty(PathBuf),
@@ -87,14 +70,11 @@ pub struct CollectionSummary {
 
 /// An index ready to answer queries.
 pub struct ServedCollection {
-    index: SearchIndex,
+    search: ImageSearch,
     root: PathBuf,
     relative_paths: Vec<PathRecord>,
     /// Rows in the graph, for picking a random image.
     indexed_rows: Vec<usize>,
-    embedder: Mutex<Embedder>,
-    /// Kept apart from the embedder so that a summary never waits for a running embedding.
-    model_path: PathBuf,
     max_image_pixels: u64,
 }
 
@@ -115,16 +95,8 @@ impl ServedCollection {
         root: Option<PathBuf>,
         max_image_pixels: u64,
     ) -> Result<Self, CollectionError> {
-        let index_error = |source| CollectionError::Index { path: dir.to_path_buf(), source };
-        let index = SearchIndex::open(dir).map_err(index_error)?;
-        let identity = embedder.identity();
-        if let Some(reason) = index.info.model.mismatch(&identity) {
-            return Err(CollectionError::ModelMismatch {
-                model: embedder.model_path().to_path_buf(),
-                index: dir.to_path_buf(),
-                reason,
-            });
-        }
+        let search = ImageSearch::open(dir, embedder)?;
+        let index = &search.index;
         if index.info.count == 0 {
             return Err(CollectionError::Empty(dir.to_path_buf()));
         }
@@ -134,30 +106,22 @@ impl ServedCollection {
             paths.iter().map(|path| PathRecord::of(path.strip_prefix(&root).unwrap_or(path))).collect();
         let indexed_rows =
             (0..index.manifest.count).filter(|row| index.info.held_out.binary_search(row).is_err()).collect();
-        Ok(ServedCollection {
-            index,
-            root,
-            relative_paths,
-            indexed_rows,
-            model_path: embedder.model_path().to_path_buf(),
-            embedder: Mutex::new(embedder),
-            max_image_pixels,
-        })
+        Ok(ServedCollection { search, root, relative_paths, indexed_rows, max_image_pixels })
     }
 
     /// Rows in the manifest (every one can be a query).
     pub fn rows(&self) -> usize {
-        self.index.manifest.count
+        self.search.index.manifest.count
     }
 
     /// Rows a search can return (the index's; held-out rows are not).
     pub fn indexed_count(&self) -> usize {
-        self.index.info.count
+        self.search.index.info.count
     }
 
     /// Width of the vectors as embedded.
     pub fn dim(&self) -> usize {
-        self.index.info.model.dim
+        self.search.index.info.model.dim
     }
 
     /// The pixel cap for uploaded and thumbnailed images.
@@ -167,12 +131,12 @@ impl ServedCollection {
 
     /// The file of `row`, if the row exists.
     pub fn row_path(&self, row: usize) -> Option<&Path> {
-        self.index.manifest.rows.get(row).map(|r| r.path.as_path())
+        self.search.index.manifest.rows.get(row).map(|r| r.path.as_path())
     }
 
     /// The stored vector of `row` (as embedded), if the row exists.
     pub fn row_vector(&self, row: usize) -> Option<&[f32]> {
-        (row < self.rows()).then(|| self.index.vectors.row(row))
+        (row < self.rows()).then(|| self.search.index.vectors.row(row))
     }
 
     /// An indexed row drawn uniformly.
@@ -183,13 +147,13 @@ impl ServedCollection {
 
     /// The summary `GET /api/collection` returns.
     pub fn summary(&self) -> CollectionSummary {
-        let info = &self.index.info;
+        let info = &self.search.index.info;
         CollectionSummary {
             count: info.count,
             rows: self.rows(),
             root: PathRecord::of(&self.root),
             model: info.model.clone(),
-            model_path: PathRecord::of(&self.model_path),
+            model_path: PathRecord::of(self.search.query_model.model_path()),
             metric: info.params.metric.name().into(),
             index: info.params,
             post_process: info.post_process.clone(),
@@ -206,7 +170,7 @@ impl ServedCollection {
         k: usize,
         ef: usize,
     ) -> Result<Vec<SearchResult>, IndexError> {
-        let hits = self.index.search(vector, k, ef.max(k))?;
+        let hits = self.search.index.search(vector, k, ef.max(k))?;
         Ok(hits.into_iter().map(|hit| self.result(hit)).collect())
     }
 
@@ -222,12 +186,7 @@ impl ServedCollection {
 
     /// Embeds one decoded image with the query model. Blocks while another embedding runs.
     pub fn embed(&self, image: &DynamicImage) -> Result<Vec<f32>, EmbedError> {
-        self.embedder().embed_images(std::slice::from_ref(image), 1)
-    }
-
-    fn embedder(&self) -> std::sync::MutexGuard<'_, Embedder> {
-        // A panic inside ONNX Runtime's call leaves the embedder as it was: keep using it.
-        self.embedder.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.search.query_model.embed_image(image)
     }
 }
 

@@ -9,6 +9,7 @@ use dim_index::duplicates::{self, DuplicateParams};
 use dim_index::embeddings_retrieval::{EmbeddingsReport, LabelSource};
 use dim_index::index::{self, Hit, IndexParams, SearchIndex};
 use dim_infer::embedder::{Embedder, EmbedderOptions};
+use dim_infer::image_search::QueryModel;
 use dim_infer::pgvector_store::{self, PublishOptions, PublishedTable, QuerySpace};
 use dim_infer::session::ExecutionProvider;
 use dim_vectors::distance::Metric;
@@ -324,7 +325,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 }
                 vec![(format!("row {row}"), loaded.vectors.row(row).to_vec())]
             } else {
-                external_queries(&loaded.info.model, &image, vector, model, ep)?
+                let store = format!("the index {}", index.display());
+                external_queries(&loaded.info.model, &store, &image, vector, model, ep)?
             };
             let mut results = Vec::new();
             for (name, query) in &queries {
@@ -353,7 +355,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                     .with_context(|| format!("table {table} has no row published from row {row}"))?;
                 (vec![(format!("row {row}"), vector)], QuerySpace::Stored)
             } else {
-                (external_queries(&published.model, &image, vector, model, ep)?, QuerySpace::Embedded)
+                let store = format!("the table {table}");
+                (external_queries(&published.model, &store, &image, vector, model, ep)?, QuerySpace::Embedded)
             };
             let mut results = Vec::new();
             for (name, query) in &queries {
@@ -445,9 +448,11 @@ fn write_output(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Query vectors from a `.npy` file or from images, for a store holding `identity`'s vectors.
+/// Query vectors from a `.npy` file or from images, for `store` (named in errors) holding
+/// `identity`'s vectors.
 fn external_queries(
     identity: &ModelIdentity,
+    store: &str,
     images: &[PathBuf],
     vector: Option<PathBuf>,
     model: Option<PathBuf>,
@@ -459,48 +464,18 @@ fn external_queries(
             .map(|i| (format!("{} row {i}", path.display()), matrix.row(i).to_vec()))
             .collect())
     } else if !images.is_empty() {
-        embed_queries(identity, images, model, ep)
+        let model = model.unwrap_or_else(dim_models::shipped_model::path);
+        let embedder = Embedder::try_new(EmbedderOptions {
+            model,
+            feature: identity.feature,
+            execution_provider: ep,
+            ..EmbedderOptions::default()
+        })
+        .context("cannot load the query model")?;
+        Ok(QueryModel::for_vectors(embedder, identity, store)?.embed_files(images)?)
     } else {
         anyhow::bail!("give a query: --image FILE..., --row N or --vector FILE.npy");
     }
-}
-
-/// Embeds the query images with the model, refusing a model that is not the index's.
-fn embed_queries(
-    identity: &ModelIdentity,
-    images: &[PathBuf],
-    model: Option<PathBuf>,
-    ep: ExecutionProvider,
-) -> anyhow::Result<Vec<(String, Vec<f32>)>> {
-    let model = model.unwrap_or_else(dim_models::shipped_model::path);
-    let mut embedder = Embedder::try_new(EmbedderOptions {
-        model: model.clone(),
-        feature: identity.feature,
-        execution_provider: ep,
-        ..EmbedderOptions::default()
-    })
-    .context("cannot load the query model")?;
-    let query_identity = embedder.identity();
-    if let Some(reason) = identity.mismatch(&query_identity) {
-        anyhow::bail!(
-            "model {} is not the model this index was built with ({reason}); pass the index's model with --model",
-            model.display()
-        );
-    }
-    let embeddings = embedder.embed(images, 64)?;
-    if let Some(skipped) = embeddings.skipped.first() {
-        anyhow::bail!(
-            "cannot use query image {}: {}",
-            dim_models::path_record::display(&skipped.path),
-            skipped.reason
-        );
-    }
-    Ok(embeddings
-        .paths
-        .iter()
-        .enumerate()
-        .map(|(i, path)| (dim_models::path_record::display(path), embeddings.row(i).to_vec()))
-        .collect())
 }
 
 fn print_results(results: &[(String, Vec<Hit>)], json: bool) -> anyhow::Result<()> {
