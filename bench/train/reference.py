@@ -5,7 +5,9 @@ the local "encode and dot" critic, the JSD estimator, the prior discriminator wi
 penalty, and two Adam optimisers (encoder + critic, discriminator) stepped separately. Reading
 the losses with .item() mirrors dim-train's per-step finiteness checks.
 
-Prints one JSON object: images per second over the timed steps.
+Prints one JSON object: images per second over the timed steps. With --device cuda the modules
+and the batches live on the GPU (the batches made once, as dim-train's --data-on-device holds its
+data there), and the timer waits for the GPU's queue before it stops.
 """
 
 import argparse
@@ -69,7 +71,7 @@ class LocalCritic(nn.Module):
 
 def jsd_loss(scores):
     n = scores.shape[0]
-    mask = torch.eye(n, dtype=torch.bool).unsqueeze(-1)
+    mask = torch.eye(n, dtype=torch.bool, device=scores.device).unsqueeze(-1)
     positives = scores.diagonal(0, 0, 1).t()
     e_pos = (math.log(2) - F.softplus(-positives)).mean()
     negatives = (F.softplus(-scores) + scores - math.log(2)).masked_fill(mask, 0.0)
@@ -86,18 +88,22 @@ def main():
     parser.add_argument("--timed-steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for modules and inputs")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    encoder = Encoder(args.channels)
-    critic = LocalCritic(128, args.critic_width)
-    discriminator = nn.Sequential(nn.Linear(64, 1000), nn.ReLU(), nn.Linear(1000, 200), nn.ReLU(), nn.Linear(200, 1))
+    encoder = Encoder(args.channels).to(device)
+    critic = LocalCritic(128, args.critic_width).to(device)
+    discriminator = nn.Sequential(
+        nn.Linear(64, 1000), nn.ReLU(), nn.Linear(1000, 200), nn.ReLU(), nn.Linear(200, 1)
+    ).to(device)
     encoder_optimizer = torch.optim.Adam(
         list(encoder.parameters()) + list(critic.parameters()), lr=1e-4, betas=(0.5, 0.999)
     )
     discriminator_optimizer = torch.optim.Adam(discriminator.parameters(), lr=1e-4, betas=(0.5, 0.999))
-    batches = [torch.rand(args.batch, args.channels, 32, 32) for _ in range(8)]
+    batches = [torch.rand(args.batch, args.channels, 32, 32, device=device) for _ in range(8)]
     if args.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
         batches = [b.contiguous(memory_format=torch.channels_last) for b in batches]
@@ -129,9 +135,12 @@ def main():
 
     for index in range(args.warmup_steps):
         step(batches[index % len(batches)])
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    synchronize()
     started = time.perf_counter()
     for index in range(args.timed_steps):
         step(batches[index % len(batches)])
+    synchronize()
     seconds = time.perf_counter() - started
     print(json.dumps({"images_per_second": args.batch * args.timed_steps / seconds, "seconds": seconds}))
 

@@ -404,3 +404,68 @@ fn the_decoded_image_cache_changes_no_loss_whichever_store_holds_it() {
         assert_eq!(losses, uncached, "{policy:?} changed the losses");
     }
 }
+
+/// Blobs whose listed examples fail to load.
+struct WithUnreadable {
+    inner: Blobs,
+    unreadable: Vec<usize>,
+}
+
+impl Dataset for WithUnreadable {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn input_spec(&self) -> InputSpec {
+        self.inner.input_spec()
+    }
+    fn num_classes(&self) -> Option<usize> {
+        self.inner.num_classes()
+    }
+    fn get(&self, index: usize) -> Result<Sample, DataError> {
+        if self.unreadable.contains(&index) {
+            return Err(DataError::Format {
+                path: format!("example-{index}").into(),
+                reason: "unreadable".into(),
+            });
+        }
+        self.inner.get(index)
+    }
+    fn fingerprint(&self) -> String {
+        format!("{}-unreadable-{:?}", self.inner.fingerprint(), self.unreadable)
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[test]
+fn the_dataset_held_on_the_device_trains_exactly_like_the_host_loader_and_resumes() {
+    let _turn = exclusive_torch();
+    tch::set_num_threads(2);
+    let data: Arc<dyn Dataset> = Arc::new(WithUnreadable { inner: Blobs::new(16), unreadable: vec![3, 11] });
+    let run_settings = TrainSettings { flip: true, crop_padding: 3, ..settings(2) };
+    let temp = tempfile::tempdir().unwrap();
+    let host_dir = temp.path().join("host");
+    let host = trainer::train(&run_settings, Arc::clone(&data), None, &options(&host_dir)).unwrap();
+    let on_device = |dir: &Path| RunOptions { data_on_device: true, ..options(dir) };
+    let resident_dir = temp.path().join("resident");
+    let resident = trainer::train(&run_settings, Arc::clone(&data), None, &on_device(&resident_dir)).unwrap();
+    let losses = |outcome: &trainer::TrainOutcome| -> Vec<(f64, f64)> {
+        outcome.epochs.iter().map(|e| (e.loss, e.mi_estimate)).collect()
+    };
+    assert_eq!(losses(&resident), losses(&host));
+    assert_eq!(resident.skipped, host.skipped);
+    assert_eq!(host.skipped.len(), 4, "both unreadable examples, in each of two epochs: {:?}", host.skipped);
+    assert_eq!(trainer::max_weight_difference(&host_dir, &resident_dir).unwrap(), 0.0);
+
+    // Interrupted after one step, then resumed mid-epoch from the device-held data.
+    let interrupted = temp.path().join("interrupted");
+    let stopping = on_device(&interrupted);
+    stopping.stop.store(true, Ordering::SeqCst);
+    let outcome = trainer::train(&run_settings, Arc::clone(&data), None, &stopping).unwrap();
+    assert_eq!(outcome.end, RunEnd::Interrupted);
+    let resume = trainer::Resume::read(&interrupted).unwrap();
+    trainer::train(&run_settings, Arc::clone(&data), Some(&resume), &on_device(&interrupted)).unwrap();
+    let difference = trainer::max_weight_difference(&host_dir, &interrupted).unwrap();
+    assert!(difference < 1e-6, "weights differ by {difference}");
+}

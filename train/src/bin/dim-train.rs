@@ -172,6 +172,12 @@ struct Args {
     /// at most a quarter of the available memory, else a file in --out), memory, file or off.
     #[arg(long, value_enum, default_value_t = CachePolicy::Auto)]
     decoded_cache: CachePolicy,
+    /// Decode the whole dataset once onto the training device (--device) and gather each batch
+    /// there, flip and crop included, instead of copying every batch from the host: the same
+    /// batches, for GPUs where the copy and the loader bound the step. Needs the decoded
+    /// dataset to fit in the device's memory (4 bytes per pixel and channel).
+    #[arg(long)]
+    data_on_device: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -333,6 +339,7 @@ fn run(args: &Args) -> anyhow::Result<RunEnd> {
         progress: !args.quiet,
         channels_last: !args.no_channels_last,
         decoded_cache: args.decoded_cache,
+        data_on_device: args.data_on_device,
         retrieval,
     };
     let outcome = trainer::train(&settings, dataset, resume.as_ref(), &options)?;

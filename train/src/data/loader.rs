@@ -145,7 +145,7 @@ impl Drop for EpochBatches {
 }
 
 /// Dataset indices in the order epoch `epoch` visits them.
-fn epoch_order(len: usize, options: &LoaderOptions, epoch: usize) -> Vec<usize> {
+pub(super) fn epoch_order(len: usize, options: &LoaderOptions, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..len).collect();
     if options.shuffle {
         let mut rng = StdRng::seed_from_u64(mix(options.seed, epoch as u64));
@@ -169,7 +169,7 @@ fn produce(
             .par_iter()
             .map(|&index| {
                 dataset.get(index).map(|mut sample| {
-                    let seed = mix(mix(options.seed, epoch as u64), index as u64);
+                    let seed = augmentation_seed(options, epoch, index);
                     augment_in_place(&mut sample.pixels, spec.channels, spec.size, &options.augment, seed);
                     sample
                 })
@@ -214,21 +214,44 @@ fn mix(a: u64, b: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Applies a random horizontal flip and a random padded crop to one CHW image.
-fn augment_in_place(pixels: &mut [f32], channels: usize, size: usize, augment: &Augment, seed: u64) {
+/// Where one example's augmentation puts it: mirrored or not, and the crop window's offset
+/// inside the padded image (0 = centred, no shift).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Placement {
+    pub(super) flip: bool,
+    pub(super) shift_x: isize,
+    pub(super) shift_y: isize,
+}
+
+/// The placement `augment` draws for the example whose augmentation seed is `seed` (`None`
+/// when it leaves images alone). The host loader and the device-resident data draw through
+/// this one function, so both make the same batches.
+pub(super) fn draw_placement(augment: &Augment, seed: u64) -> Option<Placement> {
     if !augment.flip && augment.crop_padding == 0 {
-        return;
+        return None;
     }
     let mut rng = StdRng::seed_from_u64(seed);
     let flip = augment.flip && rng.random_bool(0.5);
     let padding = augment.crop_padding;
-    // Offsets of the crop window inside the padded image, shifted so 0 means "no shift".
     let (shift_x, shift_y) = if padding > 0 {
         // i64 because rand's uniform sampling is not defined for the platform-sized isize.
         let range = -(padding as i64)..=padding as i64;
         (rng.random_range(range.clone()) as isize, rng.random_range(range) as isize)
     } else {
         (0, 0)
+    };
+    Some(Placement { flip, shift_x, shift_y })
+}
+
+/// The augmentation seed of dataset example `index` in `epoch`.
+pub(super) fn augmentation_seed(options: &LoaderOptions, epoch: usize, index: usize) -> u64 {
+    mix(mix(options.seed, epoch as u64), index as u64)
+}
+
+/// Applies a random horizontal flip and a random padded crop to one CHW image.
+fn augment_in_place(pixels: &mut [f32], channels: usize, size: usize, augment: &Augment, seed: u64) {
+    let Some(Placement { flip, shift_x, shift_y }) = draw_placement(augment, seed) else {
+        return;
     };
     let source = pixels.to_vec();
     let plane = size * size;

@@ -1,6 +1,7 @@
 //! Training and evaluation data: IDX (MNIST/Fashion-MNIST), CIFAR-10/100 and STL-10 binaries
 //! and image folders, all yielding CHW f32 images in [0, 1] fitted to the encoder's input, plus a
-//! batch loader that shuffles by seed, decodes in parallel and prefetches, a cache that decodes
+//! batch loader that shuffles by seed, decodes in parallel and prefetches, the same batches
+//! gathered from a dataset held on the training device ([`ResidentData`]), a cache that decodes
 //! each image file only once per run, and the augmented [`views`] of cross-view training.
 
 mod cifar;
@@ -9,6 +10,7 @@ mod fingerprint;
 mod folder;
 mod idx;
 mod loader;
+mod resident;
 mod stl10;
 pub mod views;
 
@@ -17,6 +19,7 @@ pub use decoded_cache::{CACHE_FILE, CachePolicy, DecodedCache};
 pub use folder::FolderDataset;
 pub use idx::IdxDataset;
 pub use loader::{Augment, Batch, EpochBatches, LoaderOptions, batches_per_epoch, epoch_batches};
+pub use resident::{DoesNotFit, ResidentData, ResidentEpoch};
 pub use stl10::Stl10Dataset;
 
 use dim_models::preprocess::InputSpec;

@@ -5,8 +5,8 @@
 
 use crate::data::views::{ViewMode, make_views};
 use crate::data::{
-    Augment, CachePolicy, DataError, Dataset, DecodedCache, LoaderOptions, Sample, batches_per_epoch,
-    epoch_batches,
+    Augment, Batch, CachePolicy, DataError, Dataset, DecodedCache, DoesNotFit, EpochBatches, LoaderOptions,
+    ResidentData, ResidentEpoch, Sample, batches_per_epoch, epoch_batches,
 };
 use crate::fit::checkpoint::{self, CheckpointIoError};
 use crate::fit::optim::{Adam, OptimizerStateError};
@@ -42,6 +42,9 @@ pub enum TrainError {
     /// The data could not be opened.
     #[error("cannot open the training data")]
     Data(#[source] DataError),
+    /// The decoded dataset does not fit on the device.
+    #[error(transparent)]
+    DataOnDevice(#[from] DoesNotFit),
     /// The dataset holds fewer examples than one batch.
     #[error("the dataset has {examples} usable example(s), fewer than one batch of {batch_size}")]
     TooFewExamples {
@@ -117,6 +120,8 @@ pub struct RunOptions {
     pub channels_last: bool,
     /// Where an image folder's decoded images are kept after the first epoch.
     pub decoded_cache: CachePolicy,
+    /// Hold the decoded dataset on `device` and gather batches there (the same batches).
+    pub data_on_device: bool,
     /// Precision@10 on a held-out labelled split every few epochs, when given.
     pub retrieval: Option<Arc<RetrievalCheck>>,
 }
@@ -518,30 +523,43 @@ pub fn train(
 
     let spec = dataset.input_spec();
     let image_shape = [spec.channels as i64, spec.size as i64, spec.size as i64];
+    let resident = if options.data_on_device {
+        if options.progress {
+            eprintln!("dim-train: decoding {} examples onto {:?}", dataset.len(), options.device);
+        }
+        Some(ResidentData::load(&*dataset, options.device)?)
+    } else {
+        None
+    };
     let mut outcome = TrainOutcome { end: RunEnd::Completed, epochs: Vec::new(), skipped: Vec::new() };
     while session.epoch < settings.epochs {
         let epoch_started = Instant::now();
         let bar = progress_bar(options.progress, batch_count, session.epoch + 1, settings.epochs);
         let mut totals = EpochTotals::default();
-        let mut batches = epoch_batches(Arc::clone(&dataset), &loader, session.epoch);
+        let mut batches = match &resident {
+            Some(resident) => EpochSource::Resident(resident.epoch(&loader, session.epoch)),
+            None => EpochSource::Host {
+                batches: epoch_batches(Arc::clone(&dataset), &loader, session.epoch),
+                image_shape,
+                device: options.device,
+            },
+        };
         let already_done = session.batches_into_epoch;
         bar.inc(already_done as u64);
         let mut interrupted = false;
-        for batch in batches.by_ref().skip(already_done) {
-            if batch.len < 2 {
+        for images in batches.by_ref().skip(already_done) {
+            let batch_len = images.size()[0] as usize;
+            if batch_len < 2 {
                 // Too many unreadable examples left a batch without negatives.
                 session.batches_into_epoch += 1;
                 continue;
             }
             let step_started = Instant::now();
-            let images = Tensor::from_slice(&batch.images)
-                .reshape([batch.len as i64, image_shape[0], image_shape[1], image_shape[2]])
-                .to_device(options.device);
             let inputs = session.step_inputs(images, options.channels_last);
             let values = session.train_step(&inputs)?;
             totals.step_seconds += step_started.elapsed().as_secs_f64();
             totals.steps += 1;
-            totals.images += batch.len;
+            totals.images += batch_len;
             totals.loss += values.loss;
             totals.mi += values.mi;
             add(&mut totals.global, values.global);
@@ -591,6 +609,54 @@ pub fn train(
         }
     }
     Ok(outcome)
+}
+
+/// Where an epoch's batches come from: the host loader (copied to the device per step) or the
+/// dataset held on the device. Both yield the same images.
+enum EpochSource<'a> {
+    Host { batches: EpochBatches, image_shape: [i64; 3], device: Device },
+    Resident(ResidentEpoch<'a>),
+}
+
+impl EpochSource<'_> {
+    /// The epoch's left-out examples so far, as (dataset index, reason).
+    fn skipped(&self) -> Vec<(usize, String)> {
+        match self {
+            EpochSource::Host { batches, .. } => batches.skipped(),
+            EpochSource::Resident(epoch) => epoch.skipped(),
+        }
+    }
+}
+
+impl Iterator for EpochSource<'_> {
+    /// `[N, C, S, S]` images on the training device.
+    type Item = Tensor;
+
+    fn next(&mut self) -> Option<Tensor> {
+        match self {
+            EpochSource::Host { batches, image_shape, device } => {
+                batches.next().map(|batch| host_images(&batch, *image_shape, *device))
+            }
+            EpochSource::Resident(epoch) => epoch.next(),
+        }
+    }
+
+    fn nth(&mut self, n: usize) -> Option<Tensor> {
+        // Resuming mid-epoch: skipped batches are not copied to the device.
+        match self {
+            EpochSource::Host { batches, image_shape, device } => {
+                batches.nth(n).map(|batch| host_images(&batch, *image_shape, *device))
+            }
+            EpochSource::Resident(epoch) => epoch.nth(n),
+        }
+    }
+}
+
+/// A host batch as `[N, C, S, S]` on `device`.
+fn host_images(batch: &Batch, image_shape: [i64; 3], device: Device) -> Tensor {
+    Tensor::from_slice(&batch.images)
+        .reshape([batch.len as i64, image_shape[0], image_shape[1], image_shape[2]])
+        .to_device(device)
 }
 
 /// The same values with NHWC strides: tch has no memory-format argument, but libtorch picks its

@@ -25,6 +25,7 @@ pub fn options(dir: &Path) -> RunOptions {
         progress: false,
         channels_last: true,
         decoded_cache: CachePolicy::Auto,
+        data_on_device: false,
         retrieval: None,
     }
 }
