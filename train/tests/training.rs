@@ -20,15 +20,17 @@ mod common;
 use common::{exclusive_torch, options};
 
 /// Two visually distinct kinds of 32×32 grey image (a bright square in the top-left or the
-/// bottom-right quadrant) with per-example noise; `poisoned` turns every pixel into NaN.
+/// bottom-right quadrant) with per-example noise; `poisoned` turns every pixel into NaN, and the
+/// `unreadable` examples fail to load.
 struct Blobs {
     count: usize,
     poisoned: Arc<AtomicBool>,
+    unreadable: Vec<usize>,
 }
 
 impl Blobs {
     fn new(count: usize) -> Self {
-        Blobs { count, poisoned: Arc::new(AtomicBool::new(false)) }
+        Blobs { count, poisoned: Arc::new(AtomicBool::new(false)), unreadable: Vec::new() }
     }
 }
 
@@ -43,6 +45,12 @@ impl Dataset for Blobs {
         Some(2)
     }
     fn get(&self, index: usize) -> Result<Sample, DataError> {
+        if self.unreadable.contains(&index) {
+            return Err(DataError::Format {
+                path: format!("example-{index}").into(),
+                reason: "unreadable".into(),
+            });
+        }
         if self.poisoned.load(Ordering::SeqCst) {
             return Ok(Sample { pixels: vec![f32::NAN; 32 * 32], label: Some(0) });
         }
@@ -405,44 +413,11 @@ fn the_decoded_image_cache_changes_no_loss_whichever_store_holds_it() {
     }
 }
 
-/// Blobs whose listed examples fail to load.
-struct WithUnreadable {
-    inner: Blobs,
-    unreadable: Vec<usize>,
-}
-
-impl Dataset for WithUnreadable {
-    fn len(&self) -> usize {
-        self.inner.len()
-    }
-    fn input_spec(&self) -> InputSpec {
-        self.inner.input_spec()
-    }
-    fn num_classes(&self) -> Option<usize> {
-        self.inner.num_classes()
-    }
-    fn get(&self, index: usize) -> Result<Sample, DataError> {
-        if self.unreadable.contains(&index) {
-            return Err(DataError::Format {
-                path: format!("example-{index}").into(),
-                reason: "unreadable".into(),
-            });
-        }
-        self.inner.get(index)
-    }
-    fn fingerprint(&self) -> String {
-        format!("{}-unreadable-{:?}", self.inner.fingerprint(), self.unreadable)
-    }
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-}
-
 #[test]
 fn the_dataset_held_on_the_device_trains_exactly_like_the_host_loader_and_resumes() {
     let _turn = exclusive_torch();
     tch::set_num_threads(2);
-    let data: Arc<dyn Dataset> = Arc::new(WithUnreadable { inner: Blobs::new(16), unreadable: vec![3, 11] });
+    let data: Arc<dyn Dataset> = Arc::new(Blobs { unreadable: vec![3, 11], ..Blobs::new(16) });
     let run_settings = TrainSettings { flip: true, crop_padding: 3, ..settings(2) };
     let temp = tempfile::tempdir().unwrap();
     let host_dir = temp.path().join("host");
