@@ -1,9 +1,15 @@
 """PyTorch reference for the dim-train throughput benchmark.
 
-The same work as one dim-train step, written in plain PyTorch eager mode: the basic32x32 encoder,
-the local "encode and dot" critic, the JSD estimator, the prior discriminator with its gradient
-penalty, and two Adam optimisers (encoder + critic, discriminator) stepped separately. Reading
-the losses with .item() mirrors dim-train's per-step finiteness checks.
+The same work as one dim-train step, written in plain PyTorch eager mode. `--recipe dim-l`: the
+basic32x32 encoder, the local "encode and dot" critic, the JSD estimator, the prior discriminator
+with its gradient penalty, and two Adam optimisers (encoder + critic, discriminator) stepped
+separately. `--recipe cross` (dim-train's cross-view recipe, `--views cross --gamma 0
+--global-to-global 1 --score-clip 10 --score-penalty 1e-3`): two augmented views per image made
+on the device (a random resized crop and flip by one affine grid and bilinear sampling, brightness
+and contrast jitter, for RGB saturation and random grey), the encoder on both views as one batch,
+each view's Y scored against the other view's local features (JSD on soft-clipped scores plus the
+score penalty, both directions averaged) and the global-to-global infoNCE at temperature 0.1; no
+prior. Reading the losses with .item() mirrors dim-train's per-step finiteness checks.
 
 Prints one JSON object: images per second over the timed steps. With --device cuda the modules
 and the batches live on the GPU (the batches made once, as dim-train's --data-on-device holds its
@@ -13,6 +19,7 @@ data there), and the timer waits for the GPU's queue before it stops.
 import argparse
 import json
 import math
+import random
 import time
 
 import torch
@@ -79,6 +86,65 @@ def jsd_loss(scores):
     return e_neg - e_pos
 
 
+LUMA = (0.299, 0.587, 0.114)
+
+
+def grey_level(images):
+    if images.shape[1] == 1:
+        return images
+    weights = torch.tensor(LUMA, device=images.device).view(1, 3, 1, 1)
+    return (images * weights).sum(1, keepdim=True)
+
+
+def make_views(images, generator):
+    """One augmented view of each image, drawn as dim-train draws them (area 0.3-1, aspect 3/4-4/3,
+    flip 0.5, brightness 0.2, contrast 0.3, saturation 0.4, grey 0.2); the draws are made on the
+    host, the view on the images' device."""
+    n, channels = images.shape[0], images.shape[1]
+    thetas, brightness, contrast, saturation, grey = [], [], [], [], []
+    for _ in range(n):
+        width = height = 1.0
+        centre_x = centre_y = 0.5
+        for _ in range(10):
+            area = 0.3 + 0.7 * generator.random()
+            aspect = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * generator.random())
+            w, h = math.sqrt(area * aspect), math.sqrt(area / aspect)
+            if w <= 1 and h <= 1:
+                width, height = w, h
+                centre_x = w / 2 + (1 - w) * generator.random()
+                centre_y = h / 2 + (1 - h) * generator.random()
+                break
+        sign = -1.0 if generator.random() < 0.5 else 1.0
+        thetas.append([[sign * width, 0.0, 2 * centre_x - 1], [0.0, height, 2 * centre_y - 1]])
+        brightness.append(1 + 0.2 * (2 * generator.random() - 1))
+        contrast.append(1 + 0.3 * (2 * generator.random() - 1))
+        saturation.append(1 + 0.4 * (2 * generator.random() - 1) if channels == 3 else 1.0)
+        grey.append(channels == 3 and generator.random() < 0.2)
+    column = lambda values, dtype=torch.float32: torch.tensor(values, dtype=dtype, device=images.device).view(n, 1, 1, 1)
+    theta = torch.tensor(thetas, device=images.device)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    views = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    views = (views * column(brightness)).clamp(0, 1)
+    mean_grey = grey_level(views).mean(dim=(1, 2, 3), keepdim=True)
+    views = ((views - mean_grey) * column(contrast) + mean_grey).clamp(0, 1)
+    if channels == 3:
+        level = grey_level(views)
+        views = ((views - level) * column(saturation) + level).clamp(0, 1)
+        views = torch.where(column(grey, torch.bool), grey_level(views).expand_as(views), views)
+    return views
+
+
+def stabilised_jsd(scores, clip=10.0, penalty=1e-3):
+    return jsd_loss(clip * torch.tanh(scores / clip)) + penalty * scores.square().mean()
+
+
+def global_to_global(a, b, temperature=0.1):
+    logits = F.normalize(a, dim=1) @ F.normalize(b, dim=1).t() / temperature
+    a_to_b = logits.log_softmax(1).diagonal().mean()
+    b_to_a = logits.log_softmax(0).diagonal().mean()
+    return -(a_to_b + b_to_a) / 2
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--channels", type=int, default=1)
@@ -89,6 +155,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for modules and inputs")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--recipe", choices=["dim-l", "cross"], default="dim-l")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -107,8 +174,25 @@ def main():
     if args.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
         batches = [b.contiguous(memory_format=torch.channels_last) for b in batches]
+    view_generator = random.Random(0)
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
 
-    def step(images):
+    def cross_view_step(images):
+        with torch.no_grad():
+            view_a = make_views(images, view_generator).contiguous(memory_format=layout)
+            view_b = make_views(images, view_generator).contiguous(memory_format=layout)
+        n = images.shape[0]
+        local, y = encoder(torch.cat([view_a, view_b]))
+        local_a, local_b, y_a, y_b = local[:n], local[n:], y[:n], y[n:]
+        local_loss = (stabilised_jsd(critic(local_b, y_a)) + stabilised_jsd(critic(local_a, y_b))) / 2
+        total = local_loss + global_to_global(y_a, y_b)
+        if not math.isfinite(total.item()):
+            raise SystemExit("non-finite loss")
+        encoder_optimizer.zero_grad()
+        total.backward()
+        encoder_optimizer.step()
+
+    def dim_l_step(images):
         local, y = encoder(images)
         local_loss = jsd_loss(critic(local, y))
         prior_loss = F.softplus(-discriminator(torch.sigmoid(y)).squeeze(1)).mean()
@@ -133,6 +217,7 @@ def main():
         disc_total.backward()
         discriminator_optimizer.step()
 
+    step = cross_view_step if args.recipe == "cross" else dim_l_step
     for index in range(args.warmup_steps):
         step(batches[index % len(batches)])
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
