@@ -287,6 +287,7 @@ fn cpu_run_options(dir: &Path) -> RunOptions {
         progress: false,
         channels_last: true,
         decoded_cache: CachePolicy::Auto,
+        data_on_device: false,
         retrieval: None,
     }
 }
