@@ -175,7 +175,8 @@ struct Args {
     /// Decode the whole dataset once onto the training device (--device) and gather each batch
     /// there, flip and crop included, instead of copying every batch from the host: the same
     /// batches, for GPUs where the copy and the loader bound the step. Needs the decoded
-    /// dataset to fit in the device's memory (4 bytes per pixel and channel).
+    /// dataset to fit in the device's memory (4 bytes per pixel and channel). The decoded-image
+    /// cache is then kept only when --decoded-cache file asks for it.
     #[arg(long)]
     data_on_device: bool,
     /// No progress bar.

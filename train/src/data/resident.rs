@@ -107,10 +107,10 @@ impl ResidentData {
         let crop = placements.map(|placements| {
             let padding = options.augment.crop_padding as i64;
             let size = self.positions.size()[0];
-            let column = |flip: bool, shift: isize| (flip, shift as i64 + padding);
-            let (flips, column_offsets): (Vec<bool>, Vec<i64>) =
-                placements.iter().map(|placement| column(placement.flip, placement.shift_x)).unzip();
-            let row_offsets: Vec<i64> = placements.iter().map(|p| p.shift_y as i64 + padding).collect();
+            let flips: Vec<bool> = placements.iter().map(|placement| placement.flip).collect();
+            let column_offsets =
+                placements.iter().map(|placement| placement.shift_x as i64 + padding).collect();
+            let row_offsets = placements.iter().map(|placement| placement.shift_y as i64 + padding).collect();
             let flips = Tensor::from_slice(&flips).to_device(device).unsqueeze(1);
             let mirrored = (self.positions.neg() + (size - 1)).unsqueeze(0);
             let columns = mirrored.where_self(&flips, &self.positions.unsqueeze(0))

@@ -507,8 +507,13 @@ pub fn train(
     if batch_count == 0 {
         return Err(TrainError::TooFewExamples { examples: dataset.len(), batch_size: settings.batch_size });
     }
-    let dataset =
-        DecodedCache::wrap(dataset, options.decoded_cache, &options.out_dir).map_err(TrainError::Data)?;
+    // Data held on the device is decoded once per run, so a cache in memory would only hold a
+    // second copy of it; a cache file asked for by name still spares a resumed run the decoding.
+    let cache_policy = match options.decoded_cache {
+        CachePolicy::Auto | CachePolicy::Memory if options.data_on_device => CachePolicy::Off,
+        policy => policy,
+    };
+    let dataset = DecodedCache::wrap(dataset, cache_policy, &options.out_dir).map_err(TrainError::Data)?;
     let mut session =
         Session::new(settings.clone(), options.device, options.channels_last, dataset.fingerprint())?;
     if let Some(Resume { dir, config, state }) = resume {
