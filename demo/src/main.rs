@@ -112,6 +112,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             skipped_inputs: Vec::new(),
             out_dir: embeddings_dir.clone(),
             batch_size: args.batch,
+            decode_threads: 0,
             force: false,
             show_progress: true,
             stop: None,

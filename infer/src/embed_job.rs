@@ -1,6 +1,6 @@
 //! The dim-embed job: embeds a collection into an embeddings directory with bounded memory
-//! (a producer thread decodes the next chunk in parallel while ONNX Runtime runs the current
-//! one), skips bad files with their reasons, and on a rerun embeds only new or changed files.
+//! (decoding threads work a few batches ahead while ONNX Runtime runs the current one), skips bad
+//! files with their reasons, times its stages, and on a rerun embeds only new or changed files.
 //!
 //! Killed at any moment (SIGKILL included), a job leaves the directory as the last finished run
 //! left it, or halfway through committing its three files, which the next run completes from the
@@ -23,7 +23,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Held (as an advisory lock) by the job writing a directory.
 pub const LOCK_FILE: &str = ".dim-embed.lock";
@@ -39,6 +39,8 @@ pub struct EmbedJob {
     pub out_dir: PathBuf,
     /// Images per model run.
     pub batch_size: usize,
+    /// Threads decoding images ahead of the model (0: one per core).
+    pub decode_threads: usize,
     /// Re-embed everything, even when the directory holds vectors from another model or feature.
     pub force: bool,
     /// Draw a progress bar on stderr.
@@ -63,9 +65,38 @@ pub struct EmbedSummary {
     pub skipped: Vec<Skipped>,
     /// Wall time of the embedding itself.
     pub seconds: f64,
+    /// Where the embedding's wall time went.
+    pub stages: StageTimes,
     /// Why the previous run's vectors could not be reused, when there were some and they could
     /// not (an interrupted run): everything was embedded again.
     pub discarded_previous: Option<String>,
+}
+
+/// Where an embedding's wall time went, as seen from the thread that runs the model: decoding
+/// runs on other threads at the same time, so the three need not add up to the wall time (the
+/// rest is the progress bar and the bookkeeping between batches).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StageTimes {
+    /// Waiting for the decoding threads to deliver the next batch: long when decoding, not the
+    /// model, bounds the rate (more `decode_threads` or cores would help).
+    pub waiting_for_decoding: Duration,
+    /// Running the model.
+    pub model: Duration,
+    /// Writing the vectors to the staged `embeddings.npy`.
+    pub writing: Duration,
+}
+
+impl StageTimes {
+    /// "model 80%, waiting for decoding 15%, writing 2%" of `seconds`.
+    pub fn describe(&self, seconds: f64) -> String {
+        let share = |stage: Duration| 100.0 * stage.as_secs_f64() / seconds.max(1e-9);
+        format!(
+            "model {:.0}%, waiting for decoding {:.0}%, writing {:.0}%",
+            share(self.model),
+            share(self.waiting_for_decoding),
+            share(self.writing)
+        )
+    }
 }
 
 /// Errors that stop a job (a bad image never does).
@@ -142,7 +173,7 @@ pub fn run(embedder: &mut Embedder, job: &EmbedJob) -> Result<EmbedSummary, Embe
     }
     kept.sort_by_key(|(index, _)| *index);
 
-    let StagedVectors { file: vectors, sha256: embeddings_sha256, new_rows, seconds } =
+    let StagedVectors { file: vectors, sha256: embeddings_sha256, new_rows, seconds, stages } =
         stage_vectors(embedder, job, &kept, &to_embed, &mut skipped)?;
     let total_rows = kept.len() + new_rows.len();
     let rows: Vec<ManifestRow> =
@@ -169,6 +200,7 @@ pub fn run(embedder: &mut Embedder, job: &EmbedJob) -> Result<EmbedSummary, Embe
         total_rows,
         skipped,
         seconds,
+        stages,
         discarded_previous,
     })
 }
@@ -221,48 +253,47 @@ fn previous_manifest(
     Ok((Some(manifest), None))
 }
 
-/// Embeds `files`, appending raw little-endian rows to `out`; returns the rows embedded.
+/// Embeds `files`, appending raw little-endian rows to `out` and timing the stages into
+/// `stages`; returns the rows embedded.
 fn embed_into(
     embedder: &mut Embedder,
     files: &[ManifestRow],
     job: &EmbedJob,
     out: &mut dyn Write,
     skipped: &mut Vec<Skipped>,
+    stages: &mut StageTimes,
 ) -> Result<Vec<ManifestRow>, EmbedJobError> {
     let progress = progress_bar(files.len() as u64, "images", job.show_progress);
     let preprocessor = embedder.preprocessor();
-    let spec = preprocessor.spec;
     let mut embedded = Vec::with_capacity(files.len());
     let vectors_path = job.out_dir.join(EMBEDDINGS_FILE);
     let write_error = io_error(&vectors_path);
-    decode_ahead(
+    let waiting_for_decoding = decode_ahead(
         preprocessor,
         files,
         |row| &row.path,
         job.batch_size,
-        |chunk| {
+        job.decode_threads,
+        |batch| {
             if job.stop.as_ref().is_some_and(|stop| stop.load(Ordering::Relaxed)) {
                 return Err(EmbedJobError::Interrupted { dir: job.out_dir.clone() });
             }
-            let chunk_len = chunk.len();
-            let mut batch = Vec::with_capacity(chunk.len() * spec.len());
-            let mut rows = Vec::with_capacity(chunk.len());
-            for (row, result) in chunk {
-                match result {
-                    Ok(input) => {
-                        batch.extend_from_slice(&input);
-                        rows.push(row.clone());
-                    }
-                    Err(reason) => skipped.push(Skipped { path: row.path.clone(), reason }),
-                }
-            }
-            let vectors = embedder.run_batch(&batch)?;
+            let batch_len = batch.decoded.len() + batch.failed.len();
+            skipped.extend(
+                batch.failed.into_iter().map(|(row, reason)| Skipped { path: row.path.clone(), reason }),
+            );
+            let model_started = Instant::now();
+            let vectors = embedder.run_batch(&batch.inputs)?;
+            let writing_started = Instant::now();
+            stages.model += writing_started - model_started;
             npy::write_rows(out, &vectors).map_err(&write_error)?;
-            progress.inc(chunk_len as u64);
-            embedded.extend(rows);
+            stages.writing += writing_started.elapsed();
+            progress.inc(batch_len as u64);
+            embedded.extend(batch.decoded.into_iter().cloned());
             Ok(())
         },
     )?;
+    stages.waiting_for_decoding = waiting_for_decoding;
     progress.finish_and_clear();
     Ok(embedded)
 }
@@ -288,6 +319,8 @@ struct StagedVectors {
     new_rows: Vec<ManifestRow>,
     /// Wall time of the embedding itself.
     seconds: f64,
+    /// Where that time went.
+    stages: StageTimes,
 }
 
 /// Stages `embeddings.npy` in one pass: the kept rows of the previous file (in their order), then
@@ -329,7 +362,8 @@ fn stage_vectors(
             }
         }
         let started = Instant::now();
-        let new_rows = match embed_into(embedder, to_embed, job, out, skipped) {
+        let mut stages = StageTimes::default();
+        let new_rows = match embed_into(embedder, to_embed, job, out, skipped, &mut stages) {
             Ok(rows) => rows,
             Err(error) => {
                 embed_error = Some(error);
@@ -343,11 +377,13 @@ fn stage_vectors(
         let mut finished: &File = out.get_ref();
         finished.seek(SeekFrom::Start(0))?;
         sha256 = manifest::reader_sha256(finished)?;
-        embedded = Some((new_rows, seconds));
+        embedded = Some((new_rows, seconds, stages));
         Ok(())
     });
     match (staged, embedded) {
-        (Ok(file), Some((new_rows, seconds))) => Ok(StagedVectors { file, sha256, new_rows, seconds }),
+        (Ok(file), Some((new_rows, seconds, stages))) => {
+            Ok(StagedVectors { file, sha256, new_rows, seconds, stages })
+        }
         (result, _) => Err(embed_error.unwrap_or_else(|| {
             io_error(&path)(result.err().unwrap_or_else(|| std::io::Error::other("nothing was staged")))
         })),

@@ -13,7 +13,10 @@ use image::DynamicImage;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions};
 use ort::value::TensorRef;
 use rayon::prelude::*;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// What to load and how to run it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,8 +241,8 @@ impl Embedder {
         self.preprocessor
     }
 
-    /// Embeds files in chunks of `batch_size`, decoding the next chunk in parallel while the model
-    /// runs the current one ([`decode_ahead`]). Files that cannot be decoded are skipped with
+    /// Embeds files in chunks of `batch_size`, decoding the next chunks on every core while the
+    /// model runs the current one ([`decode_ahead`]). Files that cannot be decoded are skipped with
     /// their reason.
     pub fn embed(&mut self, inputs: &[PathBuf], batch_size: usize) -> Result<Embeddings, EmbedError> {
         if batch_size == 0 {
@@ -253,18 +256,13 @@ impl Embedder {
             inputs,
             |path| path,
             batch_size,
-            |chunk| {
-                let mut batch = Vec::with_capacity(chunk.len() * preprocessor.spec.len());
-                for (path, result) in chunk {
-                    match result {
-                        Ok(input) => {
-                            batch.extend_from_slice(&input);
-                            out.paths.push(path.clone());
-                        }
-                        Err(reason) => out.skipped.push(Skipped { path: path.clone(), reason }),
-                    }
-                }
-                out.vectors.extend(self.run_batch(&batch)?);
+            0,
+            |batch| {
+                out.skipped.extend(
+                    batch.failed.into_iter().map(|(path, reason)| Skipped { path: path.clone(), reason }),
+                );
+                out.paths.extend(batch.decoded.into_iter().cloned());
+                out.vectors.extend(self.run_batch(&batch.inputs)?);
                 Ok::<(), EmbedError>(())
             },
         )?;
@@ -339,38 +337,155 @@ impl Embedder {
     }
 }
 
-/// Decoded chunks waiting for the consumer; with the one being decoded and the one being
-/// consumed this bounds memory to a few chunks whatever the collection size.
-const CHUNKS_IN_FLIGHT: usize = 2;
+/// Batches each decoding thread may run ahead of the consumer: with every thread on one batch
+/// and this many per thread decoded and waiting, memory stays bounded whatever the collection
+/// size, and the model never waits while a thread is still busy.
+const BATCHES_AHEAD_PER_THREAD: usize = 2;
 
-/// Decodes the files of `items` (`path_of` names each item's file) chunk by chunk of
-/// `batch_size` on a producer thread, each chunk in parallel, and hands every decoded chunk (the
-/// items with their model input or the reason they could not be decoded, in order) to `consume`
-/// on this thread, so decoding the next chunk overlaps consuming this one. An error from
-/// `consume` stops both sides and is returned.
+/// One batch of items with their files decoded, for the model.
+#[derive(Debug)]
+pub(crate) struct DecodedBatch<'a, T> {
+    /// The items whose files decoded, in order.
+    pub decoded: Vec<&'a T>,
+    /// Their model inputs, back to back in the same order.
+    pub inputs: Vec<f32>,
+    /// The items whose files could not be decoded, in order, with the reason.
+    pub failed: Vec<(&'a T, String)>,
+}
+
+/// Decodes `batch` (`path_of` names each item's file) one file after the other.
+fn decode_batch<'a, T>(
+    preprocessor: Preprocessor,
+    batch: &'a [T],
+    path_of: impl Fn(&T) -> &Path,
+) -> DecodedBatch<'a, T> {
+    let mut decoded_batch =
+        DecodedBatch { decoded: Vec::with_capacity(batch.len()), inputs: Vec::new(), failed: Vec::new() };
+    decoded_batch.inputs.reserve(batch.len() * preprocessor.spec.len());
+    for item in batch {
+        match preprocessor.prepare_file(path_of(item)) {
+            Ok(input) => {
+                decoded_batch.inputs.extend_from_slice(&input);
+                decoded_batch.decoded.push(item);
+            }
+            Err(error) => decoded_batch.failed.push((item, error.to_string())),
+        }
+    }
+    decoded_batch
+}
+
+/// The number of threads `decode_threads` asks for: 0 means one per core.
+pub fn decoding_threads(decode_threads: usize) -> usize {
+    match decode_threads {
+        0 => std::thread::available_parallelism().map_or(1, |cores| cores.get()),
+        threads => threads,
+    }
+}
+
+/// How far the decoding threads may run ahead: the consumer's position, and whether it stopped.
+struct DecodeGate {
+    /// (batches handed to the consumer, the consumer stopped).
+    state: std::sync::Mutex<(usize, bool)>,
+    moved: std::sync::Condvar,
+}
+
+impl DecodeGate {
+    /// Waits until batch `index` lies fewer than `ahead` batches past the consumer; false when
+    /// the consumer stopped instead.
+    fn wait_for_room(&self, index: usize, ahead: usize) -> bool {
+        let state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = self
+            .moved
+            .wait_while(state, |(handed_over, stopped)| !*stopped && index >= *handed_over + ahead)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        !state.1
+    }
+
+    fn update(&self, change: impl FnOnce(&mut (usize, bool))) {
+        change(&mut self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        self.moved.notify_all();
+    }
+}
+
+/// Stops the gate when dropped by a panicking thread.
+struct StopOnPanic<'a>(&'a DecodeGate);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.update(|(_, stopped)| *stopped = true);
+        }
+    }
+}
+
+/// Decodes the files of `items` (`path_of` names each item's file) in batches of `batch_size`
+/// on `decode_threads` threads (0: one per core), each thread taking the next batch as soon as it
+/// finishes one, and hands every batch to `consume` on this thread, in order. Decoding runs up
+/// to [`BATCHES_AHEAD_PER_THREAD`] batches per thread ahead of `consume`, so it overlaps the
+/// model without a pause between batches. An error from `consume` stops both sides and is
+/// returned; otherwise the time `consume` waited for decoding is.
 pub(crate) fn decode_ahead<'a, T: Sync, E>(
     preprocessor: Preprocessor,
     items: &'a [T],
     path_of: impl Fn(&T) -> &Path + Sync,
     batch_size: usize,
-    mut consume: impl FnMut(Vec<(&'a T, Result<Vec<f32>, String>)>) -> Result<(), E>,
-) -> Result<(), E> {
+    decode_threads: usize,
+    mut consume: impl FnMut(DecodedBatch<'a, T>) -> Result<(), E>,
+) -> Result<Duration, E> {
+    let batches: Vec<&'a [T]> = items.chunks(batch_size.max(1)).collect();
+    let threads = decoding_threads(decode_threads).clamp(1, batches.len().max(1));
+    let ahead = threads * BATCHES_AHEAD_PER_THREAD;
+    let next_batch = AtomicUsize::new(0);
+    let gate = DecodeGate { state: std::sync::Mutex::new((0, false)), moved: std::sync::Condvar::new() };
     std::thread::scope(|scope| {
-        let (sender, receiver) = std::sync::mpsc::sync_channel(CHUNKS_IN_FLIGHT);
-        let path_of = &path_of;
-        scope.spawn(move || {
-            for chunk in items.chunks(batch_size.max(1)) {
-                let decoded: Vec<(&T, Result<Vec<f32>, String>)> = chunk
-                    .par_iter()
-                    .map(|item| (item, preprocessor.prepare_file(path_of(item)).map_err(|e| e.to_string())))
-                    .collect();
-                if sender.send(decoded).is_err() {
-                    return; // the consumer stopped on an error
+        // Unbounded, because the gate bounds what is in it.
+        let (sender, receiver) = std::sync::mpsc::channel();
+        for _ in 0..threads {
+            let sender = sender.clone();
+            let (batches, next_batch, gate, path_of) = (&batches, &next_batch, &gate, &path_of);
+            scope.spawn(move || {
+                // A decoder that panics stops the others, so the consumer's wait for its batch
+                // ends; the scope then re-raises the panic.
+                let _stop_others_on_panic = StopOnPanic(gate);
+                loop {
+                    // Batches are claimed in order, so the one the consumer waits for is never
+                    // held back by the gate.
+                    let index = next_batch.fetch_add(1, Ordering::Relaxed);
+                    if index >= batches.len() || !gate.wait_for_room(index, ahead) {
+                        return;
+                    }
+                    let decoded = decode_batch(preprocessor, batches[index], path_of);
+                    if sender.send((index, decoded)).is_err() {
+                        return;
+                    }
                 }
+            });
+        }
+        drop(sender);
+        let mut waiting = BTreeMap::new();
+        let mut waited = Duration::ZERO;
+        let mut consume_in_order = || {
+            for index in 0..batches.len() {
+                let batch = loop {
+                    if let Some(batch) = waiting.remove(&index) {
+                        break batch;
+                    }
+                    let started = Instant::now();
+                    // Every sender gone before this batch came means a decoding thread
+                    // panicked: the scope re-raises that panic when it ends.
+                    let Ok((decoded_index, decoded)) = receiver.recv() else { return Ok(()) };
+                    waited += started.elapsed();
+                    waiting.insert(decoded_index, decoded);
+                };
+                gate.update(|(handed_over, _)| *handed_over = index + 1);
+                consume(batch)?;
             }
-        });
-        // Returning drops the receiver, which ends the producer at its next chunk.
-        receiver.into_iter().try_for_each(&mut consume)
+            Ok(())
+        };
+        let result = consume_in_order();
+        gate.update(|(_, stopped)| *stopped = true);
+        drop(receiver);
+        result.map(|()| waited)
     })
 }
 
@@ -383,6 +498,167 @@ fn mirrored(inputs: &[f32], size: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dim_models::preprocess::{Background, ResizePolicy};
+    use std::sync::atomic::AtomicUsize;
+
+    fn preprocessor() -> Preprocessor {
+        Preprocessor {
+            spec: InputSpec {
+                channels: 1,
+                size: 8,
+                resize: ResizePolicy::Pad,
+                background: Background::Black,
+            },
+            reduced_jpeg: true,
+            max_image_pixels: 1 << 20,
+            normalise_contrast: false,
+        }
+    }
+
+    /// `count` files: 6×6 grey PNGs whose pixels are all `k`, except that every seventh file
+    /// (k = 3, 10, 17, …) is not an image.
+    fn collection(dir: &Path, count: usize) -> Vec<PathBuf> {
+        (0..count)
+            .map(|k| {
+                let path = dir.join(format!("{k:03}.png"));
+                if k % 7 == 3 {
+                    std::fs::write(&path, b"not an image").unwrap();
+                } else {
+                    image::GrayImage::from_pixel(6, 6, image::Luma([k as u8])).save(&path).unwrap();
+                }
+                path
+            })
+            .collect()
+    }
+
+    #[test]
+    fn decoding_ahead_hands_over_every_batch_in_order_whatever_the_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = collection(dir.path(), 61);
+        let preprocessor = preprocessor();
+        let expected: Vec<(usize, Result<Vec<f32>, String>)> = files
+            .iter()
+            .enumerate()
+            .map(|(k, path)| (k, preprocessor.prepare_file(path).map_err(|e| e.to_string())))
+            .collect();
+        for (batch_size, threads) in [(1, 1), (4, 2), (8, 3), (16, 8), (64, 2), (5, 40)] {
+            let mut batches = 0;
+            let mut handed_over = Vec::new();
+            decode_ahead(
+                preprocessor,
+                &files,
+                |path| path,
+                batch_size,
+                threads,
+                |batch| {
+                    let first = handed_over.len();
+                    let expected_files = &files[first..(first + batch_size).min(files.len())];
+                    assert_eq!(batch.decoded.len() + batch.failed.len(), expected_files.len());
+                    assert_eq!(batch.inputs.len(), batch.decoded.len() * preprocessor.spec.len());
+                    let mut inputs = batch.inputs.chunks_exact(preprocessor.spec.len());
+                    let mut failed = batch.failed.into_iter();
+                    let mut decoded = batch.decoded.into_iter().peekable();
+                    // Put the batch back in file order: decoded and failed items each keep theirs.
+                    for (k, file) in (first..).zip(expected_files) {
+                        if decoded.peek() == Some(&file) {
+                            decoded.next();
+                            handed_over.push((k, Ok(inputs.next().unwrap().to_vec())));
+                        } else {
+                            let (path, reason) = failed.next().unwrap();
+                            assert_eq!(path, file);
+                            handed_over.push((k, Err(reason)));
+                        }
+                    }
+                    batches += 1;
+                    Ok::<(), ()>(())
+                },
+            )
+            .unwrap();
+            assert_eq!(batches, files.len().div_ceil(batch_size), "batch {batch_size}, {threads} threads");
+            assert_eq!(handed_over, expected, "batch {batch_size}, {threads} threads");
+        }
+        assert_eq!(expected.iter().filter(|(_, result)| result.is_err()).count(), 9);
+    }
+
+    #[test]
+    fn decoding_stays_a_bounded_number_of_batches_ahead_of_a_slow_consumer() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = collection(dir.path(), 80);
+        let decoded_files = AtomicUsize::new(0);
+        let (batch_size, threads) = (2, 3);
+        let mut consumed = 0;
+        decode_ahead(
+            preprocessor(),
+            &files,
+            |path| {
+                decoded_files.fetch_add(1, Ordering::SeqCst);
+                path
+            },
+            batch_size,
+            threads,
+            |batch| {
+                consumed += 1;
+                std::thread::sleep(Duration::from_millis(3));
+                // The batches handed over, those waiting and one in hand per thread.
+                let limit = (consumed + threads * BATCHES_AHEAD_PER_THREAD + threads) * batch_size;
+                let started = decoded_files.load(Ordering::SeqCst);
+                assert!(
+                    started <= limit,
+                    "{started} files decoded after {consumed} batches; at most {limit}"
+                );
+                assert_eq!(batch.decoded.len() + batch.failed.len(), batch_size);
+                Ok::<(), ()>(())
+            },
+        )
+        .unwrap();
+        assert_eq!(consumed, 40);
+    }
+
+    #[test]
+    fn an_error_from_the_consumer_stops_the_decoding_and_is_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = collection(dir.path(), 40);
+        let decoded_files = AtomicUsize::new(0);
+        let mut calls = 0;
+        let result = decode_ahead(
+            preprocessor(),
+            &files,
+            |path| {
+                decoded_files.fetch_add(1, Ordering::SeqCst);
+                path
+            },
+            1,
+            4,
+            |_| {
+                calls += 1;
+                if calls == 2 { Err("the model failed") } else { Ok(()) }
+            },
+        );
+        assert_eq!(result.unwrap_err(), "the model failed");
+        assert_eq!(calls, 2);
+        // Decoding stopped within its window instead of running through the whole collection.
+        assert!(decoded_files.load(Ordering::SeqCst) <= 2 + 4 * BATCHES_AHEAD_PER_THREAD + 4);
+    }
+
+    #[test]
+    fn a_panicking_decoder_ends_the_pipeline_with_its_panic_instead_of_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = collection(dir.path(), 30);
+        let outcome = std::panic::catch_unwind(|| {
+            decode_ahead(
+                preprocessor(),
+                &files,
+                |path| {
+                    assert!(!path.ends_with("004.png"), "decoder bug");
+                    path
+                },
+                1,
+                3,
+                |_| Ok::<(), ()>(()),
+            )
+        });
+        assert!(outcome.is_err());
+    }
 
     #[test]
     fn mirroring_reverses_every_row_of_every_channel_and_image() {

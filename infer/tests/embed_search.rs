@@ -102,6 +102,7 @@ fn job(files: Vec<PathBuf>, out: &Path) -> EmbedJob {
         skipped_inputs: Vec::new(),
         out_dir: out.to_path_buf(),
         batch_size: 8,
+        decode_threads: 0,
         force: false,
         show_progress: false,
         stop: None,

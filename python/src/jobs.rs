@@ -44,6 +44,7 @@ pub fn embed_folder(
         skipped_inputs: gathered.skipped,
         out_dir: out,
         batch_size: embedder.get().batch_size(),
+        decode_threads: 0,
         force,
         show_progress: progress,
         stop: Some(stop.clone()),
@@ -78,6 +79,11 @@ pub fn embed_folder(
         "dropped": summary.dropped,
         "rows": summary.total_rows,
         "seconds": summary.seconds,
+        "stage_seconds": {
+            "model": summary.stages.model.as_secs_f64(),
+            "waiting_for_decoding": summary.stages.waiting_for_decoding.as_secs_f64(),
+            "writing": summary.stages.writing.as_secs_f64(),
+        },
         "skipped": skipped,
         "discarded_previous": summary.discarded_previous,
     })

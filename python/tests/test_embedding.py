@@ -35,6 +35,9 @@ def test_embed_folder_writes_what_dim_embed_writes(embedder, image_folder, tmp_p
     run([tool("dim-embed"), image_folder, "--out", cli, "--threads", "1"])
     summary = dim_toolkit.embed_folder(image_folder, tmp_path / "py", embedder=embedder, progress=False)
     assert summary["embedded"] == summary["rows"] == 31
+    stages = summary["stage_seconds"]
+    assert set(stages) == {"model", "waiting_for_decoding", "writing"}
+    assert stages["model"] > 0 and sum(stages.values()) <= summary["seconds"] * 1.01
     assert [s["path"] for s in summary["skipped"]] == [str(image_folder / "class1" / "broken.png")]
     for name in ("manifest.json", "skipped.json"):
         assert json.loads((tmp_path / "py" / name).read_text()) == json.loads((cli / name).read_text())

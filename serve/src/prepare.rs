@@ -68,6 +68,7 @@ pub fn prepare_folder(
         skipped_inputs: gathered.skipped,
         out_dir: embeddings.clone(),
         batch_size: 64,
+        decode_threads: 0,
         force: false,
         show_progress: std::io::stderr().is_terminal(),
         stop: None,

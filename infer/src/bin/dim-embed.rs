@@ -75,6 +75,10 @@ struct Args {
     /// ONNX Runtime threads (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Threads decoding images a few batches ahead of the model (0: one per core). The closing
+    /// line says how long the model waited for them.
+    #[arg(long, default_value_t = 0)]
+    decode_threads: usize,
     /// Which output to store: embedding, conv, fc or y; or duplicate, for `dim-search
     /// duplicates`: the embedding made invariant to brightness, contrast and mirroring (contrast-
     /// normalised input, averaged with its mirror image; two model runs per image).
@@ -183,6 +187,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         skipped_inputs: collection.skipped,
         out_dir: out.clone(),
         batch_size: args.batch,
+        decode_threads: args.decode_threads,
         force: args.force,
         show_progress: std::io::stderr().is_terminal(),
         stop: None,
@@ -196,11 +201,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     println!(
-        "embedded {} images in {:.1} s ({:.0} images/s), kept {} unchanged, dropped {}; {} rows of {} `{}` \
-         values in {}",
+        "embedded {} images in {:.1} s ({:.0} images/s; {}), kept {} unchanged, dropped {}; {} rows of \
+         {} `{}` values in {}",
         summary.embedded,
         summary.seconds,
         summary.embedded as f64 / summary.seconds.max(1e-9),
+        summary.stages.describe(summary.seconds),
         summary.reused,
         summary.dropped,
         summary.total_rows,

@@ -176,7 +176,8 @@ def embed_folder(inputs, out, *, model=None, feature="embedding", provider="cpu"
     """Embeds image files, folders (recursively) and list files into the embeddings directory
     ``out``, as ``dim-embed INPUTS --out OUT`` does: embeddings.npy, manifest.json and
     skipped.json, written atomically; a rerun embeds only new or changed files. Returns the
-    run's summary (embedded, reused, dropped, rows, seconds, skipped)."""
+    run's summary (embedded, reused, dropped, rows, seconds, stage_seconds: where those seconds
+    went (model, waiting_for_decoding, writing), skipped)."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if embedder is None:
