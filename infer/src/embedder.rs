@@ -375,7 +375,7 @@ fn decode_batch<'a, T>(
 }
 
 /// The number of threads `decode_threads` asks for: 0 means one per core.
-pub fn decoding_threads(decode_threads: usize) -> usize {
+fn decoding_threads(decode_threads: usize) -> usize {
     match decode_threads {
         0 => std::thread::available_parallelism().map_or(1, |cores| cores.get()),
         threads => threads,
