@@ -408,7 +408,19 @@ impl Session {
             StepInputs::Images(images) => self.model.encoder_loss(images),
             StepInputs::Views(first, second) => self.model.cross_view_loss(first, second),
         };
-        let total = check("total", loss.total.double_value(&[]))?;
+        let mi = loss.local.as_ref().or(loss.global.as_ref()).or(loss.global_to_global.as_ref());
+        // Every value is read before the update is launched, in one transfer: a device that queues
+        // work (CUDA) then runs the backward pass and the optimiser while the host prepares the
+        // next batch, instead of waiting for them once per value read afterwards.
+        let [total, global, local, global_to_global, prior, mi] = read_scalars([
+            Some(&loss.total),
+            loss.global.as_ref().map(|e| &e.loss),
+            loss.local.as_ref().map(|e| &e.loss),
+            loss.global_to_global.as_ref().map(|e| &e.loss),
+            loss.prior.as_ref(),
+            mi.map(|e| &e.mi),
+        ]);
+        let total = check("total", total.expect("the total loss is always read"))?;
         self.encoder_optimizer.minimise(&loss.total);
 
         let discriminator = match (&self.model.discriminator, &mut self.discriminator_optimizer) {
@@ -423,24 +435,30 @@ impl Session {
             _ => None,
         };
         self.step = step;
-        let scalar = |t: &Tensor| t.double_value(&[]);
-        let mi = loss
-            .local
-            .as_ref()
-            .or(loss.global.as_ref())
-            .or(loss.global_to_global.as_ref())
-            .map(|e| scalar(&e.mi))
-            .unwrap_or(0.0);
         Ok(StepValues {
             loss: total,
-            global: loss.global.as_ref().map(|e| scalar(&e.loss)),
-            local: loss.local.as_ref().map(|e| scalar(&e.loss)),
-            global_to_global: loss.global_to_global.as_ref().map(|e| scalar(&e.loss)),
-            prior: loss.prior.as_ref().map(scalar),
+            global,
+            local,
+            global_to_global,
+            prior,
             discriminator,
-            mi,
+            mi: mi.unwrap_or(0.0),
         })
     }
+}
+
+/// The scalars that are present, copied to the host in one transfer (one wait for the device
+/// rather than one per value); each value is exactly what reading it on its own gives.
+fn read_scalars<const N: usize>(scalars: [Option<&Tensor>; N]) -> [Option<f64>; N] {
+    let present: Vec<Tensor> = scalars.iter().flatten().map(|scalar| scalar.detach().reshape([1])).collect();
+    let mut values = if present.is_empty() {
+        Vec::new()
+    } else {
+        let host = Tensor::cat(&present, 0).to_kind(Kind::Double).to_device(Device::Cpu);
+        Vec::<f64>::try_from(&host).expect("a 1-d tensor of doubles converts to a Vec")
+    }
+    .into_iter();
+    scalars.map(|scalar| scalar.and_then(|_| values.next()))
 }
 
 /// Opens the dataset named by the settings, cut to `--limit`.
@@ -748,4 +766,40 @@ pub fn max_weight_difference(a: &Path, b: &Path) -> Result<f64, TrainError> {
         largest = largest.max(difference);
     }
     Ok(largest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_scalars_together_gives_each_value_as_read_alone_in_its_place() {
+        let values = [0.1f32, -3.25e-7, 12_345.678, f32::NAN];
+        let tensors: Vec<Tensor> = values.iter().map(|&v| Tensor::from(v)).collect();
+        let read = read_scalars([
+            Some(&tensors[0]),
+            None,
+            Some(&tensors[1]),
+            Some(&tensors[2]),
+            None,
+            Some(&tensors[3]),
+        ]);
+        assert_eq!(read[0], Some(tensors[0].double_value(&[])));
+        assert_eq!(read[1], None);
+        assert_eq!(read[2], Some(tensors[1].double_value(&[])));
+        assert_eq!(read[3], Some(f64::from(values[2])));
+        assert_eq!(read[4], None);
+        assert!(read[5].is_some_and(f64::is_nan), "a NaN stays NaN so the finiteness check still sees it");
+        assert_eq!(read_scalars::<2>([None, None]), [None, None]);
+    }
+
+    #[test]
+    fn reading_scalars_leaves_the_graph_for_the_backward_pass() {
+        let weight = Tensor::from(2.0f32).set_requires_grad(true);
+        let loss = &weight * &weight;
+        let [value] = read_scalars([Some(&loss)]);
+        assert_eq!(value, Some(4.0));
+        loss.backward();
+        assert_eq!(weight.grad().double_value(&[]), 4.0);
+    }
 }
