@@ -105,6 +105,24 @@ fn dim_l_training_makes_the_loss_fall_and_logs_every_epoch() {
     assert!(last.loss < first.loss, "loss did not fall: {} → {}", first.loss, last.loss);
     assert!(last.mi_estimate > first.mi_estimate);
     assert!(first.prior_loss.is_some() && first.discriminator_loss.is_some() && first.global_loss.is_none());
+    for record in &log {
+        // Every stage of a step is timed, images/s divides by the steps' time, and the steps fit
+        // inside the epoch's wall time.
+        let stages = record.stage_seconds.expect("the log keeps each epoch's stage times");
+        for seconds in
+            [stages.batch_to_device, stages.views, stages.reading_losses, stages.waiting_for_loader]
+        {
+            assert!(seconds >= 0.0, "{stages:?}");
+        }
+        assert!(stages.forward > 0.0 && stages.update > 0.0, "{stages:?}");
+        assert!(
+            stages.step_seconds() + stages.waiting_for_loader <= record.seconds,
+            "{stages:?} in {} s",
+            record.seconds
+        );
+        let images_per_second = 4.0 * 8.0 / stages.step_seconds();
+        assert!((record.images_per_second - images_per_second).abs() < 1e-6 * images_per_second);
+    }
     let config = CheckpointConfig::read(dir.path()).unwrap();
     assert_eq!((config.epoch, config.step), (4, 16));
     assert_eq!(config.training["estimator"], "jsd");

@@ -345,8 +345,10 @@ fn run(args: &Args) -> anyhow::Result<RunEnd> {
     };
     let outcome = trainer::train(&settings, dataset, resume.as_ref(), &options)?;
     for record in &outcome.epochs {
+        let stages =
+            record.stage_seconds.map(|stages| format!(" ({})", stages.describe())).unwrap_or_default();
         eprintln!(
-            "epoch {}: loss {:.4}, MI {:.4} nats, {:.0} images/s, {:.1} s",
+            "epoch {}: loss {:.4}, MI {:.4} nats, {:.0} images/s{stages}, {:.1} s",
             record.epoch, record.loss, record.mi_estimate, record.images_per_second, record.seconds
         );
     }

@@ -158,16 +158,69 @@ pub struct EpochRecord {
     pub discriminator_loss: Option<f64>,
     /// Mean MI estimate of the local (or, without it, the global) term, in nats.
     pub mi_estimate: f64,
-    /// Training throughput.
+    /// Training throughput: images over the steps' time, from the batch being handed over by the
+    /// loader to the optimisers' updates (the loader's own wait, checkpointing and checks are
+    /// outside it; `seconds` has them).
     pub images_per_second: f64,
     /// Wall-clock seconds of the epoch.
     pub seconds: f64,
     /// Examples the loader skipped as unreadable.
     pub skipped_examples: usize,
+    /// Where the epoch's steps spent their time (absent from logs written before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_seconds: Option<StepStages>,
     /// Precision@10 of the conv features on the held-out split, exact cosine search (on the
     /// epochs the retrieval check ran).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retrieval_precision_at_10: Option<f64>,
+}
+
+/// Seconds an epoch spent in each stage of its steps, summed over the steps. On a GPU the host only
+/// queues kernels, so `forward` and `update` are the host's time to launch them and
+/// `reading_losses` is the wait for the device to finish: a step whose reading share is near zero
+/// is bound by the host (launches, data), one where it dominates is bound by the device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, serde::Deserialize)]
+pub struct StepStages {
+    /// Waiting for the host loader to hand over a batch (not part of images/s).
+    pub waiting_for_loader: f64,
+    /// Putting the batch on the device: the copy from the host, or the gather from the data held
+    /// there.
+    pub batch_to_device: f64,
+    /// Drawing and making the augmented views.
+    pub views: f64,
+    /// Building the losses of the encoder and the discriminator.
+    pub forward: f64,
+    /// Reading the losses to the host, which waits for the device.
+    pub reading_losses: f64,
+    /// The backward passes and optimiser updates.
+    pub update: f64,
+}
+
+impl StepStages {
+    /// The seconds of the training steps, the time images/s divides by: everything but waiting
+    /// for the loader.
+    pub fn step_seconds(&self) -> f64 {
+        self.batch_to_device + self.views + self.forward + self.reading_losses + self.update
+    }
+
+    /// Each stage's share of the step time, e.g. "forward 31%, reading losses 2%, update 60%, …",
+    /// and the loader's wait in seconds when there was one.
+    pub fn describe(&self) -> String {
+        let total = self.step_seconds().max(f64::MIN_POSITIVE);
+        let share = |name: &str, seconds: f64| format!("{name} {:.0}%", 100.0 * seconds / total);
+        let mut text = [
+            share("batch to device", self.batch_to_device),
+            share("views", self.views),
+            share("forward", self.forward),
+            share("reading losses", self.reading_losses),
+            share("update", self.update),
+        ]
+        .join(", ");
+        if self.waiting_for_loader >= 0.05 {
+            text += &format!("; waited {:.1} s for the loader", self.waiting_for_loader);
+        }
+        text
+    }
 }
 
 /// The result of [`train`].
@@ -193,7 +246,7 @@ struct EpochTotals {
     prior: Option<f64>,
     discriminator: Option<f64>,
     mi: f64,
-    step_seconds: f64,
+    stages: StepStages,
 }
 
 fn add(sum: &mut Option<f64>, value: Option<f64>) {
@@ -390,10 +443,11 @@ impl Session {
         }
     }
 
-    /// One encoder step and, with a prior term, one discriminator step.
-    fn train_step(&mut self, inputs: &StepInputs) -> Result<StepValues, TrainError> {
+    /// One encoder step and, with a prior term, one discriminator step, timed into `stages`.
+    fn train_step(&mut self, inputs: &StepInputs, stages: &mut StepStages) -> Result<StepValues, TrainError> {
         let epoch = self.epoch + 1;
         let step = self.step + 1;
+        let started = Instant::now();
         // Seeding per step (not only per epoch) makes a run resumed mid-epoch draw the same prior
         // samples as an uninterrupted one.
         tch::manual_seed((self.settings.seed as i64).wrapping_mul(1_000_003).wrapping_add(step as i64));
@@ -408,32 +462,37 @@ impl Session {
             StepInputs::Images(images) => self.model.encoder_loss(images),
             StepInputs::Views(first, second) => self.model.cross_view_loss(first, second),
         };
+        // The discriminator's loss reads only Y, detached, and its own weights, which the
+        // encoder's update leaves alone (it computes no gradients for them), so it is built
+        // before either update and read with the rest.
+        let discriminator_loss = match (&self.model.discriminator, &self.discriminator_optimizer) {
+            (Some(discriminator), Some(_)) => Some(discriminator.discriminator_loss(&loss.y)),
+            _ => None,
+        };
+        let built = Instant::now();
         let mi = loss.local.as_ref().or(loss.global.as_ref()).or(loss.global_to_global.as_ref());
-        // Every value is read before the update is launched, in one transfer: a device that queues
-        // work (CUDA) then runs the backward pass and the optimiser while the host prepares the
-        // next batch, instead of waiting for them once per value read afterwards.
-        let [total, global, local, global_to_global, prior, mi] = read_scalars([
+        // Every value is read before the updates are launched, in one transfer: a device that
+        // queues work (CUDA) then runs the backward passes and the optimisers while the host
+        // prepares the next batch, instead of waiting for them once per value read afterwards.
+        let [total, global, local, global_to_global, prior, mi, discriminator] = read_scalars([
             Some(&loss.total),
             loss.global.as_ref().map(|e| &e.loss),
             loss.local.as_ref().map(|e| &e.loss),
             loss.global_to_global.as_ref().map(|e| &e.loss),
             loss.prior.as_ref(),
             mi.map(|e| &e.mi),
+            discriminator_loss.as_ref().map(|l| &l.total),
         ]);
+        let read = Instant::now();
         let total = check("total", total.expect("the total loss is always read"))?;
+        let discriminator = discriminator.map(|value| check("discriminator", value)).transpose()?;
         self.encoder_optimizer.minimise(&loss.total);
-
-        let discriminator = match (&self.model.discriminator, &mut self.discriminator_optimizer) {
-            (Some(discriminator), Some(optimizer)) => {
-                // The encoder's update computed no gradients for the discriminator, so nothing of
-                // the generator loss leaks into its own update.
-                let loss = discriminator.discriminator_loss(&loss.y);
-                let value = check("discriminator", loss.total.double_value(&[]))?;
-                optimizer.minimise(&loss.total);
-                Some(value)
-            }
-            _ => None,
-        };
+        if let (Some(loss), Some(optimizer)) = (&discriminator_loss, &mut self.discriminator_optimizer) {
+            optimizer.minimise(&loss.total);
+        }
+        stages.forward += (built - started).as_secs_f64();
+        stages.reading_losses += (read - built).as_secs_f64();
+        stages.update += read.elapsed().as_secs_f64();
         self.step = step;
         Ok(StepValues {
             loss: total,
@@ -567,20 +626,20 @@ pub fn train(
                 device: options.device,
             },
         };
-        let already_done = session.batches_into_epoch;
-        bar.inc(already_done as u64);
+        let mut to_skip = session.batches_into_epoch;
+        bar.inc(to_skip as u64);
         let mut interrupted = false;
-        for images in batches.by_ref().skip(already_done) {
+        while let Some(images) = batches.next_batch(std::mem::take(&mut to_skip), &mut totals.stages) {
             let batch_len = images.size()[0] as usize;
             if batch_len < 2 {
                 // Too many unreadable examples left a batch without negatives.
                 session.batches_into_epoch += 1;
                 continue;
             }
-            let step_started = Instant::now();
+            let views_started = Instant::now();
             let inputs = session.step_inputs(images, options.channels_last);
-            let values = session.train_step(&inputs)?;
-            totals.step_seconds += step_started.elapsed().as_secs_f64();
+            totals.stages.views += views_started.elapsed().as_secs_f64();
+            let values = session.train_step(&inputs, &mut totals.stages)?;
             totals.steps += 1;
             totals.images += batch_len;
             totals.loss += values.loss;
@@ -595,7 +654,7 @@ pub fn train(
                 "loss {:.4}  MI {:.4}  {:.0} img/s",
                 totals.loss / totals.steps as f64,
                 totals.mi / totals.steps as f64,
-                totals.images as f64 / totals.step_seconds
+                totals.images as f64 / totals.stages.step_seconds()
             ));
             bar.inc(1);
             if options.stop.load(Ordering::SeqCst) {
@@ -649,28 +708,25 @@ impl EpochSource<'_> {
             EpochSource::Resident(epoch) => epoch.skipped(),
         }
     }
-}
 
-impl Iterator for EpochSource<'_> {
-    /// `[N, C, S, S]` images on the training device.
-    type Item = Tensor;
-
-    fn next(&mut self) -> Option<Tensor> {
+    /// The next `[N, C, S, S]` batch on the training device after passing over `skip` batches
+    /// (resuming mid-epoch: those are not put on the device), timed into `stages`.
+    fn next_batch(&mut self, skip: usize, stages: &mut StepStages) -> Option<Tensor> {
+        let started = Instant::now();
         match self {
             EpochSource::Host { batches, image_shape, device } => {
-                batches.next().map(|batch| host_images(&batch, *image_shape, *device))
+                let batch = batches.nth(skip);
+                let handed_over = Instant::now();
+                stages.waiting_for_loader += (handed_over - started).as_secs_f64();
+                let images = batch.map(|batch| host_images(&batch, *image_shape, *device));
+                stages.batch_to_device += handed_over.elapsed().as_secs_f64();
+                images
             }
-            EpochSource::Resident(epoch) => epoch.next(),
-        }
-    }
-
-    fn nth(&mut self, n: usize) -> Option<Tensor> {
-        // Resuming mid-epoch: skipped batches are not copied to the device.
-        match self {
-            EpochSource::Host { batches, image_shape, device } => {
-                batches.nth(n).map(|batch| host_images(&batch, *image_shape, *device))
+            EpochSource::Resident(epoch) => {
+                let images = epoch.nth(skip);
+                stages.batch_to_device += started.elapsed().as_secs_f64();
+                images
             }
-            EpochSource::Resident(epoch) => epoch.nth(n),
         }
     }
 }
@@ -714,13 +770,14 @@ fn epoch_record(session: &Session, totals: &EpochTotals, seconds: f64, skipped: 
         prior_loss: mean(totals.prior),
         discriminator_loss: mean(totals.discriminator),
         mi_estimate: totals.mi / steps,
-        images_per_second: if totals.step_seconds > 0.0 {
-            totals.images as f64 / totals.step_seconds
+        images_per_second: if totals.stages.step_seconds() > 0.0 {
+            totals.images as f64 / totals.stages.step_seconds()
         } else {
             0.0
         },
         seconds,
         skipped_examples: skipped,
+        stage_seconds: Some(totals.stages),
         retrieval_precision_at_10: None,
     }
 }
@@ -791,6 +848,26 @@ mod tests {
         assert_eq!(read[4], None);
         assert!(read[5].is_some_and(f64::is_nan), "a NaN stays NaN so the finiteness check still sees it");
         assert_eq!(read_scalars::<2>([None, None]), [None, None]);
+    }
+
+    #[test]
+    fn stage_shares_are_of_the_step_time_and_the_loaders_wait_is_given_apart() {
+        let stages = StepStages {
+            waiting_for_loader: 2.0,
+            batch_to_device: 0.5,
+            views: 1.0,
+            forward: 3.0,
+            reading_losses: 0.5,
+            update: 5.0,
+        };
+        assert_eq!(stages.step_seconds(), 10.0);
+        assert_eq!(
+            stages.describe(),
+            "batch to device 5%, views 10%, forward 30%, reading losses 5%, update 50%; waited 2.0 s for the loader"
+        );
+        let unhindered = StepStages { waiting_for_loader: 0.01, ..stages };
+        assert!(!unhindered.describe().contains("loader"), "{}", unhindered.describe());
+        assert!(StepStages::default().describe().starts_with("batch to device 0%"));
     }
 
     #[test]
