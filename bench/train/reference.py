@@ -10,6 +10,9 @@ and contrast jitter, for RGB saturation and random grey), the encoder on both vi
 each view's Y scored against the other view's local features (JSD on soft-clipped scores plus the
 score penalty, both directions averaged) and the global-to-global infoNCE at temperature 0.1; no
 prior. Reading the losses with .item() mirrors dim-train's per-step finiteness checks.
+`--autocast bf16` runs the forward passes and losses under torch.autocast in bfloat16 (backward
+and optimiser steps outside it, as PyTorch's mixed-precision recipe has them): what that lever is
+worth in PyTorch on the same device, measured before anyone builds it into dim-train.
 
 Prints one JSON object: images per second over the timed steps. With --device cuda the modules
 and the batches live on the GPU (the batches made once, as dim-train's --data-on-device holds its
@@ -156,6 +159,8 @@ def main():
     parser.add_argument("--channels-last", action="store_true", help="NHWC memory format for modules and inputs")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--recipe", choices=["dim-l", "cross"], default="dim-l")
+    parser.add_argument("--autocast", choices=["off", "bf16"], default="off",
+                        help="run the forward passes and losses under torch.autocast in bfloat16")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -175,6 +180,9 @@ def main():
         encoder = encoder.to(memory_format=torch.channels_last)
         batches = [b.contiguous(memory_format=torch.channels_last) for b in batches]
     view_generator = random.Random(0)
+
+    def forward_precision():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16")
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
 
     def cross_view_step(images):
@@ -182,10 +190,11 @@ def main():
             view_a = make_views(images, view_generator).contiguous(memory_format=layout)
             view_b = make_views(images, view_generator).contiguous(memory_format=layout)
         n = images.shape[0]
-        local, y = encoder(torch.cat([view_a, view_b]))
-        local_a, local_b, y_a, y_b = local[:n], local[n:], y[:n], y[n:]
-        local_loss = (stabilised_jsd(critic(local_b, y_a)) + stabilised_jsd(critic(local_a, y_b))) / 2
-        total = local_loss + global_to_global(y_a, y_b)
+        with forward_precision():
+            local, y = encoder(torch.cat([view_a, view_b]))
+            local_a, local_b, y_a, y_b = local[:n], local[n:], y[:n], y[n:]
+            local_loss = (stabilised_jsd(critic(local_b, y_a)) + stabilised_jsd(critic(local_a, y_b))) / 2
+            total = local_loss + global_to_global(y_a, y_b)
         if not math.isfinite(total.item()):
             raise SystemExit("non-finite loss")
         encoder_optimizer.zero_grad()
@@ -193,10 +202,11 @@ def main():
         encoder_optimizer.step()
 
     def dim_l_step(images):
-        local, y = encoder(images)
-        local_loss = jsd_loss(critic(local, y))
-        prior_loss = F.softplus(-discriminator(torch.sigmoid(y)).squeeze(1)).mean()
-        total = local_loss + 0.1 * prior_loss
+        with forward_precision():
+            local, y = encoder(images)
+            local_loss = jsd_loss(critic(local, y))
+            prior_loss = F.softplus(-discriminator(torch.sigmoid(y)).squeeze(1)).mean()
+            total = local_loss + 0.1 * prior_loss
         if not math.isfinite(total.item()):
             raise SystemExit("non-finite loss")
         encoder_optimizer.zero_grad()
@@ -204,11 +214,12 @@ def main():
         encoder_optimizer.step()
 
         discriminator_optimizer.zero_grad()
-        encoded = torch.sigmoid(y).detach().requires_grad_(True)
+        encoded = torch.sigmoid(y.float()).detach().requires_grad_(True)
         prior = torch.rand_like(encoded).requires_grad_(True)
-        prior_logits = discriminator(prior).squeeze(1)
-        encoded_logits = discriminator(encoded).squeeze(1)
-        gan = F.softplus(-prior_logits).mean() + F.softplus(encoded_logits).mean()
+        with forward_precision():
+            prior_logits = discriminator(prior).squeeze(1)
+            encoded_logits = discriminator(encoded).squeeze(1)
+            gan = F.softplus(-prior_logits).mean() + F.softplus(encoded_logits).mean()
         grads = torch.autograd.grad([prior_logits.sum(), encoded_logits.sum()], [prior, encoded], create_graph=True)
         penalty = sum(g.square().sum(1).mean() for g in grads) / len(grads)
         disc_total = gan + penalty
