@@ -13,6 +13,10 @@ prior. Reading the losses with .item() mirrors dim-train's per-step finiteness c
 `--autocast bf16` runs the forward passes and losses under torch.autocast in bfloat16 (backward
 and optimiser steps outside it, as PyTorch's mixed-precision recipe has them): what that lever is
 worth in PyTorch on the same device, measured before anyone builds it into dim-train.
+`--cuda-graph` (CUDA only) captures the step after the views (forward passes, backward passes
+and both optimisers' updates) as one CUDA graph and replays it per batch: the ceiling of what
+removing per-kernel launch costs is worth. The losses are then checked after each replay rather
+than before the updates, and Adam runs in its capturable form.
 
 Prints one JSON object: images per second over the timed steps. With --device cuda the modules
 and the batches live on the GPU (the batches made once, as dim-train's --data-on-device holds its
@@ -161,7 +165,11 @@ def main():
     parser.add_argument("--recipe", choices=["dim-l", "cross"], default="dim-l")
     parser.add_argument("--autocast", choices=["off", "bf16"], default="off",
                         help="run the forward passes and losses under torch.autocast in bfloat16")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="capture the step as one CUDA graph and replay it (CUDA only)")
     args = parser.parse_args()
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        parser.error("--cuda-graph needs --device cuda")
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -172,9 +180,12 @@ def main():
         nn.Linear(64, 1000), nn.ReLU(), nn.Linear(1000, 200), nn.ReLU(), nn.Linear(200, 1)
     ).to(device)
     encoder_optimizer = torch.optim.Adam(
-        list(encoder.parameters()) + list(critic.parameters()), lr=1e-4, betas=(0.5, 0.999)
+        list(encoder.parameters()) + list(critic.parameters()), lr=1e-4, betas=(0.5, 0.999),
+        capturable=args.cuda_graph,
     )
-    discriminator_optimizer = torch.optim.Adam(discriminator.parameters(), lr=1e-4, betas=(0.5, 0.999))
+    discriminator_optimizer = torch.optim.Adam(
+        discriminator.parameters(), lr=1e-4, betas=(0.5, 0.999), capturable=args.cuda_graph
+    )
     batches = [torch.rand(args.batch, args.channels, 32, 32, device=device) for _ in range(8)]
     if args.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
@@ -182,24 +193,34 @@ def main():
     view_generator = random.Random(0)
 
     def forward_precision():
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16")
+        # A graph cannot hold autocast's cache of cast weights.
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16",
+                              cache_enabled=not args.cuda_graph)
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    # Off while a graph is being captured: nothing may be read back then.
+    checking = [True]
 
-    def cross_view_step(images):
+    def check_finite(loss, what):
+        if checking[0] and not math.isfinite(loss.item()):
+            raise SystemExit(f"non-finite {what}")
+
+    def cross_view_inputs(images):
         with torch.no_grad():
-            view_a = make_views(images, view_generator).contiguous(memory_format=layout)
-            view_b = make_views(images, view_generator).contiguous(memory_format=layout)
-        n = images.shape[0]
+            return (make_views(images, view_generator).contiguous(memory_format=layout),
+                    make_views(images, view_generator).contiguous(memory_format=layout))
+
+    def cross_view_step(view_a, view_b):
+        n = view_a.shape[0]
         with forward_precision():
             local, y = encoder(torch.cat([view_a, view_b]))
             local_a, local_b, y_a, y_b = local[:n], local[n:], y[:n], y[n:]
             local_loss = (stabilised_jsd(critic(local_b, y_a)) + stabilised_jsd(critic(local_a, y_b))) / 2
             total = local_loss + global_to_global(y_a, y_b)
-        if not math.isfinite(total.item()):
-            raise SystemExit("non-finite loss")
+        check_finite(total, "loss")
         encoder_optimizer.zero_grad()
         total.backward()
         encoder_optimizer.step()
+        return [total.detach()]
 
     def dim_l_step(images):
         with forward_precision():
@@ -207,8 +228,7 @@ def main():
             local_loss = jsd_loss(critic(local, y))
             prior_loss = F.softplus(-discriminator(torch.sigmoid(y)).squeeze(1)).mean()
             total = local_loss + 0.1 * prior_loss
-        if not math.isfinite(total.item()):
-            raise SystemExit("non-finite loss")
+        check_finite(total, "loss")
         encoder_optimizer.zero_grad()
         total.backward()
         encoder_optimizer.step()
@@ -223,12 +243,38 @@ def main():
         grads = torch.autograd.grad([prior_logits.sum(), encoded_logits.sum()], [prior, encoded], create_graph=True)
         penalty = sum(g.square().sum(1).mean() for g in grads) / len(grads)
         disc_total = gan + penalty
-        if not math.isfinite(disc_total.item()):
-            raise SystemExit("non-finite discriminator loss")
+        check_finite(disc_total, "discriminator loss")
         disc_total.backward()
         discriminator_optimizer.step()
+        return [total.detach(), disc_total.detach()]
 
-    step = cross_view_step if args.recipe == "cross" else dim_l_step
+    inputs_of, body = (cross_view_inputs, cross_view_step) if args.recipe == "cross" else (lambda b: (b,), dim_l_step)
+    if args.cuda_graph:
+        # As torch.cuda.graphs' whole-network recipe has it: warm up on a side stream (Adam's state
+        # is created there), capture one step into fixed input buffers, then copy each batch's
+        # inputs in and replay.
+        static_inputs = [tensor.clone() for tensor in inputs_of(batches[0])]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                body(*static_inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        checking[0] = False
+        with torch.cuda.graph(graph):
+            static_losses = body(*static_inputs)
+        checking[0] = True
+
+        def step(images):
+            for static, fresh in zip(static_inputs, inputs_of(images)):
+                static.copy_(fresh)
+            graph.replay()
+            if not all(math.isfinite(value) for value in torch.stack(static_losses).tolist()):
+                raise SystemExit("non-finite loss")
+    else:
+        def step(images):
+            body(*inputs_of(images))
     for index in range(args.warmup_steps):
         step(batches[index % len(batches)])
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
