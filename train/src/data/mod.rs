@@ -2,10 +2,12 @@
 //! and image folders, all yielding CHW f32 images in [0, 1] fitted to the encoder's input, plus a
 //! batch loader that shuffles by seed, decodes in parallel and prefetches, the same batches
 //! gathered from a dataset held on the training device ([`ResidentData`]), a cache that decodes
-//! each image file only once per run, and the augmented [`views`] of cross-view training.
+//! each image file only once per run, the augmented [`views`] of cross-view training, and the
+//! [`device_upload`] that puts host values on the device without waiting for it.
 
 mod cifar;
 mod decoded_cache;
+pub mod device_upload;
 mod fingerprint;
 mod folder;
 mod idx;

@@ -4,6 +4,7 @@
 //! (`epoch_batches`), examples that fail to load included: they are left out the same way.
 
 use super::Dataset;
+use super::device_upload::upload;
 use super::loader::{LoaderOptions, augmentation_seed, batches_per_epoch, draw_placement, epoch_order};
 use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
@@ -99,7 +100,7 @@ impl ResidentData {
             }
         }
         let device = self.images.device();
-        let to_device = |values: Vec<i64>| Tensor::from_slice(&values).to_device(device);
+        let to_device = |values: Vec<i64>| upload(&values, device);
         let placements: Option<Vec<_>> = indices
             .iter()
             .map(|&index| draw_placement(&options.augment, augmentation_seed(options, epoch, index)))
@@ -111,7 +112,7 @@ impl ResidentData {
             let column_offsets =
                 placements.iter().map(|placement| placement.shift_x as i64 + padding).collect();
             let row_offsets = placements.iter().map(|placement| placement.shift_y as i64 + padding).collect();
-            let flips = Tensor::from_slice(&flips).to_device(device).unsqueeze(1);
+            let flips = upload(&flips, device).unsqueeze(1);
             let mirrored = (self.positions.neg() + (size - 1)).unsqueeze(0);
             let columns = mirrored.where_self(&flips, &self.positions.unsqueeze(0))
                 + to_device(column_offsets).unsqueeze(1);

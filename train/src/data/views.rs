@@ -4,6 +4,7 @@
 //! the whole batch on the training device by one affine grid, one sampling call and a few
 //! element-wise ops.
 
+use crate::data::device_upload::upload;
 use rand::Rng;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
@@ -184,54 +185,74 @@ impl ViewAugmentation {
     }
 }
 
+/// Per image, the values a view is made from: the affine map's six entries, then brightness,
+/// contrast, saturation and greyscale (1 or 0), at these positions.
+const VALUES_PER_DRAW: i64 = 10;
+const BRIGHTNESS: i64 = 6;
+const CONTRAST: i64 = 7;
+const SATURATION: i64 = 8;
+const GREY: i64 = 9;
+
 /// Makes the views of `images` `[N, C, H, W]` (values in [0, 1]) described by `draws` (one per
 /// image), on the images' device: each crop is resampled bilinearly to the full size, then
-/// brightness, contrast, saturation and greyscale are applied, each clamped to [0, 1].
+/// brightness, contrast, saturation and greyscale are applied, each clamped to [0, 1]. The draws
+/// (and the luma weights) go to the device in one upload that does not wait for it.
 pub fn make_views(images: &Tensor, draws: &[ViewDraw]) -> Tensor {
     let [n, channels, height, width] = images.size()[..] else { panic!("images must be [N, C, H, W]") };
     assert_eq!(n as usize, draws.len(), "one draw per image");
-    let device = images.device();
-    let column = |values: Vec<f32>| Tensor::from_slice(&values).to_device(device).view([n, 1, 1, 1]);
     // affine_grid maps output coordinates in [-1, 1] to input coordinates: x_in = a·x_out + t.
-    let theta: Vec<f32> = draws
+    let mut values: Vec<f32> = draws
         .iter()
         .flat_map(|draw| {
             let CropBox { centre_x, centre_y, width, height } = draw.crop;
             let sign = if draw.flip { -1.0 } else { 1.0 };
-            [sign * width, 0.0, 2.0 * centre_x - 1.0, 0.0, height, 2.0 * centre_y - 1.0].map(|v| v as f32)
+            let grey = if draw.grey { 1.0 } else { 0.0 };
+            [
+                sign * width,
+                0.0,
+                2.0 * centre_x - 1.0,
+                0.0,
+                height,
+                2.0 * centre_y - 1.0,
+                draw.brightness,
+                draw.contrast,
+                draw.saturation,
+                grey,
+            ]
+            .map(|v| v as f32)
         })
         .collect();
-    let theta = Tensor::from_slice(&theta).to_device(device).view([n, 2, 3]);
+    values.extend(LUMA.map(|w| w as f32));
+    let values = upload(&values, images.device());
+    let per_draw = values.narrow(0, 0, n * VALUES_PER_DRAW).view([n, VALUES_PER_DRAW]);
+    let column = |index: i64| per_draw.narrow(1, index, 1).view([n, 1, 1, 1]);
+    let luma = values.narrow(0, n * VALUES_PER_DRAW, 3).view([1, 3, 1, 1]);
+    let theta = per_draw.narrow(1, 0, 6).reshape([n, 2, 3]);
     let images = images.to_kind(Kind::Float).contiguous();
     let grid = Tensor::affine_grid_generator(&theta, [n, channels, height, width], false);
     // Bilinear (0) with border padding (1): a crop never leaves the image, so border only
     // decides the half-pixel at the edge.
     let mut views = Tensor::grid_sampler(&images, &grid, 0, 1, false);
 
-    views = (views * column(draws.iter().map(|d| d.brightness as f32).collect())).clamp(0.0, 1.0);
-    let mean_grey = grey_level(&views).mean_dim([1, 2, 3].as_slice(), true, Kind::Float);
-    let contrast = column(draws.iter().map(|d| d.contrast as f32).collect());
-    views = ((&views - &mean_grey) * contrast + &mean_grey).clamp(0.0, 1.0);
+    views = (views * column(BRIGHTNESS)).clamp(0.0, 1.0);
+    let mean_grey = grey_level(&views, &luma).mean_dim([1, 2, 3].as_slice(), true, Kind::Float);
+    views = ((&views - &mean_grey) * column(CONTRAST) + &mean_grey).clamp(0.0, 1.0);
     if channels == 3 {
-        let grey = grey_level(&views);
-        let saturation = column(draws.iter().map(|d| d.saturation as f32).collect());
-        views = ((&views - &grey) * saturation + &grey).clamp(0.0, 1.0);
-        let grey = grey_level(&views).expand_as(&views);
-        let turn_grey =
-            column(draws.iter().map(|d| if d.grey { 1.0 } else { 0.0 }).collect()).to_kind(Kind::Bool);
-        views = grey.where_self(&turn_grey, &views);
+        let grey = grey_level(&views, &luma);
+        views = ((&views - &grey) * column(SATURATION) + &grey).clamp(0.0, 1.0);
+        let grey = grey_level(&views, &luma).expand_as(&views);
+        views = grey.where_self(&column(GREY).to_kind(Kind::Bool), &views);
     }
     views
 }
 
 /// Grey level `[N, 1, H, W]` of `[N, C, H, W]` images: the channel itself for grey images, the
-/// luma for RGB.
-fn grey_level(images: &Tensor) -> Tensor {
+/// luma (weights `luma`, `[1, 3, 1, 1]`) for RGB.
+fn grey_level(images: &Tensor, luma: &Tensor) -> Tensor {
     if images.size()[1] == 1 {
         return images.shallow_clone();
     }
-    let weights = Tensor::from_slice(&LUMA.map(|w| w as f32)).to_device(images.device()).view([1, 3, 1, 1]);
-    (images * weights).sum_dim_intlist([1].as_slice(), true, Kind::Float)
+    (images * luma).sum_dim_intlist([1].as_slice(), true, Kind::Float)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! `train_log.jsonl`, checkpoints at every epoch end and on interruption, resumes exactly, and
 //! stops on a non-finite loss without overwriting the last good checkpoint.
 
+use crate::data::device_upload::upload;
 use crate::data::views::{ViewMode, make_views};
 use crate::data::{
     Augment, Batch, CachePolicy, DataError, Dataset, DecodedCache, DoesNotFit, EpochBatches, LoaderOptions,
@@ -733,9 +734,7 @@ impl EpochSource<'_> {
 
 /// A host batch as `[N, C, S, S]` on `device`.
 fn host_images(batch: &Batch, image_shape: [i64; 3], device: Device) -> Tensor {
-    Tensor::from_slice(&batch.images)
-        .reshape([batch.len as i64, image_shape[0], image_shape[1], image_shape[2]])
-        .to_device(device)
+    upload(&batch.images, device).reshape([batch.len as i64, image_shape[0], image_shape[1], image_shape[2]])
 }
 
 /// The same values with NHWC strides: tch has no memory-format argument, but libtorch picks its
