@@ -260,6 +260,11 @@ def main():
             for _ in range(3):
                 body(*static_inputs)
         torch.cuda.current_stream().wait_stream(side)
+        # No gradient may carry over from the warm-up into the capture: the encoder's backward
+        # also reaches the discriminator's weights, and adding into a warm-up buffer would be
+        # captured as such.
+        encoder_optimizer.zero_grad(set_to_none=True)
+        discriminator_optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         checking[0] = False
         with torch.cuda.graph(graph):
@@ -284,7 +289,8 @@ def main():
         step(batches[index % len(batches)])
     synchronize()
     seconds = time.perf_counter() - started
-    print(json.dumps({"images_per_second": args.batch * args.timed_steps / seconds, "seconds": seconds}))
+    print(json.dumps({"images_per_second": args.batch * args.timed_steps / seconds, "seconds": seconds,
+                      "torch": torch.__version__}))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ use tch::{Device, Tensor, kind::Element};
 pub fn upload<T: Element>(values: &[T], device: Device) -> Tensor {
     let host = Tensor::from_slice(values);
     match device {
-        Device::Cuda(_) => host.pin_memory(device).to_device_(device, host.kind(), true, false),
+        // `_pin_memory`: `pin_memory` with a device argument warns on every call that the
+        // argument is deprecated.
+        Device::Cuda(_) => host.internal_pin_memory(device).to_device_(device, host.kind(), true, false),
         device => host.to_device(device),
     }
 }

@@ -188,6 +188,7 @@ impl ViewAugmentation {
 /// Per image, the values a view is made from: the affine map's six entries, then brightness,
 /// contrast, saturation and greyscale (1 or 0), at these positions.
 const VALUES_PER_DRAW: i64 = 10;
+const AFFINE_ENTRIES: i64 = 6;
 const BRIGHTNESS: i64 = 6;
 const CONTRAST: i64 = 7;
 const SATURATION: i64 = 8;
@@ -227,7 +228,7 @@ pub fn make_views(images: &Tensor, draws: &[ViewDraw]) -> Tensor {
     let per_draw = values.narrow(0, 0, n * VALUES_PER_DRAW).view([n, VALUES_PER_DRAW]);
     let column = |index: i64| per_draw.narrow(1, index, 1).view([n, 1, 1, 1]);
     let luma = values.narrow(0, n * VALUES_PER_DRAW, 3).view([1, 3, 1, 1]);
-    let theta = per_draw.narrow(1, 0, 6).reshape([n, 2, 3]);
+    let theta = per_draw.narrow(1, 0, AFFINE_ENTRIES).reshape([n, 2, 3]);
     let images = images.to_kind(Kind::Float).contiguous();
     let grid = Tensor::affine_grid_generator(&theta, [n, channels, height, width], false);
     // Bilinear (0) with border padding (1): a crop never leaves the image, so border only

@@ -187,7 +187,7 @@ pub struct StepStages {
     /// Putting the batch on the device: the copy from the host, or the gather from the data held
     /// there.
     pub batch_to_device: f64,
-    /// Drawing and making the augmented views.
+    /// Drawing and making the augmented views, and the inputs' channels-last copy.
     pub views: f64,
     /// Building the losses of the encoder and the discriminator.
     pub forward: f64,
