@@ -100,7 +100,6 @@ impl ResidentData {
             }
         }
         let device = self.images.device();
-        let to_device = |values: Vec<i64>| upload(&values, device);
         let placements: Option<Vec<_>> = indices
             .iter()
             .map(|&index| draw_placement(&options.augment, augmentation_seed(options, epoch, index)))
@@ -109,19 +108,20 @@ impl ResidentData {
             let padding = options.augment.crop_padding as i64;
             let size = self.positions.size()[0];
             let flips: Vec<bool> = placements.iter().map(|placement| placement.flip).collect();
-            let column_offsets =
+            let column_offsets: Vec<i64> =
                 placements.iter().map(|placement| placement.shift_x as i64 + padding).collect();
-            let row_offsets = placements.iter().map(|placement| placement.shift_y as i64 + padding).collect();
+            let row_offsets: Vec<i64> =
+                placements.iter().map(|placement| placement.shift_y as i64 + padding).collect();
             let flips = upload(&flips, device).unsqueeze(1);
             let mirrored = (self.positions.neg() + (size - 1)).unsqueeze(0);
             let columns = mirrored.where_self(&flips, &self.positions.unsqueeze(0))
-                + to_device(column_offsets).unsqueeze(1);
-            let rows = self.positions.unsqueeze(0) + to_device(row_offsets).unsqueeze(1);
+                + upload(&column_offsets, device).unsqueeze(1);
+            let rows = self.positions.unsqueeze(0) + upload(&row_offsets, device).unsqueeze(1);
             Crop { padding, rows, columns }
         });
         ResidentEpoch {
             data: self,
-            indices: to_device(indices.iter().map(|&i| i as i64).collect()),
+            indices: upload(&indices.iter().map(|&i| i as i64).collect::<Vec<_>>(), device),
             crop,
             batches,
             next: 0,

@@ -759,6 +759,7 @@ fn progress_bar(visible: bool, batches: usize, epoch: usize, epochs: usize) -> P
 fn epoch_record(session: &Session, totals: &EpochTotals, seconds: f64, skipped: usize) -> EpochRecord {
     let steps = totals.steps.max(1) as f64;
     let mean = |sum: Option<f64>| sum.map(|s| s / steps);
+    let step_seconds = totals.stages.step_seconds();
     EpochRecord {
         epoch: session.epoch,
         step: session.step,
@@ -769,11 +770,7 @@ fn epoch_record(session: &Session, totals: &EpochTotals, seconds: f64, skipped: 
         prior_loss: mean(totals.prior),
         discriminator_loss: mean(totals.discriminator),
         mi_estimate: totals.mi / steps,
-        images_per_second: if totals.stages.step_seconds() > 0.0 {
-            totals.images as f64 / totals.stages.step_seconds()
-        } else {
-            0.0
-        },
+        images_per_second: if step_seconds > 0.0 { totals.images as f64 / step_seconds } else { 0.0 },
         seconds,
         skipped_examples: skipped,
         stage_seconds: Some(totals.stages),
